@@ -1,0 +1,1 @@
+"""flowrun's command line (Typer). Thin: parse, call the engine, render."""

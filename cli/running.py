@@ -1,0 +1,191 @@
+"""``flowrun run`` and ``flowrun resume``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from flowrun.engine import (
+    Engine,
+    FlowrunError,
+    Interrupted,
+    JsonlSink,
+    RunFailed,
+    Settings,
+    SQLiteStore,
+    UsageError,
+    load_workflow,
+)
+from flowrun.engine.errors import WorkflowError
+from flowrun.engine.events import EventSink
+from flowrun.engine.report import run_result
+
+from . import console
+from .options import DEFAULT_DB
+
+
+def open_store(db: str | None, durability: str = "normal") -> SQLiteStore:
+    if durability not in ("normal", "full"):
+        raise UsageError(f"--durability must be normal or full, not {durability!r}")
+    return SQLiteStore(db or DEFAULT_DB, durability=durability)
+
+
+def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if input_file:
+        try:
+            data = json.loads(Path(input_file).read_text())
+        except OSError as exc:
+            raise UsageError(f"--input {input_file}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"--input {input_file}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"
+            ) from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--input {input_file}: must hold a JSON object of state keys")
+        inputs.update(data)
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UsageError(
+                f"--set {item!r}: expected KEY=JSON", hint="e.g. --set limit=10 --set name='\"x\"'"
+            )
+        try:
+            inputs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            inputs[key] = raw  # a bare word is a string, as most users mean it
+    return inputs
+
+
+class _Signals:
+    """SIGINT/SIGTERM: stop dispatching; a second signal stops waiting for the grace period."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.engine.stop_reason = signal.Signals(signum).name
+        self.engine.stop.set()
+        if self.count > 1:
+            self.engine.settings.grace_s = 0.0
+            self.engine.scope.abort.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self.previous.items():
+            signal.signal(sig, prev)
+
+
+def _execute(
+    store: SQLiteStore,
+    json_out: bool,
+    quiet: bool,
+    events: str | None,
+    max_concurrency: int | None,
+    go: Any,
+    run_id_hint: str | None,
+) -> None:
+    sinks: list[EventSink] = []
+    if events:
+        try:
+            sinks.append(JsonlSink(events))
+        except OSError as exc:
+            raise UsageError(f"--events {events}: {exc.strerror}") from None
+    view = console.progress_view(quiet=quiet)
+    engine = Engine(
+        store, settings=Settings(max_concurrency=max_concurrency), observer=view, sinks=sinks
+    )
+    error: FlowrunError | None = None
+    run_id = run_id_hint
+    with _Signals(engine), view:
+        try:
+            result = go(engine)
+            run_id = result.run_id
+        except (RunFailed, Interrupted) as exc:
+            error = exc
+            run_id = engine.run_id or run_id
+    if run_id is None:
+        raise error or RunFailed("the run did not start")
+    report = run_result(store, run_id)
+    console.final_summary(report, quiet=quiet)
+    if json_out:
+        sys.stdout.write(json.dumps(report, sort_keys=True, ensure_ascii=False) + "\n")
+    if error is not None:
+        if not json_out:
+            raise error
+        console.error_line(error)
+        sys.exit(error.exit_code)
+
+
+def do_run(
+    *,
+    file: str,
+    sets: list[str],
+    input_file: str | None,
+    run_id: str | None,
+    db: str | None,
+    max_concurrency: int | None,
+    json_out: bool,
+    quiet: bool,
+    durability: str,
+    events: str | None,
+) -> None:
+    wf = load_workflow(file)
+    inputs = parse_inputs(sets, input_file)
+    for k in inputs:
+        if k not in wf.state:
+            raise UsageError(
+                f"--set/--input: {k!r} is not a declared state key",
+                hint=f"declared: {', '.join(wf.state) or '(none)'}",
+            )
+    store = open_store(db, durability)
+
+    def go(engine: Engine) -> Any:
+        return engine.start(wf, run_id=run_id, inputs=inputs)
+
+    _execute(store, json_out, quiet, events, max_concurrency, go, run_id)
+
+
+def do_resume(
+    *,
+    ref: str,
+    workflow: str | None,
+    force: bool,
+    db: str | None,
+    max_concurrency: int | None,
+    json_out: bool,
+    quiet: bool,
+    durability: str,
+    events: str | None,
+) -> None:
+    store = open_store(db, durability)
+    run_id = store.resolve_run_id(ref)
+    if workflow:
+        wf = load_workflow(workflow)
+    else:
+        path, text = store.workflow_text(run_id)
+        try:
+            wf = load_workflow(path, text=text)
+        except WorkflowError as exc:
+            raise WorkflowError(
+                f"stored workflow of run {run_id} no longer validates: {exc.message}",
+                hint="pass --workflow FILE",
+            ) from None
+
+    def go(engine: Engine) -> Any:
+        return engine.resume(wf, run_id, force=force)
+
+    _execute(store, json_out, quiet, events, max_concurrency, go, run_id)

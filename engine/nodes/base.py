@@ -1,0 +1,139 @@
+"""What every node kind shares: the task context, the errors a task can raise."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..spec.model import Node
+
+
+class TaskError(Exception):
+    """An attempt failed; ``retryable`` says whether another attempt may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        reason: str = "error",
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.reason = reason
+        self.stdout: str | None = None
+        self.stderr: str | None = None
+
+
+class TaskTimeout(TaskError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="timeout")
+
+
+@dataclass(slots=True)
+class LLMUsage:
+    """One billed LLM call, as the node saw it."""
+
+    model: str
+    tokens_in: int | None
+    tokens_out: int | None
+    cached: int | None = 0
+    cache_write: int | None = 0
+    provider: str = "python"
+    attempt: int = 1
+
+
+class RunScope:
+    """Per-run shared things the node kinds need: stop flag, live processes, settings."""
+
+    def __init__(self, base_dir: Path, run_id: str) -> None:
+        self.base_dir = base_dir
+        self.run_id = run_id
+        self.stop = threading.Event()  # no new attempts or retries
+        self.abort = threading.Event()  # the grace period is over: give up running work
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self.settings: dict[str, Any] = {}
+        self.usage_listener: Any = None  # callable(node, step, LLMUsage) set by the engine
+
+    def track(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+
+    def untrack(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def kill_all(self) -> None:
+        from .command import kill_group
+
+        with self._lock:
+            procs = list(self._procs)
+        for p in procs:
+            kill_group(p)
+
+
+@dataclass(slots=True)
+class Context:
+    """The ``ctx`` a Python node receives (and every node kind uses internally)."""
+
+    run_id: str
+    step: int
+    node: str
+    attempt: int
+    item: Any
+    index: int | None
+    scope: RunScope
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    usage: list[LLMUsage] = field(default_factory=list)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"flowrun.node.{self.node}")
+
+    def record_llm_usage(
+        self, model: str, tokens_in: int, tokens_out: int, cached: int = 0
+    ) -> None:
+        """Report an LLM call made by the node itself, so the cost ledger counts it."""
+        u = LLMUsage(model, int(tokens_in), int(tokens_out), int(cached), 0, "python", self.attempt)
+        self.usage.append(u)
+        if self.scope.usage_listener is not None:
+            self.scope.usage_listener(self, u)
+
+
+def template_scope(state: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    return {
+        "state": state,
+        "item": ctx.item,
+        "index": ctx.index,
+        "run": {"id": ctx.run_id, "step": ctx.step},
+        "node": ctx.node,
+    }
+
+
+def execute(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
+    """Run one attempt of ``node``; return its raw result (before ``save``/delta handling)."""
+    if node.kind in ("run", "shell"):
+        from .command import run_command
+
+        return run_command(node, state, ctx, timeout)
+    if node.kind == "python":
+        from .python import run_python
+
+        return run_python(node, state, ctx, timeout)
+    if node.kind == "set":
+        from .set import run_set
+
+        return run_set(node, state, ctx)
+    if node.kind == "llm":
+        from .llm import run_llm
+
+        return run_llm(node, state, ctx, timeout)
+    raise TaskError(f"unknown node kind {node.kind}", retryable=False)

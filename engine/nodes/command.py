@@ -1,0 +1,114 @@
+"""``run:`` (argv, no shell) and ``shell:`` (/bin/sh -c, values shell-quoted) nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from ..spec import templates
+from ..spec.model import Node
+from .base import Context, TaskError, TaskTimeout, template_scope
+
+TAIL = 4000
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _tail(data: bytes) -> str:
+    return data[-TAIL:].decode("utf-8", "replace")
+
+
+def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
+    scope = template_scope(state, ctx)
+    try:
+        if node.kind == "shell":
+            text = templates.render(node.body, scope, shell=True)
+            argv = ["/bin/sh", "-c", text if isinstance(text, str) else str(text)]
+        else:
+            argv = [templates.render_text(a, scope) for a in node.body]
+        env = dict(os.environ)
+        env.update({k: templates.render_text(v, scope) for k, v in node.env.items()})
+        cwd = ctx.scope.base_dir
+        if node.cwd:
+            cwd = cwd / templates.render_text(node.cwd, scope)
+    except templates.TemplateError as exc:
+        raise TaskError(str(exc), retryable=False, reason="template") from None
+    env.setdefault("FLOWRUN_RUN_ID", ctx.run_id)
+    env["FLOWRUN_NODE"] = ctx.node
+    env["FLOWRUN_STEP"] = str(ctx.step)
+    env["FLOWRUN_ATTEMPT"] = str(ctx.attempt)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, so a timeout kills all of it
+        )
+    except FileNotFoundError:
+        raise TaskError(f"command not found: {argv[0]}", retryable=False) from None
+    except OSError as exc:
+        raise TaskError(f"cannot start {argv[0]}: {exc.strerror}", retryable=False) from None
+    ctx.scope.track(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        e = TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
+        e.stdout, e.stderr = _tail(out), _tail(err)
+        raise e from None
+    finally:
+        ctx.scope.untrack(proc)
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            why = f"killed by signal {-proc.returncode}"
+        else:
+            why = f"exit code {proc.returncode}"
+        last = _tail(err).strip().splitlines()
+        detail = f": {last[-1]}" if last else ""
+        failure = TaskError(f"command failed ({why}){detail}", reason="exit")
+        failure.stdout, failure.stderr = _tail(out), _tail(err)
+        raise failure
+    text = out.decode("utf-8", "replace")
+    ctx_out = (_tail(out), _tail(err))
+    result = _convert(node, text)
+    return CommandResult(result, *ctx_out)
+
+
+class CommandResult:
+    """A command's converted output plus the tails of its streams, for ``flowrun show``."""
+
+    __slots__ = ("stderr", "stdout", "value")
+
+    def __init__(self, value: Any, stdout: str, stderr: str) -> None:
+        self.value = value
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+def _convert(node: Node, text: str) -> Any:
+    if node.output == "none":
+        return None
+    if node.output == "lines":
+        return [line for line in text.splitlines() if line.strip()]
+    if node.output == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TaskError(
+                f"output: json, but stdout is not JSON ({exc.msg} at line {exc.lineno})",
+                retryable=False,
+                reason="output",
+            ) from None
+    return text.rstrip("\n")

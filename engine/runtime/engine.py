@@ -1,0 +1,496 @@
+"""The superstep engine: dispatch a step's tasks, merge in tree order, commit atomically.
+
+The engine is the coordinator. It owns the state, talks to the store from one
+thread, and hands tasks to any ``concurrent.futures.Executor`` (a thread pool by
+default). Task payloads and results are JSON-able, so a distributed executor can
+take the pool's place (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
+from ..events import EventSink, Outbox
+from ..nodes.base import RunScope
+from ..spec.model import Workflow
+from ..store.base import Event, StepCommit, Store, TaskResult
+from . import frontier as fr
+from .observer import Observer
+from .ordering import idempotency_key, state_digest, step_digest, value_digest
+from .reducers import ReduceError, reduce
+from .task import Attempt, TaskOutcome, run_task
+
+HEARTBEAT_S = 5.0
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    status: str
+    steps: int
+    state: dict[str, Any]
+    duration_s: float
+    error: str | None = None
+    digest: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": 0, "failed": 1, "interrupted": 130}.get(self.status, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "steps": self.steps,
+            "state": self.state,
+            "duration_s": round(self.duration_s, 6),
+            "error": self.error,
+        }
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class Settings:
+    max_concurrency: int | None = None
+    queue_depth: int | None = None
+    max_steps: int | None = None
+    conflict_policy: str | None = None
+    grace_s: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        executor: Executor | None = None,
+        settings: Settings | None = None,
+        observer: Observer | None = None,
+        sinks: list[EventSink] | None = None,
+        stop: threading.Event | None = None,
+        after_task: Callable[[Engine, TaskOutcome], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.settings = settings or Settings()
+        self.observer = observer or Observer()
+        self.sinks = sinks or []
+        self.stop = stop or threading.Event()
+        self.after_task = after_task
+        self.stop_reason: str | None = None
+        # the run being driven (set by _drive; read by signal handlers and hooks)
+        self.run_id = ""
+        self.token = 0
+        self.scope = RunScope(Path("."), "")
+
+    # public API ---------------------------------------------------------------
+    def start(
+        self,
+        workflow: Workflow,
+        *,
+        run_id: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        run_id = run_id or new_run_id()
+        state = workflow.initial_state()
+        for k, v in (inputs or {}).items():
+            if k not in workflow.state:
+                raise UsageError(
+                    f"input {k!r} is not a declared state key",
+                    hint=f"declared: {', '.join(workflow.state) or '(none)'}",
+                )
+            try:
+                state[k] = json.loads(dumps(v))
+            except (TypeError, ValueError):
+                raise UsageError(f"input {k!r} is not a JSON value") from None
+        self.store.create_run(
+            run_id,
+            workflow_name=workflow.name,
+            workflow_path=str(workflow.base_dir / Path(workflow.path).name),
+            workflow_text=workflow.source,
+            workflow_digest=workflow.digest,
+            state=state,
+            frontier=fr.initial(workflow),
+            inputs=dict(inputs or {}),
+        )
+        return self._drive(workflow, run_id, resumed=False, force=False)
+
+    def resume(self, workflow: Workflow, run_id: str, *, force: bool = False) -> RunResult:
+        return self._drive(workflow, run_id, resumed=True, force=force)
+
+    # the loop -------------------------------------------------------------------
+    def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
+        store = self.store
+        token = store.acquire_lease(run_id, force=force)
+        t_start = time.perf_counter()
+        rec = store.get_run(run_id)
+        prior_duration = rec.duration_s
+        outbox = Outbox(store, run_id, self.sinks)
+        beat_stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(run_id, token, beat_stop),
+            name="flowrun-heartbeat",
+            daemon=True,
+        )
+        beat.start()
+        scope = RunScope(wf.base_dir, run_id)
+        scope.settings.update(self.settings.extra)
+        self.scope = scope
+        self.run_id = run_id
+        self.token = token
+        self.workflow = wf
+        self.outbox = outbox
+        own_executor = self.executor is None
+        max_conc = self.settings.max_concurrency or wf.config.max_concurrency
+        executor = self.executor or ThreadPoolExecutor(
+            max_workers=max_conc, thread_name_prefix="flowrun-task"
+        )
+        try:
+            outbox.deliver_pending()
+            cp = store.load_latest(run_id)
+            state = cp.state
+            if cp.status == "succeeded":
+                return RunResult(
+                    run_id, "succeeded", cp.step, state, prior_duration, digest=rec.state_digest
+                )
+            step = cp.step
+            frontier = cp.frontier
+            started = [
+                outbox.make(
+                    "run_resumed" if resumed else "run_started",
+                    step=step,
+                    data={"workflow": wf.name},
+                )
+            ]
+            store.set_status(run_id, token, "running", events=started)
+            outbox.deliver(started)
+            self.observer.run_started(run_id, wf.name, step, resumed)
+            texts = {k: dumps(v) for k, v in state.items()}
+            digests = {k: value_digest(t) for k, t in texts.items()}
+            max_steps = self.settings.max_steps or wf.config.max_steps
+            status, error = "succeeded", None
+            while frontier["entries"]:
+                if step >= max_steps:
+                    raise RunFailed(
+                        f"the run reached max_steps ({max_steps}) without ending",
+                        hint="raise config.max_steps, or check routes for a loop without exit",
+                    )
+                step_t0 = time.perf_counter()
+                try:
+                    tasks = fr.expand(wf, frontier["entries"], state, run_id, step)
+                except fr.RouteError as exc:
+                    raise RunFailed(str(exc)) from None
+                self.observer.step_started(step, tasks)
+                outcomes = self._run_step(wf, executor, tasks, state, step, max_conc)
+                new_state, changed = self._merge(wf, outcomes, state, texts, step)
+                try:
+                    nxt = fr.advance(wf, tasks, frontier, new_state, run_id, step)
+                except fr.RouteError as exc:
+                    raise RunFailed(str(exc)) from None
+                if not nxt["entries"] and nxt["held"]:
+                    waiting = ", ".join(h["node"] for h in nxt["held"])
+                    raise RunFailed(
+                        f"join {waiting} can never run: a node it needs did not run",
+                        hint="check the needs: lists against the routes taken",
+                    )
+                for k in changed:
+                    texts[k] = changed[k]
+                    digests[k] = value_digest(changed[k])
+                sdig = state_digest(digests)
+                keys = [t["key"] for t in tasks]
+                events = self._task_events(outbox, step, outcomes)
+                done = not nxt["entries"]
+                events.append(
+                    outbox.make(
+                        "step_committed",
+                        step=step,
+                        duration=time.perf_counter() - step_t0,
+                        data={"tasks": len(tasks)},
+                    )
+                )
+                if done:
+                    events.append(outbox.make("run_succeeded", step=step))
+                store.save_step(
+                    run_id,
+                    token,
+                    StepCommit(
+                        step=step,
+                        idempotency_key=idempotency_key(run_id, step, keys),
+                        digest=step_digest(step, keys, sdig),
+                        changed=changed,
+                        frontier=nxt,
+                        tasks=[
+                            {"key": t["key"], "node": t["node"], "index": t.get("index")}
+                            for t in tasks
+                        ],
+                        events=events,
+                        status="succeeded" if done else "running",
+                        state_digest=sdig,
+                        duration_s=prior_duration + time.perf_counter() - t_start,
+                    ),
+                )
+                outbox.deliver(events)
+                self.observer.step_committed(step, time.perf_counter() - step_t0)
+                state, frontier, step = new_state, nxt, step + 1
+            self.observer.run_finished(status, error)
+            return RunResult(
+                run_id,
+                status,
+                step,
+                state,
+                prior_duration + time.perf_counter() - t_start,
+                digest=store.get_run(run_id).state_digest,
+            )
+        except Interrupted as exc:
+            self._finish(run_id, token, "interrupted", exc.message, outbox)
+            raise
+        except RunFailed as exc:
+            self._finish(run_id, token, "failed", exc.message, outbox)
+            raise
+        except FlowrunError:
+            raise
+        finally:
+            beat_stop.set()
+            if own_executor:
+                executor.shutdown(wait=False, cancel_futures=True)
+            try:
+                outbox.flush()
+                store.release_lease(run_id, token)
+            except FlowrunError:
+                pass
+            for s in self.sinks:
+                s.close()
+
+    def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
+        ev = [outbox.make(f"run_{status}", error=error)]
+        self.store.set_status(run_id, token, status, error=error, events=ev)
+        outbox.deliver(ev)
+        self.observer.run_finished(status, error)
+
+    def _heartbeat(self, run_id: str, token: int, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                if not self.store.heartbeat(run_id, token):
+                    return
+            except Exception:  # the next commit's fencing check reports a lost lease
+                return
+
+    # one step -------------------------------------------------------------------
+    def _run_step(
+        self,
+        wf: Workflow,
+        executor: Executor,
+        tasks: list[dict[str, Any]],
+        state: dict[str, Any],
+        step: int,
+        max_conc: int,
+    ) -> list[TaskOutcome]:
+        store, run_id = self.store, self.run_id
+        saved = {k: r for k, r in store.load_task_results(run_id, step).items() if r.status == "ok"}
+        snapshot = MappingProxyType(state)
+        outcomes: list[TaskOutcome | None] = [None] * len(tasks)
+        queue_depth = self.settings.queue_depth
+        if queue_depth is None:
+            queue_depth = wf.config.queue_depth
+        limit = max_conc + queue_depth
+        pending: dict[Future[TaskOutcome], int] = {}
+        failed: list[TaskOutcome] = []
+
+        def collect(done: set[Future[TaskOutcome]]) -> None:
+            for f in done:
+                i = pending.pop(f)
+                out = f.result()
+                outcomes[i] = out
+                self._save(step, out)
+                if out.status != "ok":
+                    failed.append(out)
+
+        def wait_some() -> None:
+            while True:
+                done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+                if done:
+                    collect(done)
+                    return
+                if self.stop.is_set():
+                    self._interrupt(pending, collect)
+
+        for i, t in enumerate(tasks):
+            r = saved.get(t["key"])
+            if r is not None:
+                outcomes[i] = TaskOutcome(
+                    t,
+                    "ok",
+                    r.delta or {},
+                    [Attempt(r.attempts, r.started_at, r.duration_s, None, None)],
+                    r.started_at,
+                    r.duration_s,
+                    reused=True,
+                )
+                self.observer.task_finished(step, t, "ok", r.duration_s, r.attempts, None, True)
+                continue
+            if self.stop.is_set():
+                self._interrupt(pending, collect)
+            if len(pending) >= limit:
+                self.observer.backpressure()
+                while len(pending) >= limit:
+                    wait_some()
+            self.observer.task_queued(step, t)
+            pending[executor.submit(run_task, wf, t, snapshot, step, self.scope, self.observer)] = i
+        while pending:
+            wait_some()
+        if self.stop.is_set():
+            self._interrupt(pending, collect)
+        if failed:
+            first = min(failed, key=lambda o: tasks.index(o.task))
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise RunFailed(
+                f"node {first.task['node']!r} failed after {len(first.attempts)} attempt(s):"
+                f" {first.error}{more}",
+                hint="fix the cause, then `flowrun resume` retries this step",
+            )
+        return [o for o in outcomes if o is not None]
+
+    def _interrupt(
+        self,
+        pending: dict[Future[TaskOutcome], int],
+        collect: Callable[[set[Future[TaskOutcome]]], None],
+    ) -> None:
+        """Stop dispatching; give running tasks a grace period, then kill them."""
+        self.scope.stop.set()
+        deadline = time.monotonic() + self.settings.grace_s
+        while pending and time.monotonic() < deadline:
+            done, _ = wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
+            collect(done)
+        if pending:
+            self.scope.abort.set()
+            self.scope.kill_all()
+            done, _ = wait(list(pending), timeout=2.0)
+            collect(done)
+        raise Interrupted(
+            f"interrupted by {self.stop_reason or 'a signal'}; finished tasks were saved",
+            hint=f"continue with `flowrun resume {self.run_id}`",
+        )
+
+    def _save(self, step: int, out: TaskOutcome) -> None:
+        t = out.task
+        self.store.save_task_result(
+            self.run_id,
+            self.token,
+            TaskResult(
+                step=step,
+                order_key=t["key"],
+                node=t["node"],
+                index=t.get("index"),
+                status=out.status,
+                delta=out.delta,
+                attempts=len(out.attempts),
+                started_at=out.started_at,
+                duration_s=out.duration,
+                error=out.error,
+                stdout=out.stdout,
+                stderr=out.stderr,
+            ),
+        )
+        self.observer.task_finished(
+            step, t, out.status, out.duration, len(out.attempts), out.error, False
+        )
+        if self.after_task is not None:
+            self.after_task(self, out)
+
+    def _task_events(self, outbox: Outbox, step: int, outcomes: list[TaskOutcome]) -> list[Event]:
+        events = []
+        for o in outcomes:
+            node = o.task["node"]
+            for a in o.attempts:
+                if a.error is not None:
+                    events.append(
+                        outbox.make(
+                            "task_retried",
+                            step=step,
+                            node=node,
+                            attempt=a.attempt,
+                            duration=a.duration,
+                            error=a.error,
+                            ts=a.started_at,
+                            data={"index": o.task.get("index")},
+                        )
+                    )
+            events.append(
+                outbox.make(
+                    "task_succeeded" if o.status == "ok" else "task_failed",
+                    step=step,
+                    node=node,
+                    attempt=len(o.attempts),
+                    duration=o.duration,
+                    error=o.error,
+                    ts=o.started_at + o.duration,
+                    data={"index": o.task.get("index"), "key": o.task["key"][:16]},
+                )
+            )
+        return events
+
+    def _merge(
+        self,
+        wf: Workflow,
+        outcomes: list[TaskOutcome],
+        state: dict[str, Any],
+        texts: dict[str, str],
+        step: int,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Merge the step's deltas in task order; return the new state and changed keys' JSON."""
+        policy = self.settings.conflict_policy or wf.config.conflict_policy
+        new_state = dict(state)
+        owned: set[str] = set()
+        writer: dict[str, str] = {}
+        touched: list[str] = []
+        for o in outcomes:
+            for k, v in (o.delta or {}).items():
+                reducer = wf.state[k].reducer
+                if reducer == "replace":
+                    if k in writer:
+                        nodes = (writer[k], o.task["node"])
+                        self.observer.merge_conflict(k, nodes)
+                        if policy == "fail":
+                            raise RunFailed(
+                                f"merge conflict on state key {k!r}: written by {nodes[0]!r}"
+                                f" and {nodes[1]!r} in step {step}",
+                                hint="give the key a reducer (append, merge, …) or set"
+                                " config.conflict_policy: last_writer_wins",
+                            )
+                    writer[k] = o.task["node"]
+                try:
+                    new_state[k] = reduce(reducer, new_state[k], v, k, owned=k in owned)
+                except ReduceError as exc:
+                    raise RunFailed(f"node {o.task['node']!r}: {exc}") from None
+                if reducer in ("append", "extend", "merge"):
+                    owned.add(k)
+                if k not in touched:
+                    touched.append(k)
+        changed = {}
+        for k in touched:
+            text = dumps(new_state[k])
+            if text != texts[k]:
+                changed[k] = text
+        return new_state, changed

@@ -1,0 +1,68 @@
+"""Live hooks for progress views and metrics. Called from worker threads: be thread-safe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Observer:
+    """No-op base; the console view and the metrics exporter override what they need."""
+
+    def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None: ...
+
+    def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None: ...
+
+    def task_queued(self, step: int, task: dict[str, Any]) -> None: ...
+
+    def task_started(self, step: int, task: dict[str, Any]) -> None: ...
+
+    def task_finished(
+        self,
+        step: int,
+        task: dict[str, Any],
+        status: str,
+        duration: float,
+        attempts: int,
+        error: str | None,
+        reused: bool,
+    ) -> None: ...
+
+    def task_retried(
+        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
+    ) -> None: ...
+
+    def backpressure(self) -> None: ...
+
+    def merge_conflict(self, key: str, nodes: tuple[str, str]) -> None: ...
+
+    def step_committed(self, step: int, duration: float) -> None: ...
+
+    def llm_usage(
+        self,
+        node: str,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        cached: int,
+        cost: float | None,
+    ) -> None: ...
+
+    def run_finished(self, status: str, error: str | None) -> None: ...
+
+
+class Fanout(Observer):
+    """Several observers as one."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = [o for o in observers if o is not None]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_") or name == "observers":
+            return object.__getattribute__(self, name)
+        targets = [getattr(o, name) for o in object.__getattribute__(self, "observers")]
+
+        def call(*args: Any, **kwargs: Any) -> None:
+            for t in targets:
+                t(*args, **kwargs)
+
+        return call

@@ -1,0 +1,163 @@
+"""One task, start to finish: attempts, backoff with seeded jitter, the delta it yields.
+
+``run_task`` never raises: it returns a :class:`TaskOutcome` so the coordinator
+can save it and carry on with the step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
+from ..nodes.command import CommandResult
+from ..spec.model import Node, Workflow
+from .observer import Observer
+
+
+@dataclass(slots=True)
+class Attempt:
+    attempt: int
+    started_at: float
+    duration: float
+    error: str | None
+    reason: str | None
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    task: dict[str, Any]
+    status: str  # ok | failed
+    delta: dict[str, Any] | None
+    attempts: list[Attempt] = field(default_factory=list)
+    started_at: float = 0.0
+    duration: float = 0.0
+    error: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    usage: list[LLMUsage] = field(default_factory=list)
+    reused: bool = False
+
+
+def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
+    """The state delta a node's raw result stands for."""
+    if node.save:
+        delta: Any = {node.save: raw}
+    elif node.kind in ("python", "set", "llm") or (
+        node.kind in ("run", "shell") and node.output == "json"
+    ):
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise TaskError(
+                f"node returned {type(raw).__name__}, not a mapping of state keys",
+                retryable=False,
+                reason="output",
+            )
+        delta = raw
+    else:
+        return {}
+    for k in delta:
+        if k not in workflow.state:
+            raise TaskError(
+                f"node wrote undeclared state key {k!r}", retryable=False, reason="output"
+            )
+    try:
+        normalised: dict[str, Any] = json.loads(json.dumps(delta))
+    except (TypeError, ValueError) as exc:
+        raise TaskError(
+            f"node result is not JSON-serialisable: {exc}", retryable=False, reason="output"
+        ) from None
+    return normalised
+
+
+def run_task(
+    workflow: Workflow,
+    task: dict[str, Any],
+    state: Mapping[str, Any],
+    step: int,
+    scope: RunScope,
+    observer: Observer,
+) -> TaskOutcome:
+    node = workflow.nodes[task["node"]]
+    started = time.time()
+    t0 = time.perf_counter()
+    observer.task_started(step, task)
+    if task.get("skip"):
+        return TaskOutcome(task, "ok", {}, [Attempt(1, started, 0.0, None, None)], started, 0.0)
+    policy = node.retry
+    rng = random.Random(f"{scope.run_id}:{task['key']}")
+    attempts: list[Attempt] = []
+    usage: list[LLMUsage] = []
+    stdout = stderr = None
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx = Context(
+            scope.run_id, step, node.name, attempt, task.get("item"), task.get("index"), scope
+        )
+        a0 = time.perf_counter()
+        a_start = time.time()
+        try:
+            raw = execute(node, state, ctx, node.timeout)
+            if isinstance(raw, CommandResult):
+                stdout, stderr, raw = raw.stdout, raw.stderr, raw.value
+            delta = to_delta(workflow, node, raw)
+            usage.extend(ctx.usage)
+            attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, None, None))
+            return TaskOutcome(
+                task,
+                "ok",
+                delta,
+                attempts,
+                started,
+                time.perf_counter() - t0,
+                None,
+                stdout,
+                stderr,
+                usage,
+            )
+        except Exception as caught:
+            exc = (
+                caught
+                if isinstance(caught, TaskError)
+                else TaskError(f"{type(caught).__name__}: {caught}")
+            )
+            usage.extend(ctx.usage)
+            stdout, stderr = exc.stdout, exc.stderr
+            err = str(exc)
+            attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
+            if not exc.retryable or attempt >= policy.max_attempts or scope.stop.is_set():
+                return TaskOutcome(
+                    task,
+                    "failed",
+                    None,
+                    attempts,
+                    started,
+                    time.perf_counter() - t0,
+                    err,
+                    stdout,
+                    stderr,
+                    usage,
+                )
+            delay = policy.delay(attempt, rng.random())
+            if exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
+            observer.task_retried(step, node.name, attempt, exc.reason, err, delay)
+            if scope.stop.wait(delay):
+                return TaskOutcome(
+                    task,
+                    "failed",
+                    None,
+                    attempts,
+                    started,
+                    time.perf_counter() - t0,
+                    f"{err} (interrupted before retry)",
+                    stdout,
+                    stderr,
+                    usage,
+                )

@@ -1,0 +1,176 @@
+"""The Store protocol: everything the engine persists goes through it.
+
+The SQLite implementation (``sqlite.py``) is the default; the protocol keeps the
+engine free of SQL so a PostgreSQL store can follow (SPEC §9). Records are plain
+frozen dataclasses holding JSON-able values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    workflow_name: str
+    workflow_path: str
+    workflow_digest: str
+    status: str  # running | succeeded | failed | interrupted
+    step: int  # the next step to execute (= number of committed steps)
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    state_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """One task's outcome, saved as soon as the task finishes."""
+
+    step: int
+    order_key: str
+    node: str
+    index: int | None
+    status: str  # ok | failed
+    delta: dict[str, Any] | None = None
+    attempts: int = 1
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    error: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+    seq: int
+    ts: float
+    step: int | None
+    node: str | None
+    type: str
+    attempt: int | None = None
+    duration: float | None = None
+    error: str | None = None
+    data: dict[str, Any] | None = None
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.run_id}:{self.seq}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "step": self.step,
+            "node": self.node,
+            "type": self.type,
+            "attempt": self.attempt,
+            "duration": self.duration,
+            "error": self.error,
+        }
+        if self.data:
+            out["data"] = self.data
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StepCommit:
+    """Everything one superstep changes, committed in one transaction."""
+
+    step: int
+    idempotency_key: str
+    digest: str
+    changed: dict[str, str]  # state key -> JSON text of its new value (only keys that changed)
+    frontier: dict[str, Any]  # the next frontier (tasks, held joins, join progress)
+    tasks: list[dict[str, Any]]  # order_key/node/index of the step's tasks, in order
+    events: list[Event] = field(default_factory=list)
+    status: str = "running"
+    error: str | None = None
+    state_digest: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    run_id: str
+    step: int
+    state: dict[str, Any]
+    frontier: dict[str, Any]
+    status: str
+
+
+class Store(Protocol):
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        workflow_name: str,
+        workflow_path: str,
+        workflow_text: str,
+        workflow_digest: str,
+        state: dict[str, Any],
+        frontier: dict[str, Any],
+        inputs: dict[str, Any],
+    ) -> None: ...
+
+    def acquire_lease(self, run_id: str, *, force: bool = False) -> int: ...
+
+    def heartbeat(self, run_id: str, token: int) -> bool: ...
+
+    def release_lease(self, run_id: str, token: int) -> None: ...
+
+    def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None: ...
+
+    def load_task_results(self, run_id: str, step: int) -> dict[str, TaskResult]: ...
+
+    def save_step(self, run_id: str, token: int, commit: StepCommit) -> None: ...
+
+    def load_latest(self, run_id: str) -> Checkpoint: ...
+
+    def load_at(self, run_id: str, step: int) -> Checkpoint: ...
+
+    def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None: ...
+
+    def load_checkpoint(self, run_id: str, name: str) -> Checkpoint: ...
+
+    def check_idempotency(self, key: str) -> bool: ...
+
+    def set_status(
+        self,
+        run_id: str,
+        token: int,
+        status: str,
+        *,
+        error: str | None = None,
+        events: list[Event] | None = None,
+    ) -> None: ...
+
+    def append_events(self, run_id: str, token: int, events: list[Event]) -> None: ...
+
+    def next_event_seq(self, run_id: str) -> int: ...
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    def pending_events(self, run_id: str) -> list[Event]: ...
+
+    def mark_events_emitted(self, run_id: str, upto_seq: int) -> None: ...
+
+    def events(self, run_id: str) -> list[Event]: ...
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    def resolve_run_id(self, ref: str) -> str: ...
+
+    def workflow_text(self, run_id: str) -> tuple[str, str]: ...
+
+    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]: ...
+
+    def task_results(self, run_id: str) -> list[TaskResult]: ...
+
+    def close(self) -> None: ...

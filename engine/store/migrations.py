@@ -1,0 +1,85 @@
+"""Schema versions, applied in order on first use (``PRAGMA user_version``)."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: runs, steps, per-key state versions, task results, event outbox, checkpoints
+    """
+    CREATE TABLE runs (
+        run_id          TEXT PRIMARY KEY,
+        workflow_name   TEXT NOT NULL,
+        workflow_path   TEXT NOT NULL,
+        workflow_text   TEXT NOT NULL,
+        workflow_digest TEXT NOT NULL,
+        inputs          TEXT NOT NULL DEFAULT '{}',
+        status          TEXT NOT NULL,
+        step            INTEGER NOT NULL DEFAULT 0,
+        frontier        TEXT NOT NULL,
+        state_digest    TEXT,
+        error           TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        finished_at     REAL,
+        duration_s      REAL NOT NULL DEFAULT 0,
+        event_seq       INTEGER NOT NULL DEFAULT 0,
+        events_emitted  INTEGER NOT NULL DEFAULT 0,
+        lease_host      TEXT,
+        lease_pid       INTEGER,
+        lease_heartbeat REAL,
+        lease_token     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_created ON runs (created_at);
+    CREATE TABLE steps (
+        run_id       TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step         INTEGER NOT NULL,
+        idem_key     TEXT NOT NULL UNIQUE,
+        digest       TEXT NOT NULL,
+        tasks        TEXT NOT NULL,
+        frontier     TEXT NOT NULL,
+        committed_at REAL NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE TABLE state_kv (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        key    TEXT NOT NULL,
+        step   INTEGER NOT NULL,
+        value  TEXT NOT NULL,
+        PRIMARY KEY (run_id, key, step)
+    ) WITHOUT ROWID;
+    CREATE TABLE task_results (
+        run_id     TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step       INTEGER NOT NULL,
+        order_key  TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        idx        INTEGER,
+        status     TEXT NOT NULL,
+        delta      TEXT,
+        attempts   INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        duration_s REAL NOT NULL,
+        error      TEXT,
+        stdout     TEXT,
+        stderr     TEXT,
+        PRIMARY KEY (run_id, step, order_key)
+    );
+    CREATE TABLE events (
+        run_id   TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        ts       REAL NOT NULL,
+        step     INTEGER,
+        node     TEXT,
+        type     TEXT NOT NULL,
+        attempt  INTEGER,
+        duration REAL,
+        error    TEXT,
+        data     TEXT,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE checkpoints (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        name   TEXT NOT NULL,
+        step   INTEGER NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    """,
+]
