@@ -12,8 +12,12 @@ from .conftest import FLOWRUN
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flowrun(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FLOWRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+def flowrun(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLOWRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_example_pipeline_runs_and_prints_json(tmp_path: Path) -> None:
