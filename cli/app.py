@@ -8,7 +8,46 @@ from typing import Annotated
 
 import typer
 
+from . import costs as llm_opt
 from . import options as opt
+
+# --metrics-* on run and resume (SPEC §7); the exporter itself lives in engine/metrics.py
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        envvar="FLOWRUN_METRICS_PORT",
+        help="Serve Prometheus metrics on this port while the run lasts (0: a free one, printed).",
+    ),
+]
+MetricsAddr = Annotated[
+    str,
+    typer.Option("--metrics-addr", envvar="FLOWRUN_METRICS_ADDR", help="Address to bind."),
+]
+MetricsLinger = Annotated[
+    float,
+    typer.Option(
+        "--metrics-linger", min=0, help="Keep serving this many seconds after the run ends."
+    ),
+]
+MetricsPush = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-push",
+        envvar="FLOWRUN_METRICS_PUSH",
+        help="Push the final values to this Pushgateway URL (job flowrun, run_id group).",
+    ),
+]
+MetricsFile = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-file",
+        envvar="FLOWRUN_METRICS_FILE",
+        help="Write the final values here in textfile-collector format (atomic).",
+    ),
+]
 
 app = typer.Typer(
     name="flowrun",
@@ -40,11 +79,22 @@ def run(
     quiet: opt.Quiet = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
+    metrics_port: MetricsPort = None,
+    metrics_addr: MetricsAddr = "127.0.0.1",
+    metrics_linger: MetricsLinger = 0.0,
+    metrics_push: MetricsPush = None,
+    metrics_file: MetricsFile = None,
+    pricing: llm_opt.Pricing = None,
+    max_cost: llm_opt.MaxCost = None,
+    llm_record: llm_opt.LLMRecord = None,
+    llm_replay: llm_opt.LLMReplay = None,
 ) -> None:
     """Start a run of FILE.
 
     Example: flowrun run workflows/pipeline/pipeline.yaml --set limit=10 --json
     """
+    from flowrun.engine.metrics import ExportOptions
+
     from .running import do_run
 
     do_run(
@@ -58,6 +108,10 @@ def run(
         quiet=quiet,
         durability=durability,
         events=events,
+        metrics=ExportOptions(
+            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        ),
+        llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )
 
 
@@ -79,11 +133,22 @@ def resume(
     quiet: opt.Quiet = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
+    metrics_port: MetricsPort = None,
+    metrics_addr: MetricsAddr = "127.0.0.1",
+    metrics_linger: MetricsLinger = 0.0,
+    metrics_push: MetricsPush = None,
+    metrics_file: MetricsFile = None,
+    pricing: llm_opt.Pricing = None,
+    max_cost: llm_opt.MaxCost = None,
+    llm_record: llm_opt.LLMRecord = None,
+    llm_replay: llm_opt.LLMReplay = None,
 ) -> None:
     """Continue a crashed, interrupted or failed run from its last committed step.
 
-    Example: flowrun resume latest
+    Example: flowrun resume latest --max-cost 5
     """
+    from flowrun.engine.metrics import ExportOptions
+
     from .running import do_resume
 
     do_resume(
@@ -96,7 +161,27 @@ def resume(
         quiet=quiet,
         durability=durability,
         events=events,
+        metrics=ExportOptions(
+            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        ),
+        llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )
+
+
+@app.command()
+def costs(
+    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
+    by: Annotated[str, typer.Option("--by", help="Group by model or node.")] = "model",
+    db: opt.Db = None,
+    json_out: opt.Json = False,
+    pricing: llm_opt.Pricing = None,
+) -> None:
+    """The LLM cost table of a run, from its ledger: calls, tokens and USD per model or node.
+
+    --pricing prices calls that were unpriced when they ran.
+    Example: flowrun costs latest --by node --json
+    """
+    llm_opt.do_costs(ref=run_id, by=by, db=db, json_out=json_out, pricing=pricing)
 
 
 @app.command()

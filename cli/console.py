@@ -29,6 +29,10 @@ def err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def warn(line: str) -> None:
+    err(f"flowrun: warning: {line}")
+
+
 def error_line(exc: Any) -> None:
     err(f"flowrun: error: {exc.message}")
     if getattr(exc, "hint", None):
@@ -49,6 +53,7 @@ class PlainView(Observer):
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self._lock = threading.Lock()
+        self.metrics_url: str | None = None  # printed right after the run id line
 
     def __enter__(self) -> PlainView:
         return self
@@ -65,6 +70,8 @@ class PlainView(Observer):
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None:
         verb = f"resumed at step {step}" if resumed else "started"
         self._line(f"run {run_id} ({workflow}) {verb}", always=True)
+        if self.metrics_url:
+            self._line(f"metrics: {self.metrics_url}", always=True)
 
     def task_finished(
         self,
@@ -76,7 +83,7 @@ class PlainView(Observer):
         error: str | None,
         reused: bool,
     ) -> None:
-        label = task["node"] + (f"[{task['index']}]" if task.get("index") is not None else "")
+        label = _label(task)
         if reused:
             self._line(f"step {step}  {label}  ok (saved result reused)")
         elif status == "ok":
@@ -98,8 +105,18 @@ class PlainView(Observer):
         pass
 
 
+def _label(task: dict[str, Any]) -> str:
+    return str(task["node"]) + (f"[{task['index']}]" if task.get("index") is not None else "")
+
+
 class LiveView(PlainView):
-    """A Rich live table: step, tasks running/queued/done per node, retries, elapsed."""
+    """A Rich live display: step, per-node running/queued/done, retries, elapsed, spend.
+
+    Below the table, the tasks running right now with how long each has run.
+    Failures and the run id line are printed above the display and stay.
+    """
+
+    SHOW_RUNNING = 6
 
     def __init__(self, quiet: bool) -> None:
         super().__init__(quiet)
@@ -107,14 +124,20 @@ class LiveView(PlainView):
         from rich.live import Live
 
         self.console = Console(stderr=True)
-        self.live = Live(
-            console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
-        )
         self.started = time.monotonic()
         self.step = 0
         self.run_id = ""
+        self.workflow = ""
         self.nodes: dict[str, dict[str, int]] = defaultdict(
             lambda: {"queued": 0, "running": 0, "done": 0, "failed": 0, "retries": 0}
+        )
+        self.running: dict[str, tuple[str, float]] = {}  # task key -> (label, started)
+        self.spend = 0.0
+        self.calls = 0
+        self.unpriced = 0
+        # last: Live renders once on construction
+        self.live = Live(
+            console=self.console, refresh_per_second=8, transient=True, get_renderable=self._render
         )
 
     def __enter__(self) -> LiveView:
@@ -129,16 +152,24 @@ class LiveView(PlainView):
             self.console.print(text, markup=False, highlight=False)
 
     def _render(self) -> Any:
+        from rich import box
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
+        now = time.monotonic()
         with self._lock:
             rows = [(n, dict(c)) for n, c in self.nodes.items()]
-        t = Table(
-            title=f"run {self.run_id} · step {self.step}"
-            f" · {_fmt_s(time.monotonic() - self.started)}",
-            title_justify="left",
-            expand=False,
+            running = sorted(self.running.values(), key=lambda r: r[1])
+            spend, calls, unpriced = self.spend, self.calls, self.unpriced
+        money = f"${spend:.4f} in {calls} LLM call(s)" + (
+            f", {unpriced} unpriced" if unpriced else ""
         )
+        head = Text(
+            f"run {self.run_id} ({self.workflow}) · step {self.step}"
+            f" · {_fmt_s(now - self.started)} · spend {money}"
+        )
+        t = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
         for col in ("node", "running", "queued", "done", "failed", "retries"):
             t.add_column(col, justify="left" if col == "node" else "right")
         for n, c in rows:
@@ -150,10 +181,16 @@ class LiveView(PlainView):
                 str(c["failed"]),
                 str(c["retries"]),
             )
-        return t
+        shown = ", ".join(
+            f"{label} {_fmt_s(now - t0)}" for label, t0 in running[: self.SHOW_RUNNING]
+        )
+        more = len(running) - self.SHOW_RUNNING
+        tail = Text(f"running now: {shown or '-'}" + (f" (+{more} more)" if more > 0 else ""))
+        return Group(head, t, tail)
 
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None:
         self.run_id = run_id
+        self.workflow = workflow
         self.step = step
         super().run_started(run_id, workflow, step, resumed)
 
@@ -169,6 +206,7 @@ class LiveView(PlainView):
             c = self.nodes[task["node"]]
             c["queued"] = max(0, c["queued"] - 1)
             c["running"] += 1
+            self.running[task["key"]] = (_label(task), time.monotonic())
 
     def task_finished(
         self,
@@ -184,6 +222,7 @@ class LiveView(PlainView):
             c = self.nodes[task["node"]]
             if not reused:
                 c["running"] = max(0, c["running"] - 1)
+                self.running.pop(task["key"], None)
             c["done" if status == "ok" else "failed"] += 1
         if status != "ok":
             super().task_finished(step, task, status, duration, attempts, error, reused)
@@ -193,6 +232,28 @@ class LiveView(PlainView):
     ) -> None:
         with self._lock:
             self.nodes[node]["retries"] += 1
+
+    def llm_usage(
+        self,
+        node: str,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        cached: int,
+        cost: float | None,
+    ) -> None:
+        with self._lock:
+            self.calls += 1
+            if cost is None:
+                self.unpriced += 1
+            else:
+                self.spend += cost
+
+    def run_finished(self, status: str, error: str | None) -> None:
+        with self._lock:  # tasks cancelled by an interrupt never finish
+            self.running.clear()
+            for c in self.nodes.values():
+                c["running"] = c["queued"] = 0
 
 
 def progress_view(*, quiet: bool) -> PlainView:
@@ -206,3 +267,79 @@ def final_summary(report: dict[str, Any], *, quiet: bool) -> None:
         f" in {_fmt_s(report['duration_s'])}"
     )
     err(line)
+
+
+def _money(value: float) -> str:
+    from flowrun.engine.costs import usd
+
+    return usd(value)
+
+
+def _cost_cell(row: dict[str, Any]) -> str:
+    cost = row["cost_usd"]
+    text = "unpriced" if cost is None else _money(cost)
+    if cost is not None and (row.get("unpriced_calls") or row.get("unknown_usage_calls")):
+        text += " + ?"  # some calls of the row could not be priced
+    return text
+
+
+def cost_table(costs: dict[str, Any], *, by: str = "model") -> None:
+    """The cost table (SPEC §6) on stderr: Rich on a terminal, aligned plain text otherwise."""
+    rows = costs["by_node" if by == "node" else "by_model"]
+    head = [by, "calls", "input", "cached", "output", "cost"]
+    body = [
+        [
+            str(r[by]),
+            f"{r['calls']:,}",
+            f"{r['tokens_in']:,}",
+            f"{r['cached_tokens']:,}",
+            f"{r['tokens_out']:,}",
+            _cost_cell(r),
+        ]
+        for r in rows
+    ]
+    lower_bound = costs["unpriced_models"] or costs.get("unknown_usage_calls")
+    total = [
+        "Total",
+        f"{costs['calls']:,}",
+        f"{costs['tokens_in']:,}",
+        f"{costs['cached_tokens']:,}",
+        f"{costs['tokens_out']:,}",
+        _money(costs["total_usd"]) + (" + ?" if lower_bound else ""),
+    ]
+    title = f"LLM costs of run {costs['run_id']}"
+    if rich_ok():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left", show_footer=False)
+        for i, col in enumerate(head):
+            t.add_column(col, justify="left" if i == 0 else "right")
+        for i, r in enumerate(body):
+            t.add_row(*r, end_section=i == len(body) - 1)
+        t.add_row(*total, style="bold")
+        Console(stderr=True).print(t)
+    else:
+        widths = [max(len(line[i]) for line in [head, *body, total]) for i in range(len(head))]
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        err(title)
+        err(fmt(head))
+        for r in body:
+            err(fmt(r))
+        err(fmt(total))
+    if costs["unpriced_models"]:
+        warn(
+            f"no price for {', '.join(costs['unpriced_models'])}: shown as unpriced and left out"
+            " of the total; add prices with --pricing FILE.yaml"
+        )
+    if costs.get("unknown_usage_calls"):
+        warn(
+            f"{costs['unknown_usage_calls']} call(s) came back without usage: their tokens and"
+            " cost are unknown"
+        )

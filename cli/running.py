@@ -12,20 +12,25 @@ from typing import Any
 
 from flowrun.engine import (
     Engine,
+    Fanout,
     FlowrunError,
     Interrupted,
     JsonlSink,
+    Observer,
     RunFailed,
     Settings,
     SQLiteStore,
     UsageError,
+    Workflow,
     load_workflow,
 )
 from flowrun.engine.errors import WorkflowError
 from flowrun.engine.events import EventSink
+from flowrun.engine.metrics import Exporter, ExportOptions, exporter_for
 from flowrun.engine.report import run_result
 
 from . import console
+from .costs import LLMOptions, run_costs
 from .options import DEFAULT_DB
 
 
@@ -97,6 +102,30 @@ def _execute(
     max_concurrency: int | None,
     go: Any,
     run_id_hint: str | None,
+    wf: Workflow,
+    metrics: ExportOptions,
+) -> None:
+    view = console.progress_view(quiet=quiet)
+    exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
+    if exporter is not None:
+        view.metrics_url = exporter.start()  # before the first step; raises UsageError (exit 2)
+    try:
+        _drive(store, json_out, quiet, events, max_concurrency, go, run_id_hint, view, exporter)
+    finally:
+        if exporter is not None:
+            exporter.close()  # final file/push, linger, then the port is closed
+
+
+def _drive(
+    store: SQLiteStore,
+    json_out: bool,
+    quiet: bool,
+    events: str | None,
+    max_concurrency: int | None,
+    go: Any,
+    run_id_hint: str | None,
+    view: console.PlainView,
+    exporter: Exporter | None,
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -104,9 +133,12 @@ def _execute(
             sinks.append(JsonlSink(events))
         except OSError as exc:
             raise UsageError(f"--events {events}: {exc.strerror}") from None
-    view = console.progress_view(quiet=quiet)
+    observer: Observer = view
+    if exporter is not None:
+        observer = Fanout(view, exporter.metrics)
+        sinks.append(exporter.metrics)
     engine = Engine(
-        store, settings=Settings(max_concurrency=max_concurrency), observer=view, sinks=sinks
+        store, settings=Settings(max_concurrency=max_concurrency), observer=observer, sinks=sinks
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
@@ -120,9 +152,13 @@ def _execute(
     if run_id is None:
         raise error or RunFailed("the run did not start")
     report = run_result(store, run_id)
+    report["costs"] = run_costs(store, run_id)
     console.final_summary(report, quiet=quiet)
+    if report["costs"]["calls"]:
+        console.cost_table(report["costs"])
     if json_out:
         sys.stdout.write(json.dumps(report, sort_keys=True, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
     if error is not None:
         if not json_out:
             raise error
@@ -142,8 +178,11 @@ def do_run(
     quiet: bool,
     durability: str,
     events: str | None,
+    metrics: ExportOptions | None = None,
+    llm: LLMOptions | None = None,
 ) -> None:
     wf = load_workflow(file)
+    llm = (llm or LLMOptions()).prepare()
     inputs = parse_inputs(sets, input_file)
     for k in inputs:
         if k not in wf.state:
@@ -154,9 +193,12 @@ def do_run(
     store = open_store(db, durability)
 
     def go(engine: Engine) -> Any:
+        llm.apply(engine.settings)
         return engine.start(wf, run_id=run_id, inputs=inputs)
 
-    _execute(store, json_out, quiet, events, max_concurrency, go, run_id)
+    _execute(
+        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+    )
 
 
 def do_resume(
@@ -170,7 +212,10 @@ def do_resume(
     quiet: bool,
     durability: str,
     events: str | None,
+    metrics: ExportOptions | None = None,
+    llm: LLMOptions | None = None,
 ) -> None:
+    llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability)
     run_id = store.resolve_run_id(ref)
     if workflow:
@@ -186,6 +231,9 @@ def do_resume(
             ) from None
 
     def go(engine: Engine) -> Any:
+        llm.apply(engine.settings)
         return engine.resume(wf, run_id, force=force)
 
-    _execute(store, json_out, quiet, events, max_concurrency, go, run_id)
+    _execute(
+        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+    )

@@ -29,6 +29,11 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._f: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
+        if self._f.tell() > 0:  # a line cut short by a crash: start ours on a fresh line
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    self._f.write("\n")
 
     def emit(self, event: Event) -> None:
         line = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)

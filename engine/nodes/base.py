@@ -53,15 +53,24 @@ class LLMUsage:
 class RunScope:
     """Per-run shared things the node kinds need: stop flag, live processes, settings."""
 
-    def __init__(self, base_dir: Path, run_id: str) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        run_id: str,
+        *,
+        stop: threading.Event | None = None,
+        grace_s: float = 10.0,
+    ) -> None:
         self.base_dir = base_dir
         self.run_id = run_id
-        self.stop = threading.Event()  # no new attempts or retries
+        self.stop = stop or threading.Event()  # set on SIGINT/SIGTERM: no new attempts
+        self.grace_s = grace_s  # how long running work may go on after stop
         self.abort = threading.Event()  # the grace period is over: give up running work
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self.settings: dict[str, Any] = {}
-        self.usage_listener: Any = None  # callable(node, step, LLMUsage) set by the engine
+        self.usage_listener: Any = None  # callable(Context, LLMUsage), set by the engine
+        self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -103,9 +112,13 @@ class Context:
     ) -> None:
         """Report an LLM call made by the node itself, so the cost ledger counts it."""
         u = LLMUsage(model, int(tokens_in), int(tokens_out), int(cached), 0, "python", self.attempt)
-        self.usage.append(u)
+        self.report_usage(u)
+
+    def report_usage(self, usage: LLMUsage) -> None:
+        """Hand one billed call to the run's cost ledger (written at once, from this thread)."""
+        self.usage.append(usage)
         if self.scope.usage_listener is not None:
-            self.scope.usage_listener(self, u)
+            self.scope.usage_listener(self, usage)
 
 
 def template_scope(state: Mapping[str, Any], ctx: Context) -> dict[str, Any]:

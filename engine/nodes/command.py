@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,11 +16,66 @@ from ..spec.model import Node
 from .base import Context, TaskError, TaskTimeout, template_scope
 
 TAIL = 4000
+POLL_S = 0.25  # how often a waiting task looks at the abort flag
+DRAIN_S = 2.0  # how long to read what a killed process group left in its pipes
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], ctx: Context, timeout: float | None
+) -> tuple[bytes, bytes]:
+    """Wait for the process and its output; past ``timeout`` or on abort, kill its group."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+        try:
+            return proc.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            aborted = ctx.scope.abort.is_set()
+            if not aborted and (deadline is None or time.monotonic() < deadline):
+                continue
+        kill_group(proc)
+        out, err = _drain(proc)
+        e: TaskError
+        if aborted:
+            e = TaskError(
+                "interrupted; killed its process group", retryable=False, reason="interrupted"
+            )
+        else:
+            e = TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
+        e.stdout, e.stderr = _tail(out), _tail(err)
+        raise e
+
+
+def _clip(line: str, limit: int = 300) -> str:
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """The output of a process whose group was just killed.
+
+    A descendant that left the group (``setsid``, a daemon) may still hold the pipes
+    open; the task does not wait for it: after a short drain the pipes are closed.
+    """
+    try:
+        return proc.communicate(timeout=DRAIN_S)
+    except subprocess.TimeoutExpired as exc:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        proc.wait()
+        return _bytes(exc.stdout), _bytes(exc.stderr)
+
+
+def _bytes(data: str | bytes | None) -> bytes:
+    if data is None:
+        return b""
+    return data.encode() if isinstance(data, str) else data
 
 
 def _tail(data: bytes) -> str:
@@ -41,6 +97,8 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
             cwd = cwd / templates.render_text(node.cwd, scope)
     except templates.TemplateError as exc:
         raise TaskError(str(exc), retryable=False, reason="template") from None
+    if not cwd.is_dir():
+        raise TaskError(f"cwd {cwd} is not a directory", retryable=False, reason="cwd")
     env.setdefault("FLOWRUN_RUN_ID", ctx.run_id)
     env["FLOWRUN_NODE"] = ctx.node
     env["FLOWRUN_STEP"] = str(ctx.step)
@@ -61,13 +119,7 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         raise TaskError(f"cannot start {argv[0]}: {exc.strerror}", retryable=False) from None
     ctx.scope.track(proc)
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        out, err = proc.communicate()
-        e = TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
-        e.stdout, e.stderr = _tail(out), _tail(err)
-        raise e from None
+        out, err = _communicate(proc, ctx, timeout)
     finally:
         ctx.scope.untrack(proc)
     if proc.returncode != 0:
@@ -76,7 +128,7 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         else:
             why = f"exit code {proc.returncode}"
         last = _tail(err).strip().splitlines()
-        detail = f": {last[-1]}" if last else ""
+        detail = f": {_clip(last[-1])}" if last else ""
         failure = TaskError(f"command failed ({why}){detail}", reason="exit")
         failure.stdout, failure.stderr = _tail(out), _tail(err)
         raise failure

@@ -1,13 +1,155 @@
-"""``llm:`` nodes (providers arrive with the cost ledger)."""
+"""``llm:`` nodes: one chat completion; the reply text (or parsed JSON) is the result.
+
+String settings are templates (``prompt`` and ``system`` above all, but ``model``
+or ``provider`` may come from the state too). Usage is reported to the cost
+ledger the moment a reply arrives, before anything can fail the attempt, so an
+attempt that fails afterwards (say, a reply that is not JSON) is still counted.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from ..llm import PROVIDERS, LLMReply, LLMRequest, ProviderError, session_for
+from ..spec import templates
 from ..spec.model import Node
-from .base import Context, TaskError
+from .base import Context, LLMUsage, TaskError, TaskTimeout, template_scope
+
+_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
+
+
+def default_provider(model: str) -> str:
+    return "anthropic" if model.startswith("claude") else "openai"
+
+
+def _config_error(message: str) -> TaskError:
+    return TaskError(message, retryable=False, reason="config")
+
+
+def _text(body: Mapping[str, Any], key: str, scope: dict[str, Any]) -> str | None:
+    raw = body.get(key)
+    if raw is None:
+        return None
+    try:
+        value = templates.render_text(raw, scope) if isinstance(raw, str) else raw
+    except templates.TemplateError as exc:
+        raise TaskError(f"llm.{key}: {exc}", retryable=False, reason="template") from None
+    if not isinstance(value, str):
+        raise _config_error(f"llm.{key} must be a string, got {value!r}")
+    return value
+
+
+def _native(body: Mapping[str, Any], key: str, scope: dict[str, Any]) -> Any:
+    raw = body.get(key)
+    if isinstance(raw, str):
+        try:
+            return templates.render(raw, scope)
+        except templates.TemplateError as exc:
+            raise TaskError(f"llm.{key}: {exc}", retryable=False, reason="template") from None
+    return raw
+
+
+def build_request(body: Mapping[str, Any], scope: dict[str, Any]) -> LLMRequest:
+    model = _text(body, "model", scope)
+    prompt = _text(body, "prompt", scope)
+    if not model or prompt is None:
+        raise _config_error("llm needs a model and a prompt")
+    temperature = _native(body, "temperature", scope)
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+    ):
+        raise _config_error(f"llm.temperature must be a number, got {temperature!r}")
+    max_tokens = _native(body, "max_tokens", scope)
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise _config_error(f"llm.max_tokens must be a positive integer, got {max_tokens!r}")
+    as_json = _native(body, "json", scope)
+    if as_json is not None and not isinstance(as_json, bool):
+        raise _config_error(f"llm.json must be true or false, got {as_json!r}")
+    return LLMRequest(
+        model=model,
+        prompt=prompt,
+        system=_text(body, "system", scope),
+        temperature=None if temperature is None else float(temperature),
+        max_tokens=max_tokens,
+        json=bool(as_json),
+    )
+
+
+def parse_json_reply(text: str) -> Any:
+    """The reply as JSON; a Markdown code fence around it is tolerated."""
+    body = text.strip()
+    m = _FENCE.match(body)
+    if m:
+        body = m.group("body").strip()
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        shown = body if len(body) <= 80 else body[:77] + "..."
+        raise TaskError(
+            f"the reply is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {shown!r}",
+            retryable=True,
+            reason="llm_json",
+        ) from None
+
+
+def report(ctx: Context, reply: LLMReply, model: str) -> None:
+    """Hand a billed reply's usage to the cost ledger (unknown usage stays unknown)."""
+    u = reply.usage
+    ctx.report_usage(
+        LLMUsage(
+            model=model,
+            tokens_in=None if u is None else u.tokens_in,
+            tokens_out=None if u is None else u.tokens_out,
+            cached=None if u is None else u.cached,
+            cache_write=None if u is None else u.cache_write,
+            provider=reply.provider,
+            attempt=ctx.attempt,
+        )
+    )
 
 
 def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
-    raise TaskError("llm nodes are not available in this build yet", retryable=False)
+    body: Mapping[str, Any] = node.body
+    scope = template_scope(state, ctx)
+    request = build_request(body, scope)
+    settings = ctx.scope.settings
+    replay_all = settings.get("llm_replay")
+    name = "replay" if replay_all else (_text(body, "provider", scope) or "")
+    name = name or default_provider(request.model)
+    if name not in PROVIDERS:
+        raise _config_error(f"unknown llm provider {name!r} (one of: {', '.join(PROVIDERS)})")
+    base = Path(ctx.scope.base_dir)
+    cassette = _text(body, "cassette", scope)
+    record = settings.get("llm_record")
+    if ctx.scope.over_budget.is_set():
+        raise TaskError("not called: the run's budget is spent", retryable=False, reason="budget")
+    session = session_for(ctx.scope)
+    try:
+        provider = session.provider(
+            name,
+            base_url=_text(body, "base_url", scope),
+            api_key_env=_text(body, "api_key_env", scope),
+            cassette=Path(replay_all) if replay_all else (base / cassette if cassette else None),
+            record=Path(record) if record and name != "replay" else None,
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reply = provider.complete(request, deadline=deadline, stop=ctx.scope.stop)
+    except ProviderError as exc:
+        if exc.reply is not None:
+            report(ctx, exc.reply, request.model)
+        if exc.reason == "timeout" and timeout is not None:
+            raise TaskTimeout(f"timed out after {timeout:g}s: {exc}") from None
+        raise TaskError(
+            str(exc), retryable=exc.retryable, retry_after=exc.retry_after, reason=exc.reason
+        ) from None
+    report(ctx, reply, request.model)
+    if request.json:
+        return parse_json_reply(reply.text)
+    return reply.text

@@ -1,31 +1,156 @@
 """``python: module:function`` nodes, called as ``fn(state, ctx)``.
 
-The workflow file's folder is importable. The call runs on a daemon thread so a
-node past its timeout can be abandoned (``ctx.cancelled`` is set) without keeping
-the process alive at exit.
+The workflow file's folder is importable (and wins over a same-named module another
+workflow in this process loaded from its own folder). ``state`` is read-only at every
+level: the top is a ``MappingProxyType`` and nested lists and dicts are frozen
+copies, so a task can never change the snapshot its step-mates read. The call runs
+on a daemon thread so a node past its timeout can be abandoned (``ctx.cancelled``
+is set) without keeping the process alive at exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
 from ..spec.model import Node
-from .base import Context, TaskError, TaskTimeout
+from .base import Context, RunScope, TaskError, TaskTimeout
 
 _path_lock = threading.Lock()
+_owner: dict[str, str] = {}  # top-level module name -> the folder it was imported for
+
+
+def _readonly(*_: Any, **__: Any) -> NoReturn:
+    raise TypeError("state is read-only in a python node: return a delta instead")
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses changes; copies of it (``dict(x)``, ``x.copy()``) are plain."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _readonly
+    clear = pop = popitem = setdefault = update = _readonly
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A list that refuses changes; copies of it (``list(x)``, slices) are plain."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _readonly
+    append = extend = insert = pop = remove = clear = sort = reverse = _readonly
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(v, memo) for v in self]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep copy of a JSON-like value (scalars are returned as they are)."""
+    if isinstance(value, FrozenDict | FrozenList):
+        return value
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return FrozenList(freeze(v) for v in value)
+    return value
+
+
+class _Views:
+    """Per run: the frozen view of the last snapshot, and frozen values by key.
+
+    A step's tasks share one snapshot and unchanged keys keep their objects from
+    step to step, so freezing costs what changed, not the size of the state.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.snapshot: Mapping[str, Any] | None = None
+        self.view: Mapping[str, Any] = MappingProxyType({})
+        self.values: dict[str, tuple[Any, Any]] = {}
+
+    def of(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        with self.lock:
+            if state is self.snapshot:
+                return self.view
+            frozen: dict[str, Any] = {}
+            values: dict[str, tuple[Any, Any]] = {}
+            for k, v in state.items():
+                seen = self.values.get(k)
+                if seen is None or seen[0] is not v:
+                    seen = (v, freeze(v))
+                values[k] = seen
+                frozen[k] = seen[1]
+            self.snapshot, self.view, self.values = state, MappingProxyType(frozen), values
+            return self.view
+
+
+_views: weakref.WeakKeyDictionary[RunScope, _Views] = weakref.WeakKeyDictionary()
+_views_lock = threading.Lock()
+
+
+def state_view(state: Mapping[str, Any], scope: RunScope) -> Mapping[str, Any]:
+    with _views_lock:
+        views = _views.get(scope)
+        if views is None:
+            views = _views[scope] = _Views()
+    return views.of(state)
+
+
+def _is_local(module: Any, base_dir: str) -> bool:
+    file = getattr(module, "__file__", None)
+    if file is None:  # a namespace package: look at where it was found
+        paths = list(getattr(module, "__path__", []))
+        return any(Path(p).resolve().is_relative_to(Path(base_dir).resolve()) for p in paths)
+    return Path(file).resolve().is_relative_to(Path(base_dir).resolve())
+
+
+def _claim(top: str, base_dir: str) -> None:
+    """Make ``top`` resolve from ``base_dir``, forgetting a same-named foreign import."""
+    if sys.path[:1] != [base_dir]:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(base_dir)
+        sys.path.insert(0, base_dir)
+    owner = _owner.get(top)
+    if owner == base_dir:
+        return
+    loaded = sys.modules.get(top)
+    base = Path(base_dir)
+    here = (base / f"{top}.py").exists() or (base / top).is_dir()
+    # only a module another workflow's folder supplied is forgotten, never a library's
+    if loaded is not None and here and owner is not None and _is_local(loaded, owner):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+    _owner[top] = base_dir
 
 
 def resolve(target: str, base_dir: str) -> Callable[..., Any]:
     module_name, _, fn_name = target.partition(":")
     with _path_lock:
-        if base_dir not in sys.path:
-            sys.path.insert(0, base_dir)
+        _claim(module_name.partition(".")[0], base_dir)
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
@@ -38,22 +163,61 @@ def resolve(target: str, base_dir: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+class _Caller:
+    """A reusable daemon thread for python-node calls.
+
+    Starting a thread per call costs more than many node bodies, so callers are
+    kept idle between calls. A call past its timeout is abandoned by the task that
+    waited for it; its caller rejoins the idle set whenever the call does return.
+    """
+
+    idle: ClassVar[list[_Caller]] = []
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    MAX_IDLE: ClassVar[int] = 64
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.job: tuple[Callable[[], Any], dict[str, Any], threading.Event] | None = None
+        threading.Thread(target=self._loop, name="flowrun-python", daemon=True).start()
+
+    @classmethod
+    def call(cls, fn: Callable[[], Any]) -> tuple[dict[str, Any], threading.Event]:
+        """Start ``fn()`` on an idle caller; return its result box and done flag."""
+        with cls.lock:
+            caller = cls.idle.pop() if cls.idle else None
+        if caller is None:
+            caller = cls()
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        caller.job = (fn, box, done)
+        caller.wake.set()
+        return box, done
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            assert self.job is not None
+            fn, box, done = self.job
+            self.job = None
+            try:
+                box["value"] = fn()
+            except BaseException as exc:
+                box["error"] = exc
+            with _Caller.lock:
+                keep = len(_Caller.idle) < _Caller.MAX_IDLE
+                if keep:
+                    _Caller.idle.append(self)
+            done.set()
+            if not keep:
+                return
+
+
 def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
     fn = resolve(node.body, str(ctx.scope.base_dir))
-    view = MappingProxyType(dict(state)) if not isinstance(state, MappingProxyType) else state
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            box["value"] = fn(view, ctx)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            done.set()
-
-    t = threading.Thread(target=call, name=f"flowrun-{ctx.node}", daemon=True)
-    t.start()
+    view = state_view(state, ctx.scope)
+    ctx.item = freeze(ctx.item)
+    box, done = _Caller.call(lambda: fn(view, ctx))
     deadline = None if timeout is None else time.monotonic() + timeout
     while not done.wait(
         0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ..costs import Ledger
 from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
 from ..events import EventSink, Outbox
 from ..nodes.base import RunScope
@@ -26,9 +27,9 @@ from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
 from . import frontier as fr
 from .observer import Observer
-from .ordering import idempotency_key, state_digest, step_digest, value_digest
+from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
 from .reducers import ReduceError, reduce
-from .task import Attempt, TaskOutcome, run_task
+from .task import Attempt, StepGate, TaskOutcome, run_task
 
 HEARTBEAT_S = 5.0
 
@@ -76,6 +77,8 @@ class Settings:
     max_steps: int | None = None
     conflict_policy: str | None = None
     grace_s: float = 10.0
+    max_cost_usd: float | None = None  # overrides config.max_cost_usd
+    prices: Any = None  # a costs.PriceSource; None: the built-in table
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +105,7 @@ class Engine:
         # the run being driven (set by _drive; read by signal handlers and hooks)
         self.run_id = ""
         self.token = 0
+        self.step = 0
         self.scope = RunScope(Path("."), "")
 
     # public API ---------------------------------------------------------------
@@ -155,9 +159,16 @@ class Engine:
             daemon=True,
         )
         beat.start()
-        scope = RunScope(wf.base_dir, run_id)
+        scope = RunScope(wf.base_dir, run_id, stop=self.stop, grace_s=self.settings.grace_s)
         scope.settings.update(self.settings.extra)
         self.scope = scope
+        max_cost = self.settings.max_cost_usd
+        if max_cost is None:
+            max_cost = wf.config.max_cost_usd
+        self.ledger = Ledger(
+            store, run_id, self.settings.prices, max_cost, self.observer, scope.over_budget
+        )
+        scope.usage_listener = self.ledger.record  # ledger rows are written as replies arrive
         self.run_id = run_id
         self.token = token
         self.workflow = wf
@@ -192,6 +203,7 @@ class Engine:
             max_steps = self.settings.max_steps or wf.config.max_steps
             status, error = "succeeded", None
             while frontier["entries"]:
+                self.ledger.check()  # over budget: fail before dispatching anything new
                 if step >= max_steps:
                     raise RunFailed(
                         f"the run reached max_steps ({max_steps}) without ending",
@@ -203,7 +215,10 @@ class Engine:
                 except fr.RouteError as exc:
                     raise RunFailed(str(exc)) from None
                 self.observer.step_started(step, tasks)
-                outcomes = self._run_step(wf, executor, tasks, state, step, max_conc)
+                self.step = step
+                outcomes, deferred = self._run_step(
+                    wf, executor, tasks, state, step, max_conc, first=step == cp.step
+                )
                 new_state, changed = self._merge(wf, outcomes, state, texts, step)
                 try:
                     nxt = fr.advance(wf, tasks, frontier, new_state, run_id, step)
@@ -248,6 +263,7 @@ class Engine:
                         events=events,
                         status="succeeded" if done else "running",
                         state_digest=sdig,
+                        results=deferred,
                         duration_s=prior_duration + time.perf_counter() - t_start,
                     ),
                 )
@@ -306,35 +322,65 @@ class Engine:
         state: dict[str, Any],
         step: int,
         max_conc: int,
-    ) -> list[TaskOutcome]:
+        *,
+        first: bool,
+    ) -> tuple[list[TaskOutcome], list[TaskResult]]:
+        """Run a step's tasks; return their outcomes and the results still to be saved."""
         store, run_id = self.store, self.run_id
-        saved = {k: r for k, r in store.load_task_results(run_id, step).items() if r.status == "ok"}
+        saved: dict[str, TaskResult] = {}
+        if first:  # only the step a run stopped in can hold results from before
+            saved = {
+                k: r for k, r in store.load_task_results(run_id, step).items() if r.status == "ok"
+            }
         snapshot = MappingProxyType(state)
         outcomes: list[TaskOutcome | None] = [None] * len(tasks)
         queue_depth = self.settings.queue_depth
         if queue_depth is None:
             queue_depth = wf.config.queue_depth
-        limit = max_conc + queue_depth
+        gate = StepGate(max_conc, queue_depth)
         pending: dict[Future[TaskOutcome], int] = {}
         failed: list[TaskOutcome] = []
+        deferred: list[TaskResult] = []
+        dispatched = False
+        # A lone python/set task runs on this thread: a pool hand-off would only add
+        # latency (both kinds watch the stop flag, so signals still work).
+        inline = (
+            self.executor is None
+            and len(tasks) == 1
+            and wf.nodes[tasks[0]["node"]].kind in ("python", "set")
+        )
 
         def collect(done: set[Future[TaskOutcome]]) -> None:
+            finished = []
             for f in done:
                 i = pending.pop(f)
+                if f.cancelled():  # never started: the budget ran out
+                    continue
                 out = f.result()
                 outcomes[i] = out
-                self._save(step, out)
+                finished.append(out)
                 if out.status != "ok":
                     failed.append(out)
+            results = [self._result(step, out) for out in finished]
+            # Results that finished together are saved in one transaction. The step's
+            # last results ride in the step's own commit (nothing runs in between).
+            over = self.scope.over_budget.is_set()
+            if dispatched and not pending and not failed and not self.stop.is_set() and not over:
+                deferred.extend(results)
+            else:
+                store.save_task_results(run_id, self.token, results)
+            for out in finished:
+                self._finished(out)
 
         def wait_some() -> None:
-            while True:
-                done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
-                if done:
-                    collect(done)
-                    return
-                if self.stop.is_set():
-                    self._interrupt(pending, collect)
+            done = gate.wait(0.2)  # a task started or finished (or time to look at stop)
+            if done:
+                collect(done)
+            if self.stop.is_set():
+                self._interrupt(pending, collect)
+            if self.scope.over_budget.is_set():
+                for f in list(pending):
+                    f.cancel()  # tasks still queued never start once the budget is spent
 
         for i, t in enumerate(tasks):
             r = saved.get(t["key"])
@@ -352,25 +398,37 @@ class Engine:
                 continue
             if self.stop.is_set():
                 self._interrupt(pending, collect)
-            if len(pending) >= limit:
+            if self.scope.over_budget.is_set():
+                break  # no new task once the cost ledger passed the budget
+            if gate.full():
                 self.observer.backpressure()
-                while len(pending) >= limit:
+                while gate.full():
                     wait_some()
             self.observer.task_queued(step, t)
-            pending[executor.submit(run_task, wf, t, snapshot, step, self.scope, self.observer)] = i
+            f = gate.submit(
+                None if inline else executor,
+                run_task,
+                *(wf, t, snapshot, step, self.scope, self.observer),
+            )
+            pending[f] = i
+        dispatched = True
         while pending:
             wait_some()
         if self.stop.is_set():
             self._interrupt(pending, collect)
+        if self.scope.over_budget.is_set():
+            if deferred:
+                store.save_task_results(run_id, self.token, deferred)
+            raise self.ledger.exceeded()  # finished results are kept for the resume
         if failed:
-            first = min(failed, key=lambda o: tasks.index(o.task))
+            culprit = min(failed, key=lambda o: tasks.index(o.task))
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise RunFailed(
-                f"node {first.task['node']!r} failed after {len(first.attempts)} attempt(s):"
-                f" {first.error}{more}",
+                f"node {task_label(culprit.task)!r} failed after"
+                f" {len(culprit.attempts)} attempt(s): {culprit.error}{more}",
                 hint="fix the cause, then `flowrun resume` retries this step",
             )
-        return [o for o in outcomes if o is not None]
+        return [o for o in outcomes if o is not None], deferred
 
     def _interrupt(
         self,
@@ -380,7 +438,8 @@ class Engine:
         """Stop dispatching; give running tasks a grace period, then kill them."""
         self.scope.stop.set()
         deadline = time.monotonic() + self.settings.grace_s
-        while pending and time.monotonic() < deadline:
+        # a second signal sets abort: stop waiting for the grace period at once
+        while pending and time.monotonic() < deadline and not self.scope.abort.is_set():
             done, _ = wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
             collect(done)
         if pending:
@@ -393,29 +452,25 @@ class Engine:
             hint=f"continue with `flowrun resume {self.run_id}`",
         )
 
-    def _save(self, step: int, out: TaskOutcome) -> None:
+    def _result(self, step: int, out: TaskOutcome) -> TaskResult:
         t = out.task
-        self.store.save_task_result(
-            self.run_id,
-            self.token,
-            TaskResult(
-                step=step,
-                order_key=t["key"],
-                node=t["node"],
-                index=t.get("index"),
-                status=out.status,
-                delta=out.delta,
-                attempts=len(out.attempts),
-                started_at=out.started_at,
-                duration_s=out.duration,
-                error=out.error,
-                stdout=out.stdout,
-                stderr=out.stderr,
-            ),
+        return TaskResult(
+            step=step,
+            order_key=t["key"],
+            node=t["node"],
+            index=t.get("index"),
+            status=out.status,
+            delta=out.delta,
+            attempts=len(out.attempts),
+            started_at=out.started_at,
+            duration_s=out.duration,
+            error=out.error,
+            stdout=out.stdout,
+            stderr=out.stderr,
         )
-        self.observer.task_finished(
-            step, t, out.status, out.duration, len(out.attempts), out.error, False
-        )
+
+    def _finished(self, out: TaskOutcome) -> None:
+        # observer.task_finished was called by run_task on the worker thread
         if self.after_task is not None:
             self.after_task(self, out)
 
@@ -463,23 +518,24 @@ class Engine:
         policy = self.settings.conflict_policy or wf.config.conflict_policy
         new_state = dict(state)
         owned: set[str] = set()
-        writer: dict[str, str] = {}
+        writer: dict[str, dict[str, Any]] = {}  # replace key -> the task that wrote it
         touched: list[str] = []
         for o in outcomes:
             for k, v in (o.delta or {}).items():
                 reducer = wf.state[k].reducer
                 if reducer == "replace":
                     if k in writer:
-                        nodes = (writer[k], o.task["node"])
+                        nodes = (writer[k]["node"], o.task["node"])
                         self.observer.merge_conflict(k, nodes)
                         if policy == "fail":
+                            a, b = task_label(writer[k]), task_label(o.task)
                             raise RunFailed(
-                                f"merge conflict on state key {k!r}: written by {nodes[0]!r}"
-                                f" and {nodes[1]!r} in step {step}",
+                                f"merge conflict on state key {k!r}: written by {a!r}"
+                                f" and {b!r} in step {step}",
                                 hint="give the key a reducer (append, merge, …) or set"
                                 " config.conflict_policy: last_writer_wins",
                             )
-                    writer[k] = o.task["node"]
+                    writer[k] = o.task
                 try:
                     new_state[k] = reduce(reducer, new_state[k], v, k, owned=k in owned)
                 except ReduceError as exc:
@@ -491,6 +547,8 @@ class Engine:
         changed = {}
         for k in touched:
             text = dumps(new_state[k])
+            if "{" in text:  # hold dicts as stored (sorted keys), so a resume sees the same
+                new_state[k] = json.loads(text)
             if text != texts[k]:
                 changed[k] = text
         return new_state, changed

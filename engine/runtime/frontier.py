@@ -118,7 +118,7 @@ def advance(
 ) -> dict[str, Any]:
     """The next frontier, after the step's tasks finished and their deltas merged."""
     since: dict[str, list[str]] = {k: list(v) for k, v in frontier.get("since", {}).items()}
-    joins = {n: node.needs for n, node in workflow.nodes.items() if node.needs}
+    joins = workflow.joins
     for t in tasks:
         for j, needs in joins.items():
             if t["node"] in needs and t["node"] not in since.setdefault(j, []):

@@ -71,3 +71,9 @@ def task(node: str, parent: str, edge: int, **extra: Any) -> dict[str, Any]:
     }
     t.update(extra)
     return t
+
+
+def task_label(task: dict[str, Any]) -> str:
+    """How messages name a task: ``node``, or ``node[index]`` under ``foreach``."""
+    index = task.get("index")
+    return str(task["node"]) if index is None else f"{task['node']}[{index}]"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +77,112 @@ def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
     return normalised
 
 
+class StepGate:
+    """One step's dispatch window (SPEC §3, backpressure).
+
+    The coordinator hands a task to the executor only while fewer than
+    ``queue_depth`` (at least one) wait to start and fewer than ``max_running +
+    queue_depth`` are unfinished. Workers report starts and finishes here; finished
+    futures are handed back through :meth:`wait`, so waiting costs O(1) per task
+    however many are in flight.
+    """
+
+    def __init__(self, max_running: int, queue_depth: int) -> None:
+        self.max_running = max(1, max_running)
+        self.queue_depth = max(0, queue_depth)
+        self._cond = threading.Condition()
+        self._submitted = self._started = self._finished = 0
+        self._done: list[Future[TaskOutcome]] = []
+        self._changed = False
+
+    def full(self) -> bool:
+        with self._cond:
+            queued = self._submitted - self._started
+            unfinished = self._submitted - self._finished
+        return queued >= max(1, self.queue_depth) or (
+            unfinished >= self.max_running + self.queue_depth
+        )
+
+    def submit(
+        self, executor: Executor | None, fn: Callable[..., TaskOutcome], *args: Any
+    ) -> Future[TaskOutcome]:
+        """``executor.submit(fn, *args, gate=self)``, counted; no executor runs it here."""
+        with self._cond:
+            self._submitted += 1
+        try:
+            if executor is None:
+                future: Future[TaskOutcome] = Future()
+                future.set_result(fn(*args, gate=self))
+            else:
+                future = executor.submit(fn, *args, gate=self)
+        except BaseException:
+            with self._cond:
+                self._submitted -= 1
+            raise
+        future.add_done_callback(self._completed)
+        return future
+
+    def wait(self, timeout: float) -> set[Future[TaskOutcome]]:
+        """Wait until a task starts or finishes; return the futures done since last call."""
+        with self._cond:
+            if not self._done and not self._changed:
+                self._cond.wait(timeout)
+            done, self._done, self._changed = self._done, [], False
+        return set(done)
+
+    # called by run_task on the worker, after the observer heard of it
+    def started(self) -> None:
+        with self._cond:
+            self._started += 1
+            self._changed = True
+            self._cond.notify_all()
+
+    def finished(self) -> None:
+        with self._cond:
+            self._finished += 1
+            self._changed = True
+            self._cond.notify_all()
+
+    def _completed(self, future: Future[TaskOutcome]) -> None:
+        with self._cond:
+            self._done.append(future)
+            self._cond.notify_all()
+
+
 def run_task(
+    workflow: Workflow,
+    task: dict[str, Any],
+    state: Mapping[str, Any],
+    step: int,
+    scope: RunScope,
+    observer: Observer,
+    gate: StepGate | None = None,
+) -> TaskOutcome:
+    """Run every attempt of ``task`` on the calling (worker) thread; never raises.
+
+    The observer hears ``task_started`` and ``task_finished`` from this thread, so
+    its running count never exceeds the threads actually running tasks.
+    """
+    observer.task_started(step, task)
+    if gate is not None:
+        gate.started()
+    t0 = time.perf_counter()
+    try:
+        out = _attempts(workflow, task, state, step, scope, observer)
+    except Exception as exc:  # a bug, not a node failure: still report it as the task's
+        out = TaskOutcome(task, "failed", None, [], time.time(), time.perf_counter() - t0)
+        out.error = f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        observer.task_finished(
+            step, task, out.status, out.duration, len(out.attempts), out.error, False
+        )
+    finally:
+        if gate is not None:
+            gate.finished()
+    return out
+
+
+def _attempts(
     workflow: Workflow,
     task: dict[str, Any],
     state: Mapping[str, Any],
@@ -86,7 +193,6 @@ def run_task(
     node = workflow.nodes[task["node"]]
     started = time.time()
     t0 = time.perf_counter()
-    observer.task_started(step, task)
     if task.get("skip"):
         return TaskOutcome(task, "ok", {}, [Attempt(1, started, 0.0, None, None)], started, 0.0)
     policy = node.retry

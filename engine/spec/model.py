@@ -75,6 +75,9 @@ class Config:
     max_cost_usd: float | None = None
 
 
+_JOINS: dict[int, tuple[Workflow, dict[str, tuple[str, ...]]]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Workflow:
     name: str
@@ -87,6 +90,15 @@ class Workflow:
     digest: str = ""
     path: str = "<workflow>"
     base_dir: Path = Path(".")
+
+    @property
+    def joins(self) -> dict[str, tuple[str, ...]]:
+        """Nodes with ``needs``, and what they need (computed once per workflow)."""
+        cached = _JOINS.get(id(self))
+        if cached is None or cached[0] is not self:
+            cached = (self, {n: node.needs for n, node in self.nodes.items() if node.needs})
+            _JOINS[id(self)] = cached
+        return cached[1]
 
     def initial_state(self) -> dict[str, Any]:
         import copy

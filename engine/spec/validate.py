@@ -1,6 +1,7 @@
 """Turn a loaded YAML document into a :class:`Workflow`, or a precise error.
 
-Every check names the file, line, column and key, and suggests the near miss.
+Every error names the file, line and column, starts with the offending key
+(``nodes.fetch.next: unknown node 'sumarize'``) and suggests the near miss.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import WorkflowError
 from . import templates
@@ -30,8 +32,10 @@ from .model import (
 from .yamlpos import Document, Path, load
 
 NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PYTHON_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+POLICIES = ("fail", "last_writer_wins")
 
 TOP_KEYS = ("name", "description", "state", "config", "start", "nodes")
 STATE_KEYS = ("default", "reducer", "description")
@@ -60,15 +64,16 @@ LLM_KEYS = (
     "cassette",
 )
 ROUTE_KEYS = ("when", "to")
+_BOOL_HINT = "quote it: YAML reads yes/no/on/off/true/false as booleans"
 
 
 def parse_duration(value: Any) -> float:
-    """``250ms``, ``30s``, ``5m``, ``1h`` (or a bare number of seconds) to seconds."""
+    """``250ms``, ``30s``, ``5m``, ``1h``, ``2d`` (or a bare number of seconds) to seconds."""
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("negative duration")
+        if value < 0 or not math.isfinite(value):
+            raise ValueError("not a duration")
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
@@ -89,13 +94,20 @@ def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
         try:
             raw = fs.read_bytes()
         except FileNotFoundError:
-            raise WorkflowError(f"{fs}: no such file", hint="check the path") from None
+            raise WorkflowError(
+                f"{fs}: no such file", hint="check the path (it is relative to this folder)"
+            ) from None
+        except IsADirectoryError:
+            raise WorkflowError(f"{fs}: is a folder, not a workflow file") from None
         except OSError as exc:
             raise WorkflowError(f"{fs}: cannot read: {exc.strerror}") from None
         try:
             text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WorkflowError(f"{fs}: not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise WorkflowError(
+                f"{fs}: not UTF-8 text (bad byte at offset {exc.start})",
+                hint="save the file as UTF-8",
+            ) from None
     doc = load(text, str(path))
     return _Validator(doc, text, fs).workflow()
 
@@ -107,64 +119,115 @@ class _Validator:
         self.fs = fs
 
     # helpers -------------------------------------------------------------
-    def err(self, path: Path, msg: str, *, key: bool = False, hint: str | None = None) -> None:
-        raise self.doc.error(path, msg, key=key, hint=hint)
+    def err(
+        self,
+        path: Path,
+        msg: str,
+        *,
+        key: bool = False,
+        hint: str | None = None,
+        label: Path | None = None,
+    ) -> NoReturn:
+        raise self.doc.error(path, msg, key=key, hint=hint, label=label)
 
-    def mapping(self, value: Any, path: Path, what: str) -> dict[str, Any]:
+    def mapping(self, value: Any, path: Path, hint: str | None = None) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.err(path, f"{what} must be a mapping, not {_kind(value)}")
-        return value  # type: ignore[no-any-return]
+            what = "expected a mapping" if path else "a workflow must be a mapping"
+            self.err(path, f"{what}, not {_kind(value)}", hint=hint)
+        return value
 
-    def known(self, value: dict[str, Any], allowed: Iterable[str], path: Path, what: str) -> None:
+    def known(self, value: dict[str, Any], allowed: Iterable[str], path: Path) -> None:
         allowed = tuple(allowed)
         for k in value:
             if k not in allowed:
-                self.err(
-                    (*path, k),
-                    f"unknown key {k!r} in {what}",
-                    key=True,
-                    hint=did_you_mean(k, allowed) or f"allowed: {', '.join(allowed)}",
-                )
+                self.unknown(path, k, allowed)
 
-    def duration(self, value: Any, path: Path) -> float:
+    def unknown(
+        self, path: Path, k: str, allowed: tuple[str, ...], hint: str | None = None
+    ) -> NoReturn:
+        where = "" if path else " at the top level"
+        self.err(
+            (*path, k),
+            f"unknown key {k!r}{where}",
+            key=True,
+            label=path,
+            hint=hint or did_you_mean(k, allowed) or f"allowed: {', '.join(allowed)}",
+        )
+
+    def duration(self, value: Any, path: Path, *, positive: bool = False) -> float:
+        """Seconds; a timeout (``positive``) must be more than zero, a backoff may be 0."""
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError:
-            self.err(path, f"bad duration {value!r}", hint="use e.g. 250ms, 30s, 5m or 1h")
-        raise AssertionError  # pragma: no cover
+            seconds = -1.0
+        if seconds < 0 or (positive and seconds == 0):
+            self.err(
+                path,
+                f"bad duration {value!r}",
+                hint="use a positive duration such as 250ms, 30s, 5m or 1h"
+                if positive
+                else "use a duration such as 0s, 250ms, 30s, 5m or 1h",
+            )
+        return seconds
 
     def pos_int(self, value: Any, path: Path, minimum: int = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.err(path, f"expected an integer ≥ {minimum}, got {value!r}")
-        return int(value)
+            self.err(path, f"expected a whole number ≥ {minimum}, got {value!r}")
+        return value
 
-    def text(self, value: Any, path: Path, what: str) -> str:
+    def text(self, value: Any, path: Path) -> str:
         if not isinstance(value, str):
-            self.err(path, f"{what} must be a string, not {_kind(value)}")
+            self.err(
+                path,
+                f"expected a string, not {_kind(value)}",
+                hint=_BOOL_HINT if isinstance(value, bool) else None,
+            )
+        return value
+
+    def boolean(self, value: Any, path: Path) -> bool:
+        if not isinstance(value, bool):
+            self.err(path, f"expected true or false, not {value!r}")
+        return value
+
+    def choice(self, value: Any, path: Path, choices: tuple[str, ...], what: str) -> str:
+        if value not in choices:
+            self.err(
+                path,
+                f"unknown {what} {value!r}",
+                hint=did_you_mean(str(value), choices) or f"one of: {', '.join(choices)}",
+            )
         return str(value)
 
     # the document ----------------------------------------------------------
     def workflow(self) -> Workflow:
-        top = self.mapping(self.doc.data, (), "a workflow")
-        self.known(top, TOP_KEYS, (), "the workflow")
-        if "name" not in top:
-            self.err((), "missing required key 'name'", hint="add `name: my-workflow`")
-        name = self.text(top["name"], ("name",), "name")
-        if "nodes" not in top:
-            self.err((), "missing required key 'nodes'", hint="add a `nodes:` mapping")
+        top = self.mapping(self.doc.data, (), hint="a workflow starts with `name:` and `nodes:`")
+        self.known(top, TOP_KEYS, ())
+        for required, example in (("name", "name: my-workflow"), ("nodes", "nodes:")):
+            if required not in top:
+                self.err((), f"missing required key {required!r}", hint=f"add `{example}`")
+        name = self.text(top["name"], ("name",))
+        if not name.strip():
+            self.err(("name",), "the workflow name is empty")
         state = self.state(top.get("state") or {})
         config = self.config(top.get("config") or {})
-        raw_nodes = self.mapping(top["nodes"], ("nodes",), "nodes")
+        raw_nodes = self.mapping(top["nodes"], ("nodes",))
         if not raw_nodes:
             self.err(("nodes",), "a workflow needs at least one node")
         for n in raw_nodes:
             if n == END:
-                self.err(("nodes", n), "END is reserved and cannot be a node name", key=True)
+                self.err(
+                    ("nodes", n),
+                    "END is reserved and cannot be a node name",
+                    key=True,
+                    label=("nodes",),
+                    hint="`next: END` ends a branch; call the node something else",
+                )
             if not NODE_NAME.match(n):
                 self.err(
                     ("nodes", n),
                     f"bad node name {n!r}",
                     key=True,
+                    label=("nodes",),
                     hint="node names match [A-Za-z_][A-Za-z0-9_-]*",
                 )
         names = list(raw_nodes)
@@ -186,43 +249,44 @@ class _Validator:
         )
 
     def state(self, raw: Any) -> dict[str, StateKey]:
-        raw = self.mapping(raw, ("state",), "state")
+        raw = self.mapping(raw, ("state",), hint="e.g. `state: {count: {default: 0}}`")
         out: dict[str, StateKey] = {}
         for key, spec in raw.items():
             path: Path = ("state", key)
             if spec is None:
                 spec = {}
-            spec = self.mapping(spec, path, f"state key {key!r}")
-            self.known(spec, STATE_KEYS, path, f"state key {key!r}")
-            reducer = spec.get("reducer", "replace")
-            if reducer not in REDUCERS:
+            if not isinstance(spec, dict):
                 self.err(
-                    (*path, "reducer"),
-                    f"unknown reducer {reducer!r}",
-                    hint=did_you_mean(str(reducer), REDUCERS) or f"one of: {', '.join(REDUCERS)}",
+                    path,
+                    f"a state key is declared with a mapping, not {_kind(spec)}",
+                    hint=f"write `{key}: {{default: {json.dumps(spec)}}}`",
                 )
+            self.known(spec, STATE_KEYS, path)
+            reducer = self.choice(
+                spec.get("reducer", "replace"), (*path, "reducer"), REDUCERS, "reducer"
+            )
             default = spec.get("default")
             if reducer in ("append", "extend") and default is None:
                 default = []
             if reducer == "merge" and default is None:
                 default = {}
+            if reducer == "add" and default is None:
+                default = 0
             if reducer in ("append", "extend") and not isinstance(default, list):
                 self.err((*path, "default"), f"reducer {reducer} needs a list default")
             if reducer == "merge" and not isinstance(default, dict):
                 self.err((*path, "default"), "reducer merge needs a mapping default")
-            if reducer == "add" and default is None:
-                default = 0
             try:
-                json.dumps(default)
+                json.dumps(default, allow_nan=False)
             except (TypeError, ValueError):
-                self.err((*path, "default"), "state defaults must be JSON values")
+                self.err((*path, "default"), "a state default must be a JSON value")
             out[key] = StateKey(key, default, reducer)
         return out
 
     def retry(self, raw: Any, path: Path, base: RetryPolicy) -> RetryPolicy:
-        raw = self.mapping(raw, path, "retry")
-        self.known(raw, RETRY_KEYS, path, "retry")
-        return RetryPolicy(
+        raw = self.mapping(raw, path, hint="e.g. `retry: {max_attempts: 3, backoff: 1s}`")
+        self.known(raw, RETRY_KEYS, path)
+        policy = RetryPolicy(
             max_attempts=self.pos_int(raw["max_attempts"], (*path, "max_attempts"))
             if "max_attempts" in raw
             else base.max_attempts,
@@ -232,29 +296,34 @@ class _Validator:
             max_backoff=self.duration(raw["max_backoff"], (*path, "max_backoff"))
             if "max_backoff" in raw
             else base.max_backoff,
-            jitter=bool(raw.get("jitter", base.jitter)),
+            jitter=self.boolean(raw["jitter"], (*path, "jitter"))
+            if "jitter" in raw
+            else base.jitter,
         )
+        return policy
 
     def config(self, raw: Any) -> Config:
         p: Path = ("config",)
-        raw = self.mapping(raw, p, "config")
-        self.known(raw, CONFIG_KEYS, p, "config")
+        raw = self.mapping(raw, p)
+        self.known(raw, CONFIG_KEYS, p)
         d = Config()
-        policy = raw.get("conflict_policy", d.conflict_policy)
-        if policy not in ("fail", "last_writer_wins"):
-            self.err(
-                (*p, "conflict_policy"),
-                f"unknown conflict_policy {policy!r}",
-                hint=did_you_mean(str(policy), ("fail", "last_writer_wins"))
-                or "fail or last_writer_wins",
-            )
+        policy = self.choice(
+            raw.get("conflict_policy", d.conflict_policy),
+            (*p, "conflict_policy"),
+            POLICIES,
+            "conflict_policy",
+        )
         cost = raw.get("max_cost_usd")
-        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
-            self.err((*p, "max_cost_usd"), f"max_cost_usd must be a number, got {cost!r}")
+        if cost is not None and (
+            isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0
+        ):
+            self.err((*p, "max_cost_usd"), f"expected a number of dollars ≥ 0, got {cost!r}")
         timeout = d.timeout
         if "timeout" in raw:
             timeout = (
-                None if raw["timeout"] is None else self.duration(raw["timeout"], (*p, "timeout"))
+                None
+                if raw["timeout"] is None
+                else self.duration(raw["timeout"], (*p, "timeout"), positive=True)
             )
         return Config(
             max_concurrency=self.pos_int(
@@ -262,7 +331,7 @@ class _Validator:
             ),
             queue_depth=self.pos_int(raw.get("queue_depth", d.queue_depth), (*p, "queue_depth"), 0),
             max_steps=self.pos_int(raw.get("max_steps", d.max_steps), (*p, "max_steps")),
-            conflict_policy=str(policy),
+            conflict_policy=policy,
             timeout=timeout,
             retry=self.retry(raw["retry"], (*p, "retry"), d.retry) if "retry" in raw else d.retry,
             max_cost_usd=None if cost is None else float(cost),
@@ -270,17 +339,22 @@ class _Validator:
 
     def node_ref(self, value: Any, path: Path, names: list[str], *, allow_end: bool) -> str:
         if not isinstance(value, str):
-            self.err(path, f"expected a node name, got {_kind(value)}")
+            self.err(
+                path,
+                f"expected a node name, not {_kind(value)}",
+                hint=_BOOL_HINT if isinstance(value, bool) else None,
+            )
         if value == END and allow_end:
             return END
         if value not in names:
             choices = [*names, END] if allow_end else names
+            what = "END cannot be used here" if value == END else f"unknown node {value!r}"
             self.err(
                 path,
-                f"unknown node {value!r}",
+                what,
                 hint=did_you_mean(value, choices) or f"nodes: {', '.join(names)}",
             )
-        return str(value)
+        return value
 
     def refs(self, value: Any, path: Path, names: list[str], *, allow_end: bool) -> tuple[str, ...]:
         if isinstance(value, list):
@@ -299,14 +373,20 @@ class _Validator:
         state: dict[str, StateKey],
         *,
         foreach: bool,
+        shell: bool = False,
         condition: bool = False,
     ) -> None:
         if not condition and not templates.is_template(value):
             return
         try:
-            names, keys = templates.references(value, condition=condition)
+            names, keys = templates.check(value, shell=shell, condition=condition)
         except templates.TemplateError as exc:
-            self.err(path, f"bad template: {exc}")
+            hint = "templates are Jinja2: {{ state.key }}" if "syntax" in str(exc) else None
+            unknown = re.search(r"No (filter|test) named '(\w+)'", str(exc))
+            if unknown:
+                known = templates.FILTERS if unknown[1] == "filter" else templates.TESTS
+                hint = did_you_mean(unknown[2], known) or f"see the Jinja2 {unknown[1]}s"
+            self.err(path, f"bad template: {exc}", hint=hint)
         allowed = set(templates.NAMES) if foreach else set(templates.NAMES) - {"item", "index"}
         for n in sorted(names - allowed):
             hint = did_you_mean(n, allowed)
@@ -325,10 +405,16 @@ class _Validator:
             )
 
     def templates_in(
-        self, value: Any, path: Path, state: dict[str, StateKey], *, foreach: bool
+        self,
+        value: Any,
+        path: Path,
+        state: dict[str, StateKey],
+        *,
+        foreach: bool,
+        shell: bool = False,
     ) -> None:
         if isinstance(value, str):
-            self.template(value, path, state, foreach=foreach)
+            self.template(value, path, state, foreach=foreach, shell=shell)
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 self.templates_in(v, (*path, i), state, foreach=foreach)
@@ -336,142 +422,179 @@ class _Validator:
             for k, v in value.items():
                 self.templates_in(v, (*path, k), state, foreach=foreach)
 
-    def node(
-        self, name: str, raw: Any, names: list[str], state: dict[str, StateKey], config: Config
-    ) -> Node:
+    def kind_of(self, name: str, raw: dict[str, Any]) -> str:
         path: Path = ("nodes", name)
-        raw = self.mapping(raw, path, f"node {name!r}")
-        kinds = [k for k in KINDS if k in raw]
+        kinds = [k for k in raw if k in KINDS]
         if not kinds:
+            others = (*COMMON_KEYS, *COMMAND_KEYS)
+            for k in raw:
+                near = did_you_mean(k, KINDS)
+                if k not in others and near:
+                    self.unknown(path, k, KINDS, hint=near)
             self.err(
                 path,
-                f"node {name!r} has no kind",
+                "a node needs a kind",
                 key=True,
                 hint=f"give it exactly one of: {', '.join(KINDS)}",
             )
         if len(kinds) > 1:
             self.err(
                 (*path, kinds[1]),
-                f"node {name!r} has two kinds: {kinds[0]} and {kinds[1]}",
+                f"a node has one kind, this one has two: {kinds[0]} and {kinds[1]}",
                 key=True,
+                label=path,
+                hint="split it into two nodes joined by `next`",
             )
-        kind = kinds[0]
-        allowed = [kind, *COMMON_KEYS]
-        if kind in ("run", "shell"):
-            allowed += COMMAND_KEYS
-        self.known(raw, allowed, path, f"node {name!r}")
-        has_foreach = "foreach" in raw
-        kp: Path = (*path, kind)
-        body = raw[kind]
+        return kinds[0]
+
+    def body(
+        self, kind: str, body: Any, path: Path, state: dict[str, StateKey], foreach: bool
+    ) -> Any:
         if kind == "run":
             if isinstance(body, str):
                 self.err(
-                    kp, "run takes an argv list", hint='use `run: [cmd, arg]` or `shell: "..."`'
+                    path, "run takes an argv list", hint='use `run: [cmd, arg]` or `shell: "..."`'
                 )
             if not isinstance(body, list) or not body:
-                self.err(kp, "run takes a non-empty argv list")
+                self.err(path, "run takes a non-empty argv list", hint="e.g. `run: [ls, -l]`")
             for i, a in enumerate(body):
                 if isinstance(a, dict | list) or a is None:
-                    self.err((*kp, i), "argv items must be strings or numbers")
-            body = [str(a) if not isinstance(a, str) else a for a in body]
-            self.templates_in(body, kp, state, foreach=has_foreach)
-        elif kind == "shell":
-            body = self.text(body, kp, "shell")
-            self.templates_in(body, kp, state, foreach=has_foreach)
-        elif kind == "python":
-            body = self.text(body, kp, "python")
-            if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", body):
+                    self.err((*path, i), "argv items must be strings or numbers")
+            argv = [a if isinstance(a, str) else json.dumps(a) for a in body]
+            self.templates_in(argv, path, state, foreach=foreach)
+            return argv
+        if kind == "shell":
+            text = self.text(body, path)
+            self.template(text, path, state, foreach=foreach, shell=True)
+            return text
+        if kind == "python":
+            target = self.text(body, path)
+            if not _PYTHON_TARGET.match(target):
                 self.err(
-                    kp, f"bad python target {body!r}", hint="use module:function, e.g. lib:judge"
+                    path,
+                    f"bad python target {target!r}",
+                    hint="use module:function, e.g. lib:judge",
                 )
-        elif kind == "set":
-            body = self.mapping(body, kp, "set")
-            for k in body:
+            return target
+        if kind == "set":
+            values = self.mapping(body, path, hint="e.g. `set: {count: 0}`")
+            for k in values:
                 if k not in state:
                     self.err(
-                        (*kp, k),
+                        (*path, k),
                         f"set writes undeclared state key {k!r}",
                         key=True,
+                        label=path,
                         hint=did_you_mean(k, state) or "declare it under `state:`",
                     )
-            self.templates_in(body, kp, state, foreach=has_foreach)
-        elif kind == "llm":
-            body = self.mapping(body, kp, "llm")
-            self.known(body, LLM_KEYS, kp, "llm")
-            for req in ("model", "prompt"):
-                if req not in body:
-                    self.err(kp, f"llm needs {req!r}", key=True)
-            for k in ("prompt", "system"):
-                if k in body:
-                    self.template(
-                        self.text(body[k], (*kp, k), k), (*kp, k), state, foreach=has_foreach
-                    )
+            self.templates_in(values, path, state, foreach=foreach)
+            return values
+        spec = self.mapping(body, path, hint="e.g. `llm: {model: gpt-4o-mini, prompt: ...}`")
+        self.known(spec, LLM_KEYS, path)
+        for req in ("model", "prompt"):
+            if req not in spec:
+                self.err(path, f"llm needs {req!r}", key=True)
+        for k in ("prompt", "system"):
+            if k in spec:
+                self.template(self.text(spec[k], (*path, k)), (*path, k), state, foreach=foreach)
+        return spec
+
+    def routes(
+        self, raw: Any, path: Path, names: list[str], state: dict[str, StateKey], foreach: bool
+    ) -> tuple[Route, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.err(path, "routes must be a non-empty list of {when, to}")
+        out: list[Route] = []
+        default_at: int | None = None
+        for i, r in enumerate(raw):
+            rp: Path = (*path, i)
+            r = self.mapping(r, rp, hint="e.g. `- {when: 'state.n > 0', to: next_node}`")
+            self.known(r, ROUTE_KEYS, rp)
+            if default_at is not None:
+                self.err(
+                    rp,
+                    f"this route is never taken: routes[{default_at}] has no `when`",
+                    hint="routes are tried in order; put the default last",
+                )
+            if "to" not in r:
+                self.err(rp, "a route needs 'to'", hint="e.g. `- {when: ..., to: node}`")
+            when = r.get("when")
+            if when is None:
+                default_at = i
+            else:
+                if isinstance(when, bool):
+                    when = "true" if when else "false"
+                when = self.text(when, (*rp, "when"))
+                self.template(when, (*rp, "when"), state, foreach=foreach, condition=True)
+            out.append(Route(self.refs(r["to"], (*rp, "to"), names, allow_end=True), when))
+        return tuple(out)
+
+    def node(
+        self, name: str, raw: Any, names: list[str], state: dict[str, StateKey], config: Config
+    ) -> Node:
+        path: Path = ("nodes", name)
+        raw = self.mapping(raw, path, hint="e.g. `fetch: {shell: 'echo hi'}`")
+        kind = self.kind_of(name, raw)
+        allowed = (kind, *COMMON_KEYS, *(COMMAND_KEYS if kind in ("run", "shell") else ()))
+        for k in raw:
+            if k in COMMAND_KEYS and k not in allowed:
+                self.unknown(path, k, allowed, hint=f"{k} applies only to run and shell nodes")
+            if k not in allowed:
+                self.unknown(path, k, allowed)
+        foreach_node = "foreach" in raw
+        body = self.body(kind, raw[kind], (*path, kind), state, foreach_node)
         nxt: tuple[str, ...] = ()
         routes: tuple[Route, ...] = ()
         if "next" in raw and "routes" in raw:
-            self.err((*path, "routes"), "a node has either next or routes, not both", key=True)
+            second = "routes" if list(raw).index("routes") > list(raw).index("next") else "next"
+            self.err(
+                (*path, second),
+                "a node has either next or routes, not both",
+                key=True,
+                hint="add a route without `when` as the default instead of next",
+            )
         if "next" in raw:
             nxt = self.refs(raw["next"], (*path, "next"), names, allow_end=True)
         if "routes" in raw:
-            rp: Path = (*path, "routes")
-            if not isinstance(raw["routes"], list) or not raw["routes"]:
-                self.err(rp, "routes must be a non-empty list of {when, to}")
-            out = []
-            for i, r in enumerate(raw["routes"]):
-                r = self.mapping(r, (*rp, i), "a route")
-                self.known(r, ROUTE_KEYS, (*rp, i), "a route")
-                if "to" not in r:
-                    self.err((*rp, i), "a route needs 'to'", hint="e.g. `- {when: ..., to: node}`")
-                when = r.get("when")
-                if when is not None:
-                    if isinstance(when, bool):
-                        when = "true" if when else "false"
-                    when = self.text(when, (*rp, i, "when"), "when")
-                    self.template(
-                        when, (*rp, i, "when"), state, foreach=has_foreach, condition=True
-                    )
-                out.append(Route(self.refs(r["to"], (*rp, i, "to"), names, allow_end=True), when))
-            routes = tuple(out)
+            routes = self.routes(raw["routes"], (*path, "routes"), names, state, foreach_node)
         needs: tuple[str, ...] = ()
         if "needs" in raw:
             needs = self.refs(raw["needs"], (*path, "needs"), names, allow_end=False)
             if name in needs:
                 self.err((*path, "needs"), f"node {name!r} needs itself")
         foreach = raw.get("foreach")
-        if "foreach" in raw:
+        if foreach_node:
             if isinstance(foreach, str):
                 self.template(foreach, (*path, "foreach"), state, foreach=False)
             elif not isinstance(foreach, list):
-                self.err((*path, "foreach"), "foreach takes a list or a template that yields one")
+                self.err(
+                    (*path, "foreach"),
+                    f"foreach takes a list or a template that yields one, not {_kind(foreach)}",
+                    hint='e.g. `foreach: "{{ state.items }}"`',
+                )
         save = raw.get("save")
         if save is not None:
-            save = self.text(save, (*path, "save"), "save")
+            save = self.text(save, (*path, "save"))
             if save not in state:
                 self.err(
                     (*path, "save"),
                     f"save names undeclared state key {save!r}",
                     hint=did_you_mean(save, state) or "declare it under `state:`",
                 )
-        output = raw.get("output", "text")
-        if output not in OUTPUTS:
-            self.err(
-                (*path, "output"),
-                f"unknown output {output!r}",
-                hint=did_you_mean(str(output), OUTPUTS) or f"one of: {', '.join(OUTPUTS)}",
-            )
-        env = raw.get("env") or {}
-        env = self.mapping(env, (*path, "env"), "env")
-        env = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
-        self.templates_in(env, (*path, "env"), state, foreach=has_foreach)
+        output = self.choice(raw.get("output", "text"), (*path, "output"), OUTPUTS, "output")
+        env = self.mapping(raw.get("env") or {}, (*path, "env"), hint="e.g. `env: {LANG: C}`")
+        env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
+        self.templates_in(env, (*path, "env"), state, foreach=foreach_node)
         cwd = raw.get("cwd")
         if cwd is not None:
-            cwd = self.text(cwd, (*path, "cwd"), "cwd")
+            cwd = self.text(cwd, (*path, "cwd"))
+            self.template(cwd, (*path, "cwd"), state, foreach=foreach_node)
         timeout = config.timeout
         if "timeout" in raw:
             timeout = (
                 None
                 if raw["timeout"] is None
-                else self.duration(raw["timeout"], (*path, "timeout"))
+                else self.duration(raw["timeout"], (*path, "timeout"), positive=True)
             )
         retry = (
             self.retry(raw["retry"], (*path, "retry"), config.retry)
@@ -488,7 +611,7 @@ class _Validator:
             needs=needs,
             foreach=foreach,
             save=save,
-            output=str(output),
+            output=output,
             env=env,
             cwd=cwd,
             retry=retry,
@@ -513,9 +636,9 @@ class _Validator:
             if n not in seen:
                 self.err(
                     ("nodes", n),
-                    f"node {n!r} is unreachable from start",
+                    f"node {n!r} is unreachable from start ({', '.join(start)})",
                     key=True,
-                    hint="route to it from another node, or remove it",
+                    hint="route to it from another node, list it in `start`, or remove it",
                 )
 
 

@@ -2,13 +2,16 @@
 
 The document is composed with PyYAML's safe loader into a node graph (nothing is
 constructed, so no tag can execute code), then turned into plain Python values by
-hand. Three bounds keep hostile files cheap to reject: the file size, the number
-of aliases, and the number of values produced once aliases are expanded (which is
-what stops a "billion laughs" file).
+hand. Bounds keep hostile files cheap to reject: the file size, the number of
+aliases, the nesting depth, and the number of values the document would expand
+to once aliases are followed (measured on the node graph before anything is
+built, which is what stops a "billion laughs" file at once).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,30 +19,40 @@ import yaml
 
 from ..errors import WorkflowError
 
-MAX_BYTES = 2 * 1024 * 1024
+MAX_BYTES = 1024 * 1024
 MAX_ALIASES = 100
-MAX_VALUES = 200_000
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
 
 Path = tuple[str | int, ...]
+_PLAIN_KEY = re.compile(r"^[\w-]+$")
 
-_STR = "tag:yaml.org,2002:str"
-_SEQ = "tag:yaml.org,2002:seq"
-_MAP = "tag:yaml.org,2002:map"
-_MERGE = "tag:yaml.org,2002:merge"
-_SCALARS = {
-    _STR,
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-    "tag:yaml.org,2002:timestamp",
-}
+_YAML = "tag:yaml.org,2002:"
+_STR = _YAML + "str"
+_SEQ = _YAML + "seq"
+_MAP = _YAML + "map"
+_MERGE = _YAML + "merge"
+_TIMESTAMP = _YAML + "timestamp"
+_SCALARS = {_STR, _YAML + "int", _YAML + "float", _YAML + "bool", _YAML + "null", _TIMESTAMP}
 
 
 @dataclass(frozen=True, slots=True)
 class Pos:
     line: int  # 1-based
     column: int  # 1-based
+
+
+def dotted(path: Path) -> str:
+    """``("nodes", "a", "routes", 0, "to")`` → ``nodes.a.routes[0].to``."""
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not _PLAIN_KEY.match(p):
+            out += f"[{json.dumps(p, ensure_ascii=False)}]"  # keeps the message on one line
+        else:
+            out += f".{p}" if out else p
+    return out
 
 
 @dataclass(slots=True)
@@ -64,12 +77,20 @@ class Document:
         return self.values.get(())
 
     def error(
-        self, path: Path, message: str, *, key: bool = False, hint: str | None = None
+        self,
+        path: Path,
+        message: str,
+        *,
+        key: bool = False,
+        hint: str | None = None,
+        label: Path | None = None,
     ) -> WorkflowError:
+        """An error at ``path``; the message is prefixed with ``label`` (default ``path``)."""
         pos = self.where(path, key=key)
-        name = ".".join(str(p) for p in path) or None
+        name = dotted(path) or None
+        prefix = dotted(path if label is None else label)
         return WorkflowError(
-            message,
+            f"{prefix}: {message}" if prefix else message,
             file=self.file,
             line=pos.line if pos else None,
             column=pos.column if pos else None,
@@ -78,33 +99,82 @@ class Document:
         )
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    aliases_seen = 0
+class _Refused(Exception):
+    """A bound was hit while composing; carries where."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self.aliases_seen += 1
-            if self.aliases_seen > MAX_ALIASES:
-                event = self.peek_event()  # type: ignore[no-untyped-call]
-                raise _TooMany(event.start_mark, f"more than {MAX_ALIASES} YAML aliases")
-        return super().compose_node(parent, index)
-
-
-class _TooMany(Exception):
-    def __init__(self, mark: Any, what: str) -> None:
+    def __init__(self, mark: Any, what: str, hint: str) -> None:
         super().__init__(what)
         self.mark = mark
         self.what = what
+        self.hint = hint
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Composes only (never constructs), counting aliases, depth and nodes as it goes."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases_seen = 0
+        self.nodes_seen = 0
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise _Refused(
+                    event.start_mark,
+                    f"more than {MAX_ALIASES} YAML aliases",
+                    "expand the anchors by hand; flowrun bounds aliases",
+                )
+        else:
+            self.nodes_seen += 1
+            if self.nodes_seen > MAX_VALUES:
+                raise _Refused(
+                    event.start_mark,
+                    f"more than {MAX_VALUES} YAML values",
+                    "a workflow is a small graph; keep large data in files it reads",
+                )
+        if self.depth >= MAX_DEPTH:
+            raise _Refused(
+                event.start_mark,
+                f"YAML nested more than {MAX_DEPTH} levels deep",
+                "flatten the structure",
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _pos(mark: Any) -> Pos:
     return Pos(mark.line + 1, mark.column + 1)
 
 
+def _refuse(file: str, mark: Any, what: str, hint: str | None = None) -> WorkflowError:
+    p = _pos(mark) if mark is not None else None
+    return WorkflowError(
+        what,
+        file=file,
+        line=p.line if p else None,
+        column=p.column if p else None,
+        hint=hint,
+    )
+
+
+def show_tag(tag: str) -> str:
+    """A tag as the user wrote it: ``!!python/name:os.system``, ``!custom``."""
+    return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
+
+
 def load(text: str, file: str) -> Document:
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+    """Compose ``text`` within the bounds and build plain values with their positions."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
         raise WorkflowError(
-            f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB",
+            f"file is {size} bytes, more than the {MAX_BYTES // 1024} KiB a workflow may be",
             file=file,
             line=1,
             column=1,
@@ -112,91 +182,157 @@ def load(text: str, file: str) -> Document:
         )
     loader = _BoundedLoader(text)
     try:
-        try:
-            root = loader.get_single_node()
-        except _TooMany as exc:
-            raise WorkflowError(
-                exc.what,
-                file=file,
-                line=_pos(exc.mark).line,
-                column=_pos(exc.mark).column,
-                hint="expand the anchors by hand; flowrun bounds aliases",
+        root = loader.get_single_node()
+    except _Refused as exc:
+        raise _refuse(file, exc.mark, exc.what, exc.hint) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if exc.context and "expected a single document" in exc.context:
+            raise _refuse(
+                file,
+                mark,
+                "invalid YAML: a workflow file holds one document, this one has more",
+                "remove the second `---` and what follows it",
             ) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            problem = exc.problem or exc.context or "invalid YAML"
-            raise WorkflowError(
-                f"invalid YAML: {problem}",
-                file=file,
-                line=mark.line + 1 if mark else None,
-                column=mark.column + 1 if mark else None,
-            ) from None
-        except yaml.YAMLError as exc:
-            raise WorkflowError(f"invalid YAML: {exc}", file=file) from None
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            problem = f"{problem} ({exc.context})"
+        raise _refuse(file, mark, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"invalid YAML: {exc}", file=file) from None
+    except RecursionError:  # pragma: no cover - the depth bound comes first
+        raise WorkflowError("YAML nested too deeply", file=file) from None
     finally:
         loader.dispose()
-    doc = Document(file=file, data=None)
     if root is None:
-        raise WorkflowError("the file is empty", file=file, line=1, column=1)
-    builder = _Builder(doc, loader)
-    doc.data = builder.build(root, ())
+        raise WorkflowError(
+            "the file is empty",
+            file=file,
+            line=1,
+            column=1,
+            hint="a workflow needs at least `name:` and `nodes:`",
+        )
+    _measure(root, file)
+    doc = Document(file=file, data=None)
+    doc.data = _Builder(doc, loader).build(root, ())
     return doc
+
+
+def _measure(root: Any, file: str) -> None:
+    """Reject a node graph whose expansion is too big, too deep or recursive.
+
+    Each distinct node is measured once (aliases share nodes), so this costs the
+    size of the file, not of its expansion.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+    open_: set[int] = set()
+
+    def visit(node: Any, depth: int) -> tuple[int, int]:
+        known = sizes.get(id(node))
+        if known is None:
+            if id(node) in open_:
+                raise _refuse(
+                    file, node.start_mark, "a YAML alias refers to itself", "remove the cycle"
+                )
+            open_.add(id(node))
+            size, height = 1, 1
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            for child in children:
+                s, h = visit(child, depth + 1)
+                size += s
+                height = max(height, h + 1)
+                if size > MAX_VALUES:
+                    break
+            open_.discard(id(node))
+            known = sizes[id(node)] = (size, height)
+        if depth + known[1] > MAX_DEPTH:
+            raise _refuse(
+                file,
+                node.start_mark,
+                f"YAML nested more than {MAX_DEPTH} levels deep once aliases are expanded",
+                "flatten the structure",
+            )
+        if known[0] > MAX_VALUES:
+            raise _refuse(
+                file,
+                node.start_mark,
+                f"document expands to more than {MAX_VALUES} values (an alias bomb?)",
+                "flowrun bounds the expanded size of a workflow file",
+            )
+        return known
+
+    visit(root, 0)
 
 
 class _Builder:
     def __init__(self, doc: Document, loader: yaml.SafeLoader) -> None:
         self.doc = doc
         self.loader = loader
-        self.count = 0
 
-    def _fail(self, node: Any, message: str, hint: str | None = None) -> WorkflowError:
+    def _fail(self, node: Any, path: Path, message: str, hint: str | None = None) -> WorkflowError:
         p = _pos(node.start_mark)
-        return WorkflowError(message, file=self.doc.file, line=p.line, column=p.column, hint=hint)
+        prefix = dotted(path)
+        return WorkflowError(
+            f"{prefix}: {message}" if prefix else message,
+            file=self.doc.file,
+            line=p.line,
+            column=p.column,
+            key=prefix or None,
+            hint=hint,
+        )
+
+    def _tag(self, node: Any, path: Path) -> WorkflowError:
+        tag = show_tag(node.tag)
+        hint = "remove the tag"
+        if tag.startswith("!!python"):
+            hint = "flowrun loads YAML safely; Python tags are never executed"
+        return self._fail(node, path, f"unsupported YAML tag {tag}", hint)
 
     def build(self, node: Any, path: Path) -> Any:
-        self.count += 1
-        if self.count > MAX_VALUES:
-            raise self._fail(
-                node,
-                f"document expands to more than {MAX_VALUES} values (alias bomb?)",
-                hint="flowrun bounds the expanded size of a workflow file",
-            )
         self.doc.values.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _SCALARS:
-                raise self._fail(node, f"unsupported YAML tag {node.tag!r}", "remove the tag")
-            if node.tag == "tag:yaml.org,2002:timestamp":
+                raise self._tag(node, path)
+            if node.tag == _TIMESTAMP:
                 return str(node.value)
             return self.loader.construct_object(node, deep=True)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
-                raise self._fail(node, f"unsupported YAML tag {node.tag!r}", "remove the tag")
+                raise self._tag(node, path)
             return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             if node.tag != _MAP:
-                raise self._fail(node, f"unsupported YAML tag {node.tag!r}", "remove the tag")
-            out: dict[Any, Any] = {}
-            explicit: set[str] = set()
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE:
-                    merged = self.build(value_node, path)
-                    sources = merged if isinstance(merged, list) else [merged]
-                    for src in sources:
-                        if not isinstance(src, dict):
-                            raise self._fail(value_node, "a merge key (<<) needs a mapping")
-                        for k, v in src.items():
-                            out.setdefault(k, v)
-                    continue
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise self._fail(key_node, "mapping keys must be plain scalars")
-                key = self.build(key_node, (*path, "<key>"))
-                if not isinstance(key, str | int | float | bool) and key is not None:
-                    raise self._fail(key_node, "mapping keys must be plain scalars")
-                key = str(key) if not isinstance(key, str) else key
-                if key in explicit:
-                    raise self._fail(key_node, f"duplicate key {key!r}", "remove one of them")
-                explicit.add(key)
-                self.doc.keys[(*path, key)] = _pos(key_node.start_mark)
-                out[key] = self.build(value_node, (*path, key))
-            return out
-        raise self._fail(node, "unsupported YAML node")
+                raise self._tag(node, path)
+            return self._mapping(node, path)
+        raise self._fail(node, path, "unsupported YAML node")  # pragma: no cover
+
+    def _mapping(self, node: Any, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        explicit: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged = self.build(value_node, path)
+                sources = merged if isinstance(merged, list) else [merged]
+                for src in sources:
+                    if not isinstance(src, dict):
+                        raise self._fail(value_node, path, "a merge key (<<) needs a mapping")
+                    for k, v in src.items():
+                        out.setdefault(k, v)
+                continue
+            if key_node.tag not in _SCALARS | {_SEQ, _MAP}:
+                raise self._tag(key_node, path)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self._fail(key_node, path, "mapping keys must be plain scalars")
+            # A key is the text as written: `on:` is the name "on", `1:` the name "1".
+            key = str(key_node.value)
+            if key in explicit:
+                raise self._fail(key_node, path, f"duplicate key {key!r}", "remove one of the two")
+            explicit.add(key)
+            self.doc.keys[(*path, key)] = _pos(key_node.start_mark)
+            out[key] = self.build(value_node, (*path, key))
+        return out

@@ -94,6 +94,27 @@ class StepCommit:
     error: str | None = None
     state_digest: str | None = None
     duration_s: float = 0.0
+    results: list[TaskResult] = field(default_factory=list)  # task results not yet saved
+
+
+@dataclass(frozen=True, slots=True)
+class LLMCall:
+    """One billed LLM call in the cost ledger. ``None`` tokens: the reply carried no usage."""
+
+    run_id: str
+    step: int
+    node: str
+    index: int | None
+    attempt: int
+    provider: str
+    model: str
+    tokens_in: int | None  # every input token, cached ones included
+    tokens_out: int | None
+    cached_tokens: int | None = 0
+    cache_write_tokens: int | None = 0
+    price: dict[str, float] | None = None  # USD per million tokens, as used; None: unpriced
+    cost_usd: float | None = None  # None: unpriced, or usage unknown
+    ts: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +147,8 @@ class Store(Protocol):
     def release_lease(self, run_id: str, token: int) -> None: ...
 
     def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None: ...
+
+    def save_task_results(self, run_id: str, token: int, results: list[TaskResult]) -> None: ...
 
     def load_task_results(self, run_id: str, step: int) -> dict[str, TaskResult]: ...
 
@@ -172,5 +195,9 @@ class Store(Protocol):
     def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]: ...
 
     def task_results(self, run_id: str) -> list[TaskResult]: ...
+
+    def record_llm_call(self, call: LLMCall) -> None: ...
+
+    def llm_calls(self, run_id: str) -> list[LLMCall]: ...
 
     def close(self) -> None: ...

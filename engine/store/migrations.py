@@ -9,7 +9,6 @@ MIGRATIONS: list[str] = [
         run_id          TEXT PRIMARY KEY,
         workflow_name   TEXT NOT NULL,
         workflow_path   TEXT NOT NULL,
-        workflow_text   TEXT NOT NULL,
         workflow_digest TEXT NOT NULL,
         inputs          TEXT NOT NULL DEFAULT '{}',
         status          TEXT NOT NULL,
@@ -29,6 +28,10 @@ MIGRATIONS: list[str] = [
         lease_token     INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX runs_created ON runs (created_at);
+    CREATE TABLE workflows (
+        digest TEXT PRIMARY KEY,
+        text   TEXT NOT NULL
+    );
     CREATE TABLE steps (
         run_id       TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         step         INTEGER NOT NULL,
@@ -38,7 +41,7 @@ MIGRATIONS: list[str] = [
         frontier     TEXT NOT NULL,
         committed_at REAL NOT NULL,
         PRIMARY KEY (run_id, step)
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE state_kv (
         run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         key    TEXT NOT NULL,
@@ -61,7 +64,7 @@ MIGRATIONS: list[str] = [
         stdout     TEXT,
         stderr     TEXT,
         PRIMARY KEY (run_id, step, order_key)
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE events (
         run_id   TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
         seq      INTEGER NOT NULL,
@@ -81,5 +84,27 @@ MIGRATIONS: list[str] = [
         step   INTEGER NOT NULL,
         PRIMARY KEY (run_id, name)
     );
+    """,
+    # 2: the cost ledger, one row per billed LLM call, written when the response arrives
+    # (token columns NULL: the response carried no usage; cost_usd NULL: unpriced or unknown)
+    """
+    CREATE TABLE llm_calls (
+        id                 INTEGER PRIMARY KEY,
+        run_id             TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step               INTEGER NOT NULL,
+        node               TEXT NOT NULL,
+        idx                INTEGER,
+        attempt            INTEGER NOT NULL,
+        provider           TEXT NOT NULL,
+        model              TEXT NOT NULL,
+        tokens_in          INTEGER,
+        tokens_out         INTEGER,
+        cached_tokens      INTEGER,
+        cache_write_tokens INTEGER,
+        price              TEXT,
+        cost_usd           REAL,
+        ts                 REAL NOT NULL
+    );
+    CREATE INDEX llm_calls_run ON llm_calls (run_id, id);
     """,
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError
-from .base import Checkpoint, Event, RunRecord, StepCommit, TaskResult
+from .base import Checkpoint, Event, LLMCall, RunRecord, StepCommit, TaskResult
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
@@ -86,14 +86,23 @@ class SQLiteStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
-                self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may already have rolled back (disk full, I/O error): a second
+                    # ROLLBACK would fail and hide the real cause
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:  # locked for too long, disk full, I/O
+                raise StoreError(
+                    f"cannot write to {self.path}: {exc}",
+                    hint="nothing of the failed write was kept; fix the cause, then"
+                    " `flowrun resume` continues from the last committed step",
+                ) from exc
 
     def _migrate(self) -> None:
         (version,) = self.conn.execute("PRAGMA user_version").fetchone()
@@ -145,15 +154,20 @@ class SQLiteStore:
         now = time.time()
         try:
             with self._tx() as c:
+                # The text lives apart from the run row: runs is updated every step,
+                # and SQLite rewrites a whole row (overflow pages too) on UPDATE.
                 c.execute(
-                    "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_text,"
+                    "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
+                    (workflow_digest, workflow_text),
+                )
+                c.execute(
+                    "INSERT INTO runs (run_id, workflow_name, workflow_path,"
                     " workflow_digest, inputs, status, step, frontier, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'running', 0, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, 'running', 0, ?, ?, ?)",
                     (
                         run_id,
                         workflow_name,
                         workflow_path,
-                        workflow_text,
                         workflow_digest,
                         _dumps(inputs),
                         _dumps(frontier),
@@ -228,14 +242,16 @@ class SQLiteStore:
         events: list[Event] | None = None,
     ) -> None:
         with self._tx() as c:
-            if events:
-                self._insert_events(c, run_id, events)
             updates: dict[str, Any] = {"status": status, "error": error}
             if status != "running":
                 updates["finished_at"] = time.time()
             self._fence(c, run_id, token, **updates)
+            if events:
+                self._insert_events(c, run_id, events)
 
-    def _insert_events(self, c: sqlite3.Connection, run_id: str, events: list[Event]) -> None:
+    def _insert_events(
+        self, c: sqlite3.Connection, run_id: str, events: list[Event], *, bump: bool = True
+    ) -> None:
         c.executemany(
             "INSERT INTO events (run_id, seq, ts, step, node, type, attempt, duration,"
             " error, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -255,10 +271,11 @@ class SQLiteStore:
                 for e in events
             ],
         )
-        c.execute(
-            "UPDATE runs SET event_seq = max(event_seq, ?) WHERE run_id = ?",
-            (events[-1].seq, run_id),
-        )
+        if bump:
+            c.execute(
+                "UPDATE runs SET event_seq = max(event_seq, ?) WHERE run_id = ?",
+                (events[-1].seq, run_id),
+            )
 
     def append_events(self, run_id: str, token: int, events: list[Event]) -> None:
         with self._tx() as c:
@@ -267,28 +284,36 @@ class SQLiteStore:
 
     # task results ----------------------------------------------------------
     def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None:
+        self.save_task_results(run_id, token, [result])
+
+    def save_task_results(self, run_id: str, token: int, results: list[TaskResult]) -> None:
+        """Results that finished together, in one transaction (a group commit)."""
         with self._tx() as c:
             self._fence(c, run_id, token)
-            c.execute(
-                "INSERT OR REPLACE INTO task_results (run_id, step, order_key, node, idx, status,"
-                " delta, attempts, started_at, duration_s, error, stdout, stderr)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    result.step,
-                    result.order_key,
-                    result.node,
-                    result.index,
-                    result.status,
-                    None if result.delta is None else _dumps(result.delta),
-                    result.attempts,
-                    result.started_at,
-                    result.duration_s,
-                    result.error,
-                    result.stdout,
-                    result.stderr,
-                ),
-            )
+            for result in results:
+                self._insert_result(c, run_id, result)
+
+    def _insert_result(self, c: sqlite3.Connection, run_id: str, result: TaskResult) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO task_results (run_id, step, order_key, node, idx, status,"
+            " delta, attempts, started_at, duration_s, error, stdout, stderr)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                result.step,
+                result.order_key,
+                result.node,
+                result.index,
+                result.status,
+                None if result.delta is None else _dumps(result.delta),
+                result.attempts,
+                result.started_at,
+                result.duration_s,
+                result.error,
+                result.stdout,
+                result.stderr,
+            ),
+        )
 
     def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
         return [
@@ -320,10 +345,83 @@ class SQLiteStore:
     def task_results(self, run_id: str) -> list[TaskResult]:
         return self._results("WHERE run_id = ? ORDER BY step, started_at", (run_id,))
 
+    # the cost ledger -------------------------------------------------------
+    def record_llm_call(self, call: LLMCall) -> None:
+        """One billed call, committed at once from the calling (worker) thread.
+
+        Not fenced by the lease: money spent is counted even by a process that
+        has lost its run. ``_tx`` serialises it with the coordinator's writes.
+        """
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO llm_calls (run_id, step, node, idx, attempt, provider, model,"
+                " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    call.run_id,
+                    call.step,
+                    call.node,
+                    call.index,
+                    call.attempt,
+                    call.provider,
+                    call.model,
+                    call.tokens_in,
+                    call.tokens_out,
+                    call.cached_tokens,
+                    call.cache_write_tokens,
+                    None if call.price is None else _dumps(call.price),
+                    call.cost_usd,
+                    call.ts,
+                ),
+            )
+
+    def llm_calls(self, run_id: str) -> list[LLMCall]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
+                " cached_tokens, cache_write_tokens, price, cost_usd, ts FROM llm_calls"
+                " WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        return [
+            LLMCall(
+                run_id=r[0],
+                step=r[1],
+                node=r[2],
+                index=r[3],
+                attempt=r[4],
+                provider=r[5],
+                model=r[6],
+                tokens_in=r[7],
+                tokens_out=r[8],
+                cached_tokens=r[9],
+                cache_write_tokens=r[10],
+                price=None if r[11] is None else json.loads(r[11]),
+                cost_usd=r[12],
+                ts=r[13],
+            )
+            for r in rows
+        ]
+
     # steps ----------------------------------------------------------------
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
         try:
             with self._tx() as c:
+                updates: dict[str, Any] = {
+                    "step": commit.step + 1,
+                    "frontier": _dumps(commit.frontier),
+                    "status": commit.status,
+                    "error": commit.error,
+                    "state_digest": commit.state_digest,
+                    "duration_s": commit.duration_s,
+                }
+                if commit.events:
+                    updates["event_seq"] = commit.events[-1].seq
+                if commit.status != "running":
+                    updates["finished_at"] = time.time()
+                # fence first: a process whose lease was taken over gets LeaseLost, never a
+                # clash with rows (steps, events) the new holder already wrote
+                self._fence(c, run_id, token, **updates)
                 c.execute(
                     "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
                     " committed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -342,19 +440,10 @@ class SQLiteStore:
                         "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, ?, ?)",
                         [(run_id, k, commit.step, v) for k, v in commit.changed.items()],
                     )
+                for result in commit.results:
+                    self._insert_result(c, run_id, result)
                 if commit.events:
-                    self._insert_events(c, run_id, commit.events)
-                updates: dict[str, Any] = {
-                    "step": commit.step + 1,
-                    "frontier": _dumps(commit.frontier),
-                    "status": commit.status,
-                    "error": commit.error,
-                    "state_digest": commit.state_digest,
-                    "duration_s": commit.duration_s,
-                }
-                if commit.status != "running":
-                    updates["finished_at"] = time.time()
-                self._fence(c, run_id, token, **updates)
+                    self._insert_events(c, run_id, commit.events, bump=False)
         except sqlite3.IntegrityError as exc:
             if "idem_key" in str(exc) or "steps" in str(exc):
                 raise StepAlreadyCommitted(
@@ -512,7 +601,9 @@ class SQLiteStore:
 
     def workflow_text(self, run_id: str) -> tuple[str, str]:
         row = self.conn.execute(
-            "SELECT workflow_path, workflow_text FROM runs WHERE run_id = ?", (run_id,)
+            "SELECT r.workflow_path, w.text FROM runs r"
+            " JOIN workflows w ON w.digest = r.workflow_digest WHERE r.run_id = ?",
+            (run_id,),
         ).fetchone()
         if row is None:
             raise ResumeRefused(f"no run {run_id!r}")

@@ -35,6 +35,10 @@ def report(state, ctx):
         lines.append(f"| {product} | {len(scores)} | {sum(scores) / len(scores):+.2f} |")
     if state["flagged"]:
         lines += ["", f"Flagged review ids: {json.dumps(state['flagged'])}"]
+    if state.get("summaries"):
+        lines += ["", "## Summaries (LLM)", ""]
+        for review, summary in zip(state["reviews"], state["summaries"], strict=False):
+            lines.append(f"- #{review['id']} {review['product']}: {summary}")
     out = pathlib.Path(__file__).parent / "out" / "report.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,359 @@
+"""What LLM calls cost: price tables, the live ledger of a run, and a run's cost report.
+
+Prices are USD per million tokens. A call is priced when its reply arrives and the
+price it used is stored beside it, so a report never depends on today's table.
+Cached input tokens are billed at their own rate and never also as plain input:
+``tokens_in`` counts every input token, and ``cached``/``cache_write`` are carved
+out of it before the input rate applies.
+
+A model without a price is *unpriced*: its calls are counted and listed, never
+billed silently as $0. A reply without usage is *unknown*: counted, not priced.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import BudgetExceeded, WorkflowError
+from .store.base import LLMCall
+
+if TYPE_CHECKING:
+    from .nodes.base import Context, LLMUsage
+    from .runtime.observer import Observer
+    from .store.base import Store
+
+PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+_META_KEYS = ("as_of", "sources", "currency", "unit")
+_MILLION = Decimal(1_000_000)
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens. Missing cache rates fall back to the input rate."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+    def cost(self, tokens_in: int, tokens_out: int, cached: int = 0, cache_write: int = 0) -> float:
+        """The cost of one call, exact to the float (decimal arithmetic, one rounding)."""
+        d = Decimal
+        plain = max(0, tokens_in - cached - cache_write)
+        read_rate = self.input if self.cached_input is None else self.cached_input
+        write_rate = self.input if self.cache_write is None else self.cache_write
+        total = (
+            d(plain) * d(str(self.input))
+            + d(cached) * d(str(read_rate))
+            + d(cache_write) * d(str(write_rate))
+            + d(tokens_out) * d(str(self.output))
+        )
+        return float(total / _MILLION)
+
+    def to_json(self) -> dict[str, float]:
+        out = {"input": self.input, "output": self.output}
+        if self.cached_input is not None:
+            out["cached_input"] = self.cached_input
+        if self.cache_write is not None:
+            out["cache_write"] = self.cache_write
+        return out
+
+
+class PriceSource(Protocol):
+    """Anything that prices a model name (the built-in table, a file, a test's dict)."""
+
+    def lookup(self, model: str) -> Price | None: ...
+
+
+class PriceTable:
+    def __init__(
+        self, prices: dict[str, Price], *, as_of: str | None = None, sources: Iterable[str] = ()
+    ) -> None:
+        self.prices = {k.lower(): v for k, v in prices.items()}
+        self.as_of = as_of
+        self.sources = list(sources)
+
+    def lookup(self, model: str) -> Price | None:
+        """Exact name, then without a ``provider/`` prefix, then without a date suffix."""
+        name = model.strip().lower()
+        for candidate in (name, name.rsplit("/", 1)[-1]):
+            if candidate in self.prices:
+                return self.prices[candidate]
+            base = _SNAPSHOT.sub("", candidate)
+            if base in self.prices:
+                return self.prices[base]
+        return None
+
+    def overridden_by(self, other: PriceTable) -> PriceTable:
+        """This table with ``other``'s entries added or replacing whole entries."""
+        return PriceTable(
+            {**self.prices, **other.prices},
+            as_of=self.as_of,
+            sources=[*self.sources, *other.sources],
+        )
+
+    @classmethod
+    def builtin(cls) -> PriceTable:
+        """The table shipped in ``pricing.yaml`` (read once per process)."""
+        return _builtin()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PriceTable:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise WorkflowError(
+                f"pricing file {p}: {exc.strerror or exc}", hint="check --pricing / FLOWRUN_PRICING"
+            ) from None
+        table = parse_prices(text, str(p))
+        table.sources = [str(p)]
+        return table
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin() -> PriceTable:
+    text = resources.files("flowrun.engine").joinpath("pricing.yaml").read_text("utf-8")
+    return parse_prices(text, "<built-in pricing.yaml>")
+
+
+def load_prices(path: str | Path | None = None) -> PriceTable:
+    """The built-in table, extended or overridden by the pricing file at ``path``."""
+    table = PriceTable.builtin()
+    return table if path is None else table.overridden_by(PriceTable.from_file(path))
+
+
+def parse_prices(text: str, file: str) -> PriceTable:
+    """A pricing YAML: ``model: {input, output, cached_input?, cache_write?}`` entries,
+    at the top level (SPEC §6) or under ``models:`` (as the built-in file has them)."""
+    from .spec.validate import did_you_mean
+    from .spec.yamlpos import load
+
+    doc = load(text, file)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise doc.error((), "a pricing file is a mapping of model names to prices")
+    models: dict[str, Any] = data
+    prefix: tuple[str, ...] = ()
+    if isinstance(data.get("models"), dict):
+        models, prefix = data["models"], ("models",)
+    prices: dict[str, Price] = {}
+    for name, entry in models.items():
+        path = (*prefix, name)
+        if not prefix and name in _META_KEYS and not isinstance(entry, dict):
+            continue
+        if not isinstance(entry, dict):
+            raise doc.error(
+                path,
+                "a price is a mapping like {input: 0.15, output: 0.60}",
+                hint="USD per million tokens: input, output, cached_input, cache_write",
+            )
+        for k in entry:
+            if k not in PRICE_KEYS:
+                raise doc.error(
+                    (*path, k),
+                    f"unknown price key {k!r}",
+                    key=True,
+                    hint=did_you_mean(str(k), PRICE_KEYS) or f"allowed: {', '.join(PRICE_KEYS)}",
+                )
+        for k in ("input", "output"):
+            if k not in entry:
+                raise doc.error(path, f"missing {k!r}", hint="e.g. {input: 0.15, output: 0.60}")
+        values: dict[str, float] = {}
+        for k, v in entry.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise doc.error(
+                    (*path, k), f"{k} must be a number ≥ 0 (USD per million tokens), got {v!r}"
+                )
+            values[k] = float(v)
+        prices[str(name)] = Price(**values)
+    as_of = data.get("as_of")
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        sources = []
+    return PriceTable(
+        prices, as_of=None if as_of is None else str(as_of), sources=[str(s) for s in sources]
+    )
+
+
+def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
+    """Price the calls that were unpriced when made (priced ones keep their stored price)."""
+    out = []
+    for c in calls:
+        if c.price is None and c.tokens_in is not None and c.tokens_out is not None:
+            p = prices.lookup(c.model)
+            if p is not None:
+                cost = p.cost(
+                    c.tokens_in, c.tokens_out, c.cached_tokens or 0, c.cache_write_tokens or 0
+                )
+                c = replace(c, price=p.to_json(), cost_usd=cost)
+        out.append(c)
+    return out
+
+
+class Ledger:
+    """The live ledger of one run: writes each call as it arrives and watches the budget.
+
+    ``record`` is the run scope's usage listener; it runs on whichever thread got
+    the reply and writes through the store's own lock, so the row is committed
+    before the node's attempt goes on (a crash after that point cannot lose it).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        prices: PriceSource | None,
+        max_cost: float | None,
+        observer: Observer | None,
+        over_budget: threading.Event,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._prices = prices  # None: the built-in table, read when the first call arrives
+        self.max_cost = max_cost
+        self.observer = observer
+        self.over_budget = over_budget
+        self._lock = threading.Lock()
+        before = store.llm_calls(run_id)
+        self.calls = len(before)
+        self.spent = float(sum(Decimal(repr(c.cost_usd)) for c in before if c.cost_usd))
+        over_budget.clear()
+        if self._over():
+            over_budget.set()
+
+    def _over(self) -> bool:
+        return self.max_cost is not None and self.spent > self.max_cost
+
+    @property
+    def prices(self) -> PriceSource:
+        return self._prices if self._prices is not None else PriceTable.builtin()
+
+    def record(self, ctx: Context, usage: LLMUsage) -> None:
+        price = self.prices.lookup(usage.model)
+        known = usage.tokens_in is not None and usage.tokens_out is not None
+        cost = None
+        if price is not None and known:
+            cost = price.cost(
+                usage.tokens_in or 0,
+                usage.tokens_out or 0,
+                usage.cached or 0,
+                usage.cache_write or 0,
+            )
+        self.store.record_llm_call(
+            LLMCall(
+                run_id=self.run_id,
+                step=ctx.step,
+                node=ctx.node,
+                index=ctx.index,
+                attempt=ctx.attempt,
+                provider=usage.provider,
+                model=usage.model,
+                tokens_in=usage.tokens_in,
+                tokens_out=usage.tokens_out,
+                cached_tokens=usage.cached,
+                cache_write_tokens=usage.cache_write,
+                price=None if price is None else price.to_json(),
+                cost_usd=cost,
+                ts=time.time(),
+            )
+        )
+        with self._lock:
+            self.calls += 1
+            if cost:
+                self.spent = float(Decimal(repr(self.spent)) + Decimal(repr(cost)))
+            over = self._over()
+        if over:
+            self.over_budget.set()
+        if self.observer is not None:
+            self.observer.llm_usage(
+                ctx.node,
+                usage.model,
+                usage.tokens_in or 0,
+                usage.tokens_out or 0,
+                usage.cached or 0,
+                cost,
+            )
+
+    def check(self) -> None:
+        """Raise :class:`BudgetExceeded` if the run has spent more than its budget."""
+        if self.over_budget.is_set() or self._over():
+            self.over_budget.set()
+            raise self.exceeded()
+
+    def exceeded(self) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"budget exceeded: {self.calls} LLM call(s) cost {usd(self.spent)}, more than the"
+            f" max cost of {usd(self.max_cost or 0)}; no new task was dispatched",
+            hint=f"continue with `flowrun resume {self.run_id} --max-cost HIGHER`",
+        )
+
+
+def usd(value: float) -> str:
+    """Money for people: small sums keep six decimals so they do not read as $0."""
+    return f"${value:.6f}" if value < 1 else f"${value:,.4f}"
+
+
+# reports ----------------------------------------------------------------------
+
+
+def _group(calls: list[LLMCall], key: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[LLMCall]] = {}
+    for c in calls:
+        groups.setdefault(getattr(c, key), []).append(c)
+    out = []
+    for name in sorted(groups):
+        cs = groups[name]
+        priced = [c.cost_usd for c in cs if c.cost_usd is not None]
+        row: dict[str, Any] = {
+            key: name,
+            "calls": len(cs),
+            "tokens_in": sum(c.tokens_in or 0 for c in cs),
+            "tokens_out": sum(c.tokens_out or 0 for c in cs),
+            "cached_tokens": sum(c.cached_tokens or 0 for c in cs),
+            "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in cs),
+            "cost_usd": _money(priced) if priced or all(c.price for c in cs) else None,
+            "unpriced_calls": sum(1 for c in cs if c.price is None),
+            "unknown_usage_calls": sum(1 for c in cs if c.tokens_in is None),
+        }
+        if key == "node":
+            row["models"] = sorted({c.model for c in cs})
+        out.append(row)
+    return out
+
+
+def _money(values: Iterable[float]) -> float:
+    return round(float(sum((Decimal(repr(v)) for v in values), Decimal(0))), 10)
+
+
+def cost_report(run_id: str, calls: list[LLMCall], *, by_node: bool = False) -> dict[str, Any]:
+    """SPEC §6's cost object: totals, ``by_model`` (and ``by_node``), ``unpriced_models``.
+
+    ``total_usd`` sums the priced calls; ``unpriced_models`` and
+    ``unknown_usage_calls`` say when it is a lower bound.
+    """
+    report: dict[str, Any] = {
+        "run_id": run_id,
+        "total_usd": _money(c.cost_usd for c in calls if c.cost_usd is not None),
+        "tokens_in": sum(c.tokens_in or 0 for c in calls),
+        "tokens_out": sum(c.tokens_out or 0 for c in calls),
+        "cached_tokens": sum(c.cached_tokens or 0 for c in calls),
+        "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in calls),
+        "calls": len(calls),
+        "unknown_usage_calls": sum(1 for c in calls if c.tokens_in is None),
+        "by_model": _group(calls, "model"),
+        "unpriced_models": sorted({c.model for c in calls if c.price is None}),
+    }
+    if by_node:
+        report["by_node"] = _group(calls, "node")
+    return report

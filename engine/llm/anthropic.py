@@ -1,0 +1,100 @@
+"""Provider ``anthropic``: the Messages API (``POST /v1/messages``).
+
+The key comes from ``ANTHROPIC_API_KEY`` (or the variable ``api_key_env`` names);
+``base_url`` defaults to ``ANTHROPIC_BASE_URL`` and then to Anthropic.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .base import LLMReply, LLMRequest, ProviderError, Usage
+from .http import post_json
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def parse_usage(data: Any) -> Usage | None:
+    """Anthropic's ``input_tokens`` excludes cache reads and writes; ``tokens_in`` counts all."""
+    if not isinstance(data, dict) or "input_tokens" not in data:
+        return None
+    read = _int(data.get("cache_read_input_tokens"))
+    write = _int(data.get("cache_creation_input_tokens"))
+    return Usage(
+        _int(data.get("input_tokens")) + read + write, _int(data.get("output_tokens")), read, write
+    )
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+    ) -> None:
+        self.client = client
+        base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+        env = api_key_env or "ANTHROPIC_API_KEY"
+        key = os.environ.get(env)
+        if not key:
+            raise ProviderError(
+                f"anthropic: the environment variable {env} is not set",
+                retryable=False,
+                reason="config",
+            )
+        self.api_key = key
+
+    def complete(
+        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
+    ) -> LLMReply:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        data = post_json(
+            self.client,
+            self.url,
+            headers={
+                "content-type": "application/json",
+                "x-api-key": self.api_key,
+                "anthropic-version": API_VERSION,
+            },
+            body=body,
+            deadline=deadline,
+            stop=stop,
+            secrets=(self.api_key,),
+            who="anthropic",
+        )
+        usage = parse_usage(data.get("usage"))
+        model = str(data.get("model") or request.model)
+        blocks = data.get("content")
+        if not isinstance(blocks, list):
+            raise ProviderError(
+                "anthropic: the reply has no content", retryable=True, reason="llm_reply"
+            ).with_reply(LLMReply("", model, usage, self.name))
+        text = "".join(
+            str(b.get("text", ""))
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        return LLMReply(text, model, usage, self.name)

@@ -1,0 +1,107 @@
+"""What every LLM provider speaks: a request, a reply with its usage, the Provider protocol.
+
+A request is provider-neutral (model, system, prompt, sampling settings), so a
+reply recorded from one provider can be replayed for the same request by the
+``replay`` provider; its :meth:`LLMRequest.digest` is the cassette key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    model: str
+    prompt: str
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    json: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical request: the same question gives the same key anywhere."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Billed tokens of one reply. ``tokens_in`` counts every input token, cached ones too."""
+
+    tokens_in: int
+    tokens_out: int
+    cached: int = 0  # input tokens read from the provider's prompt cache
+    cache_write: int = 0  # input tokens written to the cache (Anthropic bills these apart)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: Any) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return Usage(
+                int(data["tokens_in"]),
+                int(data["tokens_out"]),
+                int(data.get("cached") or 0),
+                int(data.get("cache_write") or 0),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMReply:
+    text: str
+    model: str  # as the provider reported it (may name a dated snapshot)
+    usage: Usage | None  # None: the response carried no usage (recorded as unknown, not zero)
+    provider: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": self.model,
+            "usage": None if self.usage is None else self.usage.to_json(),
+            "provider": self.provider,
+        }
+
+
+class ProviderError(Exception):
+    """A call that did not produce a reply; ``retryable`` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        reason: str = "llm_error",
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.reason = reason
+        self.reply: LLMReply | None = None  # a billed reply that was still unusable
+
+    def with_reply(self, reply: LLMReply) -> ProviderError:
+        self.reply = reply
+        return self
+
+
+class Provider(Protocol):
+    """A chat-completion backend. ``complete`` gives up by ``deadline`` (monotonic seconds)."""
+
+    name: str
+
+    def complete(
+        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
+    ) -> LLMReply: ...

@@ -1,0 +1,143 @@
+"""One JSON POST with the retries every LLM API wants: 429, 5xx and timeouts.
+
+``Retry-After`` (seconds or an HTTP date) and OpenAI's ``retry-after-ms`` are
+honoured. Secrets (API keys) are scrubbed from every message this module makes,
+including text the server sent back, so they never reach the database or logs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .base import ProviderError
+
+if TYPE_CHECKING:
+    import httpx
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+MAX_TRIES = 4  # per node attempt; the node's own retry policy comes on top
+BACKOFF_S = 0.25  # doubled per try: 0.25, 0.5, 1 s
+MAX_WAIT_S = 120.0  # a longer Retry-After is left to the node's retry policy
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text
+
+
+def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, if it said."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The error text of an OpenAI- or Anthropic-style error body, else the body's start."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])[:300]
+        if isinstance(err, str):
+            return err[:300]
+        if isinstance(data.get("message"), str):
+            return str(data["message"])[:300]
+    text = response.text.strip().replace("\n", " ")
+    return text[:200] or response.reason_phrase
+
+
+def post_json(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    deadline: float | None,
+    stop: threading.Event,
+    secrets: tuple[str, ...],
+    who: str,
+) -> dict[str, Any]:
+    """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`."""
+    import httpx
+
+    err: ProviderError | None = None
+    for n in range(1, MAX_TRIES + 1):
+        if stop.is_set():
+            raise ProviderError(f"{who}: interrupted", retryable=False, reason="interrupted")
+        left = DEFAULT_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise err or ProviderError(f"{who}: no time left", retryable=True, reason="timeout")
+        try:
+            response = client.post(url, headers=headers, json=body, timeout=left)
+        except httpx.TimeoutException:
+            err = ProviderError(
+                f"{who}: no response within {left:.0f}s", retryable=True, reason="timeout"
+            )
+        except httpx.TransportError as exc:
+            msg = redact(str(exc) or type(exc).__name__, secrets)
+            err = ProviderError(
+                f"{who}: cannot reach {url}: {msg}", retryable=True, reason="connect"
+            )
+        else:
+            status = response.status_code
+            if 200 <= status < 300:
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    return data
+                err = ProviderError(
+                    f"{who}: HTTP {status} reply is not a JSON object",
+                    retryable=True,
+                    reason="llm_reply",
+                )
+            else:
+                msg = redact(_server_message(response), secrets)
+                err = ProviderError(
+                    f"{who}: HTTP {status}: {msg}",
+                    retryable=status in RETRY_STATUSES,
+                    retry_after=retry_after(response.headers),
+                    reason=f"http_{status}",
+                )
+                if not err.retryable:
+                    raise err
+        if n == MAX_TRIES:
+            break
+        wait = err.retry_after if err.retry_after is not None else BACKOFF_S * 2 ** (n - 1)
+        if wait > MAX_WAIT_S or (deadline is not None and time.monotonic() + wait >= deadline):
+            break
+        if stop.wait(wait):
+            raise ProviderError(
+                f"{who}: interrupted while waiting to retry ({err})",
+                retryable=False,
+                reason="interrupted",
+            )
+    assert err is not None
+    raise err

@@ -1,0 +1,101 @@
+"""Provider ``openai``: any OpenAI-compatible chat-completions endpoint.
+
+OpenAI itself, vLLM, Ollama, llama.cpp's server, a LiteLLM proxy. ``base_url``
+defaults to ``OPENAI_BASE_URL`` and then to OpenAI; the key comes from the
+environment variable ``api_key_env`` names (default ``OPENAI_API_KEY``), as the
+OpenAI SDK reads them. A local server needs no key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .base import LLMReply, LLMRequest, ProviderError, Usage
+from .http import post_json
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def parse_usage(data: Any) -> Usage | None:
+    """``usage`` of a chat completion; ``prompt_tokens`` already includes the cached ones."""
+    if not isinstance(data, dict) or "prompt_tokens" not in data:
+        return None
+    details = data.get("prompt_tokens_details") or {}
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(_int(data.get("prompt_tokens")), _int(data.get("completion_tokens")), cached, 0)
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+    ) -> None:
+        self.client = client
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+            "/"
+        )
+        env = api_key_env or "OPENAI_API_KEY"
+        self.api_key = os.environ.get(env) or None
+        official = self.base_url.startswith(DEFAULT_BASE_URL)
+        if self.api_key is None and (api_key_env or official):
+            raise ProviderError(
+                f"openai: the environment variable {env} is not set",
+                retryable=False,
+                reason="config",
+            )
+
+    def complete(
+        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
+    ) -> LLMReply:
+        messages = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        body: dict[str, Any] = {"model": request.model, "messages": messages}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            # OpenAI's newer models only take max_completion_tokens; compatible servers
+            # (vLLM, Ollama, llama.cpp) know max_tokens.
+            official = self.base_url.startswith(DEFAULT_BASE_URL)
+            body["max_completion_tokens" if official else "max_tokens"] = request.max_tokens
+        headers = {"content-type": "application/json"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        data = post_json(
+            self.client,
+            f"{self.base_url}/chat/completions",
+            headers=headers,
+            body=body,
+            deadline=deadline,
+            stop=stop,
+            secrets=(self.api_key or "",),
+            who="openai",
+        )
+        choices = data.get("choices")
+        message = choices[0].get("message") if isinstance(choices, list) and choices else None
+        content = message.get("content") if isinstance(message, dict) else None
+        usage = parse_usage(data.get("usage"))
+        model = str(data.get("model") or request.model)
+        if not isinstance(content, str):
+            refusal = message.get("refusal") if isinstance(message, dict) else None
+            raise ProviderError(
+                f"openai: the reply has no text{f' (refusal: {refusal})' if refusal else ''}",
+                retryable=True,
+                reason="llm_reply",
+            ).with_reply(LLMReply("", model, usage, self.name))
+        return LLMReply(content, model, usage, self.name)

@@ -1,0 +1,350 @@
+"""SQLiteStore on real files: pragmas, migrations, atomic step commit, idempotency, leases."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError
+from flowrun.engine.store.base import Event, StepCommit, TaskResult
+from flowrun.engine.store.migrations import MIGRATIONS
+from flowrun.engine.store.sqlite import LEASE_STALE_S, SQLiteStore
+
+FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db)
+    yield s
+    s.close()
+
+
+def new_run(store: SQLiteStore, run_id: str = "r1", **state: Any) -> int:
+    store.create_run(
+        run_id,
+        workflow_name="wf",
+        workflow_path="/x/wf.yaml",
+        workflow_text="name: wf\n",
+        workflow_digest="d0",
+        state=state or {"n": 0, "big": "x"},
+        frontier=FRONTIER0,
+        inputs={},
+    )
+    return store.acquire_lease(run_id)
+
+
+def commit(
+    step: int, key: str | None = None, changed: dict[str, str] | None = None, **kw: Any
+) -> StepCommit:
+    return StepCommit(
+        step=step,
+        idempotency_key=key or f"idem-{step}",
+        digest=f"digest-{step}",
+        changed={"n": str(step + 1)} if changed is None else changed,
+        frontier={"entries": [{"node": "a", "parent": f"p{step}", "edge": 0}], "held": []},
+        tasks=[{"key": f"k{step}", "node": "a", "index": None}],
+        **kw,
+    )
+
+
+def result(step: int, key: str = "k", status: str = "ok") -> TaskResult:
+    return TaskResult(step=step, order_key=key, node="a", index=None, status=status, delta={})
+
+
+def pragma(store: SQLiteStore, name: str) -> Any:
+    return store.conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# the file and its pragmas ----------------------------------------------------------
+
+
+def test_new_database_file_is_private_wal_and_versioned(db: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        s = SQLiteStore(db)
+    finally:
+        os.umask(old)
+    new_run(s)
+    assert db.stat().st_mode & 0o777 == 0o600
+    for side in ("-wal", "-shm"):  # SQLite gives them the main file's mode
+        assert Path(f"{db}{side}").stat().st_mode & 0o777 == 0o600
+    assert pragma(s, "journal_mode") == "wal"
+    assert pragma(s, "user_version") == len(MIGRATIONS)
+    assert pragma(s, "foreign_keys") == 1
+    assert pragma(s, "busy_timeout") >= 5000
+    s.close()
+
+
+def test_synchronous_is_normal_by_default_and_full_on_request(tmp_path: Path) -> None:
+    from flowrun.cli.running import open_store
+
+    normal = open_store(str(tmp_path / "a.db"))
+    full = open_store(str(tmp_path / "b.db"), "full")
+    assert pragma(normal, "synchronous") == 1  # NORMAL
+    assert pragma(full, "synchronous") == 2  # FULL
+    assert pragma(SQLiteStore(tmp_path / "a.db", durability="full"), "synchronous") == 2
+    normal.close()
+    full.close()
+
+
+def test_reopening_applies_no_migration_twice(db: Path) -> None:
+    s = SQLiteStore(db)
+    new_run(s)
+    s.close()
+    s = SQLiteStore(db)
+    assert pragma(s, "user_version") == len(MIGRATIONS)
+    assert s.get_run("r1").workflow_name == "wf"
+    s.close()
+
+
+def test_a_newer_schema_is_refused(db: Path) -> None:
+    SQLiteStore(db).close()
+    c = sqlite3.connect(db)
+    c.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    c.close()
+    with pytest.raises(StoreError, match="newer than this flowrun"):
+        SQLiteStore(db)
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(db: Path) -> None:
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError) as exc:
+        SQLiteStore(db)
+    assert exc.value.hint and "--db" in exc.value.hint
+
+
+# atomic step commit ----------------------------------------------------------------
+
+
+class FailAfterStateWrite:
+    """Wraps the store's connection; raises right after the next state_kv insert ran."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.fired = False
+
+    def _check(self, sql: str) -> None:
+        if not self.fired and sql.lstrip().upper().startswith("INSERT INTO STATE_KV"):
+            self.fired = True
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        cur = self._conn.execute(sql, *args)
+        self._check(sql)
+        return cur
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        cur = self._conn.executemany(sql, rows)
+        self._check(sql)
+        return cur
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def snapshot(db: Path) -> dict[str, list[Any]]:
+    c = sqlite3.connect(db)
+    try:
+        return {
+            t: c.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall()
+            for t in ("runs", "steps", "state_kv", "events", "task_results")
+        }
+    finally:
+        c.close()
+
+
+def test_a_failure_inside_the_step_transaction_leaves_the_last_checkpoint_intact(
+    store: SQLiteStore, db: Path
+) -> None:
+    token = new_run(store)
+    store.save_step("r1", token, commit(0))
+    before = store.load_latest("r1")
+    rows_before = snapshot(db)
+
+    real = store.conn
+    store.conn = FailAfterStateWrite(real)  # type: ignore[assignment]
+    ev = Event("r1", 1, time.time(), 1, None, "step_committed")
+    with pytest.raises(StoreError, match="injected"):
+        store.save_step(
+            "r1",
+            token,
+            commit(1, changed={"n": "2", "big": '"y"'}, events=[ev], results=[result(1)]),
+        )
+    assert store.conn.fired  # type: ignore[attr-defined]
+    store.conn = real
+    assert not real.in_transaction
+
+    assert store.load_latest("r1") == before
+    assert snapshot(db) == rows_before  # no partial state, frontier, step, event or result row
+    other = SQLiteStore(db)  # and another connection sees the same
+    assert other.load_latest("r1") == before
+    other.close()
+
+    store.save_step("r1", token, commit(1, changed={"n": "2", "big": '"y"'}))  # the retry works
+    cp = store.load_latest("r1")
+    assert (cp.step, cp.state) == (2, {"n": 2, "big": "y"})
+    assert cp.frontier["entries"][0]["parent"] == "p1"
+
+
+def test_a_full_disk_during_a_commit_is_a_store_error_and_changes_nothing(
+    store: SQLiteStore, db: Path
+) -> None:
+    token = new_run(store)
+    store.save_step("r1", token, commit(0))
+    before = store.load_latest("r1")
+    rows_before = snapshot(db)
+    (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+    store.conn.execute(f"PRAGMA max_page_count = {pages + 4}")  # a real SQLITE_FULL
+    big = commit(1, changed={"n": "2", "big": '"' + "x" * 1_000_000 + '"'})
+    with pytest.raises(StoreError, match="full") as exc:
+        store.save_step("r1", token, big)
+    assert str(db) in exc.value.message
+    assert not store.conn.in_transaction
+    assert store.load_latest("r1") == before
+    assert snapshot(db) == rows_before
+
+    store.conn.execute("PRAGMA max_page_count = 1073741823")  # space was freed
+    store.save_step("r1", token, big)
+    assert store.load_latest("r1").state["big"] == "x" * 1_000_000
+
+
+def test_a_repeated_idempotency_key_is_rejected_by_the_database(store: SQLiteStore) -> None:
+    token = new_run(store)
+    store.save_step("r1", token, commit(0, key="K"))
+    assert store.check_idempotency("K")
+    assert not store.check_idempotency("other")
+    before = store.load_latest("r1")
+    with pytest.raises(StepAlreadyCommitted, match="step 0 of run r1 was already committed"):
+        store.save_step("r1", token, commit(0, key="K"))
+    with pytest.raises(StepAlreadyCommitted):  # the same key under another step number
+        store.save_step("r1", token, commit(1, key="K", changed={"n": "99"}))
+    assert store.load_latest("r1") == before
+    n_rows = store.conn.execute("SELECT count(*) FROM state_kv WHERE key = 'n'").fetchone()[0]
+    assert n_rows == 2  # the initial value and step 0's
+
+
+def test_only_changed_keys_are_written_and_history_reads_back(store: SQLiteStore) -> None:
+    token = new_run(store, big="x" * 100_000, n=0)
+    for step in range(20):
+        store.save_step("r1", token, commit(step))
+    (rows, size) = store.conn.execute(
+        "SELECT count(*), sum(length(value)) FROM state_kv WHERE key = 'big'"
+    ).fetchone()
+    assert (rows, size) == (1, 100_002)
+    assert store.load_latest("r1").state["n"] == 20
+    assert store.load_at("r1", 7).state == {"n": 7, "big": "x" * 100_000}
+    assert store.load_at("r1", 0).state["n"] == 0
+    store.save_checkpoint("r1", "seven", 7)
+    assert store.load_checkpoint("r1", "seven").state["n"] == 7
+    with pytest.raises(ResumeRefused):
+        store.load_checkpoint("r1", "nope")
+
+
+def test_task_results_are_saved_one_by_one_and_replaced_on_retry(store: SQLiteStore) -> None:
+    token = new_run(store)
+    store.save_task_result("r1", token, result(0, "a", "failed"))
+    store.save_task_result("r1", token, result(0, "b"))
+    assert {k: r.status for k, r in store.load_task_results("r1", 0).items()} == {
+        "a": "failed",
+        "b": "ok",
+    }
+    store.save_task_result("r1", token, result(0, "a"))
+    assert store.load_task_results("r1", 0)["a"].status == "ok"
+
+
+def test_events_stay_pending_until_marked_emitted(store: SQLiteStore) -> None:
+    token = new_run(store)
+    events = [Event("r1", i, time.time(), 0, "a", "x") for i in (1, 2, 3)]
+    store.save_step("r1", token, commit(0, events=events))
+    assert [e.seq for e in store.pending_events("r1")] == [1, 2, 3]
+    assert store.next_event_seq("r1") == 4
+    store.mark_events_emitted("r1", 2)
+    assert [e.seq for e in store.pending_events("r1")] == [3]
+    store.mark_events_emitted("r1", 1)  # never goes backwards
+    assert [e.seq for e in store.pending_events("r1")] == [3]
+
+
+# leases and fencing ----------------------------------------------------------------
+
+
+def test_a_store_whose_lease_was_taken_over_cannot_commit(db: Path) -> None:
+    a = SQLiteStore(db)
+    token_a = new_run(a)
+    a.save_step("r1", token_a, commit(0))
+    b = SQLiteStore(db)
+    token_b = b.acquire_lease("r1", force=True)
+    assert token_b > token_a
+
+    before = b.load_latest("r1")
+    with pytest.raises(LeaseLost, match="taken over"):
+        a.save_step("r1", token_a, commit(1))
+    with pytest.raises(LeaseLost):
+        a.save_task_result("r1", token_a, result(1))
+    with pytest.raises(LeaseLost):
+        a.set_status("r1", token_a, "failed", error="late")
+    assert not a.heartbeat("r1", token_a)
+    a.release_lease("r1", token_a)  # a stale release leaves the new holder's lease alone
+    assert b.load_latest("r1") == before
+    assert b.load_task_results("r1", 1) == {}
+    assert b.get_run("r1").status == "running"
+
+    ev = Event("r1", 1, time.time(), 1, None, "step_committed")
+    b.save_step("r1", token_b, commit(1, events=[ev]))
+    assert b.heartbeat("r1", token_b)
+    after = b.load_latest("r1")
+    assert after.step == 2
+    # the old holder replays the step b just committed, with the same event seq: still
+    # LeaseLost (checked first), never a constraint error on rows the new holder wrote
+    with pytest.raises(LeaseLost):
+        a.save_step("r1", token_a, commit(1, events=[ev]))
+    with pytest.raises(LeaseLost):
+        a.set_status("r1", token_a, "failed", events=[ev])
+    assert b.load_latest("r1") == after
+    a.close()
+    b.close()
+
+
+def set_lease(db: Path, pid: int, beat: float) -> None:
+    c = sqlite3.connect(db)
+    c.execute("UPDATE runs SET lease_pid = ?, lease_heartbeat = ?", (pid, beat))
+    c.commit()
+    c.close()
+
+
+def test_a_live_lease_is_refused_and_a_dead_or_stale_one_taken_over(
+    store: SQLiteStore, db: Path
+) -> None:
+    token = new_run(store)
+    store.release_lease("r1", token)
+    store.acquire_lease("r1")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        set_lease(db, live.pid, time.time())
+        with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}") as exc:
+            store.acquire_lease("r1")
+        assert exc.value.exit_code == 3 and exc.value.hint and "--force" in exc.value.hint
+        assert store.acquire_lease("r1", force=True) > token
+
+        set_lease(db, live.pid, time.time() - LEASE_STALE_S - 1)  # no heartbeat for too long
+        store.acquire_lease("r1")
+    finally:
+        live.kill()
+        live.wait()
+    set_lease(db, live.pid, time.time())  # a fresh heartbeat, but the process is gone
+    store.acquire_lease("r1")
+    with pytest.raises(ResumeRefused, match="no run"):
+        store.acquire_lease("nope")
+
+
+def test_creating_a_run_id_twice_is_refused(store: SQLiteStore) -> None:
+    new_run(store)
+    with pytest.raises(ResumeRefused, match="already exists"):
+        new_run(store)
