@@ -333,7 +333,7 @@ def _group(calls: list[LLMCall], key: str) -> list[dict[str, Any]]:
 
 
 def _money(values: Iterable[float]) -> float:
-    return round(float(sum((Decimal(repr(v)) for v in values), Decimal(0))), 10)
+    return round(float(sum((Decimal(repr(v)) for v in values), Decimal(0))), 12)
 
 
 def cost_report(run_id: str, calls: list[LLMCall], *, by_node: bool = False) -> dict[str, Any]:

@@ -117,6 +117,8 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         raise TaskError(f"command not found: {argv[0]}", retryable=False) from None
     except OSError as exc:
         raise TaskError(f"cannot start {argv[0]}: {exc.strerror}", retryable=False) from None
+    except ValueError as exc:  # e.g. a NUL byte in a rendered argument or env value
+        raise TaskError(f"cannot start {argv[0]}: {exc}", retryable=False) from None
     ctx.scope.track(proc)
     try:
         out, err = _communicate(proc, ctx, timeout)

@@ -188,6 +188,10 @@ class Engine:
                 )
             step = cp.step
             frontier = cp.frontier
+            added = {k: v for k, v in wf.initial_state().items() if k not in state}
+            if added:  # resume --workflow with new state keys: they start at their defaults
+                store.add_state_keys(run_id, token, added)
+                state.update(added)
             started = [
                 outbox.make(
                     "run_resumed" if resumed else "run_started",

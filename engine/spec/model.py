@@ -75,9 +75,6 @@ class Config:
     max_cost_usd: float | None = None
 
 
-_JOINS: dict[int, tuple[Workflow, dict[str, tuple[str, ...]]]] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class Workflow:
     name: str
@@ -90,15 +87,7 @@ class Workflow:
     digest: str = ""
     path: str = "<workflow>"
     base_dir: Path = Path(".")
-
-    @property
-    def joins(self) -> dict[str, tuple[str, ...]]:
-        """Nodes with ``needs``, and what they need (computed once per workflow)."""
-        cached = _JOINS.get(id(self))
-        if cached is None or cached[0] is not self:
-            cached = (self, {n: node.needs for n, node in self.nodes.items() if node.needs})
-            _JOINS[id(self)] = cached
-        return cached[1]
+    joins: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> its needs
 
     def initial_state(self) -> dict[str, Any]:
         import copy

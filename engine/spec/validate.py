@@ -246,6 +246,7 @@ class _Validator:
             digest=hashlib.sha256(self.source.encode()).hexdigest(),
             path=str(self.fs),
             base_dir=self.fs.resolve().parent,
+            joins={n: node.needs for n, node in nodes.items() if node.needs},
         )
 
     def state(self, raw: Any) -> dict[str, StateKey]:

@@ -283,6 +283,15 @@ class SQLiteStore:
             self._insert_events(c, run_id, events)
 
     # task results ----------------------------------------------------------
+    def add_state_keys(self, run_id: str, token: int, values: dict[str, Any]) -> None:
+        """Keys a changed workflow declares that the run did not have yet (their defaults)."""
+        with self._tx() as c:
+            self._fence(c, run_id, token)
+            c.executemany(
+                "INSERT OR IGNORE INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                [(run_id, k, _dumps(v)) for k, v in values.items()],
+            )
+
     def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None:
         self.save_task_results(run_id, token, [result])
 

@@ -1,0 +1,97 @@
+"""Resume edge cases: a changed workflow, a finished run, run-id prefixes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import FLOWRUN
+
+
+def flowrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLOWRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_resume_with_a_workflow_that_adds_a_state_key_starts_it_at_its_default(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write(
+        "wf.yaml",
+        """
+        name: grow
+        state:
+          n: {default: 0}
+        nodes:
+          a: {set: {n: 1}, next: b}
+          b: {shell: "exit 3"}
+        """,
+    )
+    db = str(tmp_path / "f.db")
+    first = flowrun("run", "wf.yaml", "--db", db, "--run-id", "grow-1", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    write(
+        "fixed.yaml",
+        """
+        name: grow
+        state:
+          n: {default: 0}
+          extra: {default: [1, 2]}
+        nodes:
+          a: {set: {n: 1}, next: b}
+          b: {set: {n: "{{ state.n + state.extra | length }}"}}
+        """,
+    )
+    second = flowrun(
+        "resume", "grow", "--workflow", "fixed.yaml", "--db", db, "--json", cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    out = json.loads(second.stdout)
+    assert out["state"] == {"n": 3, "extra": [1, 2]}
+    again = flowrun("show", "grow-1", "--db", db, "--json", cwd=tmp_path)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["state"] == {"n": 3, "extra": [1, 2]}
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_exits_0(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write(
+        "wf.yaml",
+        """
+        name: done
+        state: {n: {default: 0}}
+        nodes:
+          a: {set: {n: 5}}
+        """,
+    )
+    db = str(tmp_path / "f.db")
+    assert flowrun("run", "wf.yaml", "--db", db, "--run-id", "d1", cwd=tmp_path).returncode == 0
+    p = flowrun("resume", "latest", "--db", db, "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "succeeded"
+    assert out["state"] == {"n": 5}
+    assert out["steps"] == 1
+
+
+def test_unknown_and_ambiguous_run_ids_exit_3(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write("wf.yaml", "name: x\nstate: {n: {default: 0}}\nnodes:\n  a: {set: {n: 1}}\n")
+    db = str(tmp_path / "f.db")
+    for rid in ("job-10", "job-11"):
+        assert flowrun("run", "wf.yaml", "--db", db, "--run-id", rid, cwd=tmp_path).returncode == 0
+    missing = flowrun("resume", "nope", "--db", db, cwd=tmp_path)
+    assert missing.returncode == 3
+    assert "no run matches 'nope'" in missing.stderr
+    ambiguous = flowrun("show", "job-1", "--db", db, cwd=tmp_path)
+    assert ambiguous.returncode == 3
+    assert "ambiguous" in ambiguous.stderr
+    assert "Traceback" not in missing.stderr + ambiguous.stderr
+    unique = flowrun("show", "job-11", "--db", db, "--json", cwd=tmp_path)
+    assert unique.returncode == 0
+    assert json.loads(unique.stdout)["run_id"] == "job-11"
