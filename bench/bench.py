@@ -181,11 +181,13 @@ def bench_process(d: Path, args: list[str]) -> float:
 
 
 def langgraph_figures(d: Path) -> dict[str, float] | None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        from bench import lg
-    except ImportError:
+        import lg  # type: ignore[import-not-found]
+    except ImportError:  # LangGraph is not installed in this venv
         return None
-    return lg.run(d)
+    figures: dict[str, float] = lg.run(d)
+    return figures
 
 
 def main() -> None:

@@ -247,6 +247,91 @@ def graph(
     do_graph(file=file, fmt=format)
 
 
+@app.command()
+def fork(
+    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
+    from_step: Annotated[
+        int,
+        typer.Option("--from-step", min=0, help="Re-execute from this step (0: from the start)."),
+    ],
+    workflow: Annotated[
+        str | None,
+        typer.Option(
+            "--workflow", help="Use this (fixed) workflow file instead of the stored one."
+        ),
+    ] = None,
+    new_run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Choose the new run's id.")
+    ] = None,
+    db: opt.Db = None,
+    max_concurrency: opt.MaxConcurrency = None,
+    json_out: opt.Json = False,
+    quiet: opt.Quiet = False,
+    durability: opt.Durability = "normal",
+    events: opt.Events = None,
+    metrics_port: MetricsPort = None,
+    metrics_addr: MetricsAddr = "127.0.0.1",
+    metrics_linger: MetricsLinger = 0.0,
+    metrics_push: MetricsPush = None,
+    metrics_file: MetricsFile = None,
+    pricing: llm_opt.Pricing = None,
+    max_cost: llm_opt.MaxCost = None,
+    llm_record: llm_opt.LLMRecord = None,
+    llm_replay: llm_opt.LLMReplay = None,
+) -> None:
+    """Start a new run from a committed step of an old one, and run it to the end.
+
+    The new run gets the old run's workflow, inputs, and state and frontier as they
+    were before step N; the old run is left as it was.
+    Example: flowrun fork latest --from-step 3 --workflow fixed.yaml
+    """
+    from flowrun.engine.metrics import ExportOptions
+
+    from .maintenance import do_fork
+
+    do_fork(
+        ref=run_id,
+        from_step=from_step,
+        workflow=workflow,
+        run_id=new_run_id,
+        db=db,
+        max_concurrency=max_concurrency,
+        json_out=json_out,
+        quiet=quiet,
+        durability=durability,
+        events=events,
+        metrics=ExportOptions(
+            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        ),
+        llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
+    )
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", help="Delete runs last active longer ago than this."),
+    ] = "30d",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")
+    ] = False,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only runs with this status.")
+    ] = None,
+    db: opt.Db = None,
+    json_out: opt.Json = False,
+) -> None:
+    """Delete old runs with all their rows, then reclaim the space (VACUUM).
+
+    A run whose lease is live is never deleted.
+    Example: flowrun prune --older-than 7d --status succeeded --dry-run
+    """
+    from .maintenance import do_prune
+
+    do_prune(older_than=older_than, dry_run=dry_run, status=status, db=db, json_out=json_out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point and the single error boundary.
 

@@ -49,6 +49,9 @@ def do_show(*, ref: str, db: str | None, json_out: bool, events: bool) -> int:
     else:
         console.err(f"run       {detail['run_id']}")
         console.err(f"workflow  {detail['workflow']}")
+        if detail["forked_from"]:
+            parent = detail["forked_from"]
+            console.err(f"forked    from {parent['run_id']} at step {parent['step']}")
         console.err(
             f"status    {detail['status']}" + (f": {detail['error']}" if detail["error"] else "")
         )

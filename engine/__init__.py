@@ -8,6 +8,9 @@ result = Engine(SQLiteStore(".flowrun/flowrun.db")).start(wf)
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BudgetExceeded,
     FlowrunError,
@@ -20,10 +23,39 @@ from .errors import (
     UsageError,
     WorkflowError,
 )
-from .events import EventSink, JsonlSink
-from .runtime import Engine, Fanout, Observer, RunResult, Settings, new_run_id
-from .spec import Workflow, load_workflow
-from .store import SQLiteStore, Store
+
+# The rest loads on first use (PEP 562), so `flowrun --help` and the CLI's error
+# boundary do not pay for Jinja2, the runtime and the store.
+_LAZY = {
+    "EventSink": ".events",
+    "JsonlSink": ".events",
+    "Engine": ".runtime",
+    "Fanout": ".runtime",
+    "Observer": ".runtime",
+    "RunResult": ".runtime",
+    "Settings": ".runtime",
+    "new_run_id": ".runtime",
+    "Workflow": ".spec",
+    "load_workflow": ".spec",
+    "SQLiteStore": ".store",
+    "Store": ".store",
+}
+
+if TYPE_CHECKING:
+    from .events import EventSink, JsonlSink
+    from .runtime import Engine, Fanout, Observer, RunResult, Settings, new_run_id
+    from .spec import Workflow, load_workflow
+    from .store import SQLiteStore, Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BudgetExceeded",

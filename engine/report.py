@@ -20,6 +20,9 @@ def run_summary(rec: RunRecord) -> dict[str, Any]:
         "finished_at": rec.finished_at,
         "duration_s": round(rec.duration_s, 6),
         "error": rec.error,
+        "forked_from": None
+        if rec.parent_run_id is None
+        else {"run_id": rec.parent_run_id, "step": rec.parent_step},
     }
 
 
@@ -49,6 +52,7 @@ def run_detail(store: Any, run_id: str) -> dict[str, Any]:
                 {
                     "step": r.step,
                     "index": r.index,
+                    "attempt": r.attempts,
                     "error": r.error,
                     "stderr": (r.stderr or "")[-500:] or None,
                 }

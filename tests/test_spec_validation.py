@@ -1067,3 +1067,334 @@ def test_merge_keys_and_anchors_within_bounds_still_work(cli: Cli, tmp_path: Pat
     )
     r = cli("validate", name)
     assert r.code == 0, r.err
+
+
+# llm nodes: every setting is checked at load, not when the node first runs ------------
+LLM_HEAD = """
+name: t
+state:
+  provider: {default: openai}
+nodes:
+  a:
+    llm:
+      model: m
+      prompt: hi
+"""
+
+# (id, lines added under `llm:` (line 9 on), "line:col", message fragments, hint fragment)
+LLM_CASES: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
+    (
+        "provider typo",
+        "provider: opneai",
+        "9:17",
+        ("nodes.a.llm.provider", "unknown llm provider 'opneai'"),
+        "did you mean 'openai'?",
+    ),
+    (
+        "unknown provider",
+        "provider: gemini",
+        "9:17",
+        ("unknown llm provider 'gemini'",),
+        "one of: openai, anthropic, replay",
+    ),
+    (
+        "provider template reads a state key that does not exist",
+        'provider: "{{ state.provder }}"',
+        "9:17",
+        ("nodes.a.llm.provider", "undeclared state key 'provder'"),
+        "did you mean 'provider'?",
+    ),
+    (
+        "temperature above 2",
+        "temperature: 3",
+        "9:20",
+        ("nodes.a.llm.temperature", "from 0 to 2, got 3"),
+        "2 is the most",
+    ),
+    (
+        "negative temperature",
+        "temperature: -0.5",
+        "9:20",
+        ("nodes.a.llm.temperature", "from 0 to 2, got -0.5"),
+        None,
+    ),
+    (
+        "temperature as a quoted string",
+        'temperature: "0.2"',
+        "9:20",
+        ("nodes.a.llm.temperature", "not the string '0.2'"),
+        "without quotes",
+    ),
+    (
+        "temperature as a boolean",
+        "temperature: true",
+        "9:20",
+        ("nodes.a.llm.temperature", "expected a number, not a boolean"),
+        None,
+    ),
+    (
+        "max_tokens zero",
+        "max_tokens: 0",
+        "9:19",
+        ("nodes.a.llm.max_tokens", "whole number ≥ 1, got 0"),
+        None,
+    ),
+    (
+        "max_tokens a fraction",
+        "max_tokens: 1.5",
+        "9:19",
+        ("nodes.a.llm.max_tokens", "got 1.5"),
+        None,
+    ),
+    (
+        "max_tokens as a quoted string",
+        'max_tokens: "200"',
+        "9:19",
+        ("nodes.a.llm.max_tokens", "not the string '200'"),
+        "max_tokens: 200",
+    ),
+    (
+        "json as a quoted word",
+        'json: "yes"',
+        "9:13",
+        ("nodes.a.llm.json", "expected true or false, not 'yes'"),
+        "json: true",
+    ),
+    (
+        "json as a number",
+        "json: 1",
+        "9:13",
+        ("nodes.a.llm.json", "expected true or false, not 1"),
+        "json: true",
+    ),
+    (
+        "base_url without a scheme",
+        "base_url: localhost:8000/v1",
+        "9:17",
+        ("nodes.a.llm.base_url", "not an http(s) URL: 'localhost:8000/v1'"),
+        "http://localhost:8000/v1",
+    ),
+    (
+        "base_url of another scheme",
+        "base_url: ftp://example.com/v1",
+        "9:17",
+        ("nodes.a.llm.base_url", "not an http(s) URL"),
+        "http://",
+    ),
+    (
+        "base_url without a host",
+        'base_url: "https://"',
+        "9:17",
+        ("nodes.a.llm.base_url", "not an http(s) URL"),
+        None,
+    ),
+    (
+        "api_key_env with a dash",
+        "api_key_env: MY-KEY",
+        "9:20",
+        ("nodes.a.llm.api_key_env", "not an environment variable name"),
+        "e.g. OPENAI_API_KEY",
+    ),
+    (
+        "cassette on an openai node",
+        "provider: openai\n      cassette: c.jsonl",
+        "10:7",
+        ("nodes.a.llm", "cassette is read only by provider replay, not by provider openai"),
+        "provider: replay",
+    ),
+    (
+        "cassette on a node without provider",
+        "cassette: c.jsonl",
+        "9:7",
+        ("nodes.a.llm", "cassette is read only by provider replay"),
+        "--llm-record",
+    ),
+    (
+        "base_url on a replay node",
+        "provider: replay\n      cassette: c.jsonl\n      base_url: http://127.0.0.1:1/v1",
+        "11:7",
+        ("nodes.a.llm", "base_url is not used by provider replay"),
+        "remove it",
+    ),
+    (
+        "api_key_env on a replay node",
+        "provider: replay\n      cassette: c.jsonl\n      api_key_env: MY_KEY",
+        "11:7",
+        ("nodes.a.llm", "api_key_env is not used by provider replay"),
+        None,
+    ),
+    (
+        "cassette as a number",
+        "provider: replay\n      cassette: 7",
+        "10:17",
+        ("nodes.a.llm.cassette", "expected a string, not a number"),
+        None,
+    ),
+    (
+        "base_url template with an undefined name",
+        'base_url: "{{ url }}"',
+        "9:17",
+        ("nodes.a.llm.base_url", "undefined name 'url'"),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("lines", "where", "fragments", "hint"),
+    [pytest.param(*c[1:], id=c[0]) for c in LLM_CASES],
+)
+def test_llm_settings_are_checked_at_load_with_location_and_hint(
+    cli: Cli,
+    tmp_path: Path,
+    lines: str,
+    where: str,
+    fragments: tuple[str, ...],
+    hint: str | None,
+) -> None:
+    text = textwrap.dedent(LLM_HEAD).lstrip("\n") + "      " + lines + "\n"
+    (tmp_path / "wf.yaml").write_text(text, encoding="utf-8")
+    message, got_hint = one_error(cli("validate", "wf.yaml"))
+    assert message.startswith(f"wf.yaml:{where}: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+    if hint is not None:
+        assert got_hint is not None and hint in got_hint, got_hint
+
+
+@pytest.mark.parametrize(
+    ("model", "where", "fragment"),
+    [
+        pytest.param("42", "5:14", "expected a string, not a number", id="a number"),
+        pytest.param('" "', "5:14", "the model is empty", id="blank"),
+    ],
+)
+def test_llm_model_must_be_a_non_empty_string(
+    cli: Cli, tmp_path: Path, model: str, where: str, fragment: str
+) -> None:
+    name = put(
+        tmp_path,
+        f"""
+        name: t
+        nodes:
+          a:
+            llm:
+              model: {model}
+              prompt: hi
+        """,
+    )
+    message, _ = one_error(cli("validate", name))
+    assert message.startswith(f"{name}:{where}: nodes.a.llm.model: ") and fragment in message
+
+
+def test_llm_temperature_range_follows_the_provider_a_claude_model_goes_to(
+    cli: Cli, tmp_path: Path
+) -> None:
+    name = put(
+        tmp_path,
+        """
+        name: t
+        nodes:
+          a:
+            llm: {model: claude-3-5-haiku, prompt: hi, temperature: 1.5}
+            next: b
+          b:
+            llm: {model: gpt-4o-mini, prompt: hi, temperature: 1.5}
+        """,
+    )
+    message, hint = one_error(cli("validate", name))
+    assert message.startswith(f"{name}:4:61: nodes.a.llm.temperature: ")
+    assert "from 0 to 1, got 1.5" in message
+    assert hint is not None and "anthropic" in hint
+
+
+def test_llm_api_key_env_holding_a_key_is_not_echoed_back(cli: Cli, tmp_path: Path) -> None:
+    key = "sk-proj-SECRET0123456789abcdef"
+    name = put(
+        tmp_path,
+        f"""
+        name: t
+        nodes:
+          a:
+            llm: {{model: m, prompt: hi, api_key_env: {key}}}
+        """,
+    )
+    r = cli("validate", name)
+    message, hint = one_error(r)
+    assert message.startswith(f"{name}:4:46: nodes.a.llm.api_key_env: ")
+    assert hint is not None and "not the key" in hint
+    assert "SECRET" not in r.err + r.out
+
+
+def test_llm_settings_from_templates_and_valid_literals_pass(cli: Cli, tmp_path: Path) -> None:
+    name = put(
+        tmp_path,
+        """
+        name: t
+        state:
+          provider: {default: replay}
+          model: {default: gpt-4o-mini}
+          temp: {default: 0.3}
+          out: {default: null}
+        nodes:
+          templated:
+            llm:
+              provider: "{{ state.provider }}"
+              cassette: "answers-{{ run.id }}.jsonl"
+              model: "{{ state.model }}"
+              prompt: hi
+              temperature: "{{ state.temp }}"
+              max_tokens: "{{ 10 * 2 }}"
+              json: "{{ state.provider == 'replay' }}"
+              base_url: "{{ state.provider }}"
+              api_key_env: "{{ state.provider | upper }}_KEY"
+            next: live
+          live:
+            llm:
+              provider: openai
+              model: local
+              prompt: hi
+              temperature: 2
+              max_tokens: 1
+              json: false
+              base_url: http://127.0.0.1:8000/v1
+              api_key_env: MY_LOCAL_KEY
+            next: claude
+          claude:
+            llm: {model: claude-3-5-haiku, prompt: hi, temperature: 0}
+            next: replayed
+          replayed:
+            llm: {provider: replay, cassette: c.jsonl, model: m, prompt: hi, temperature: 0.5}
+            next: from_flag
+          from_flag:
+            # no cassette: `--llm-replay FILE` may give one when the run starts
+            llm: {provider: replay, model: m, prompt: hi}
+            save: out
+        """,
+    )
+    r = cli("validate", name)
+    assert r.code == 0, r.err
+    assert "ok" in r.err
+
+
+def test_run_with_a_bad_llm_setting_fails_before_any_run_exists(cli: Cli, tmp_path: Path) -> None:
+    name = put(
+        tmp_path,
+        """
+        name: t
+        nodes:
+          a:
+            llm: {model: gpt-4o-mini, prompt: hi, provider: opanai}
+        """,
+    )
+    r = cli("run", name, "--db", str(tmp_path / "f.db"))
+    message, hint = one_error(r)
+    assert message.startswith(f"{name}:4:53: nodes.a.llm.provider: ")
+    assert hint == "did you mean 'openai'?"
+    assert not (tmp_path / "f.db").exists()
+
+
+def test_the_example_pipeline_still_validates(cli: Cli) -> None:
+    example = Path(__file__).resolve().parent.parent / "workflows" / "pipeline" / "pipeline.yaml"
+    r = cli("validate", str(example))
+    assert r.code == 0, r.err

@@ -104,6 +104,7 @@ class Engine:
         self.stop_reason: str | None = None
         # the run being driven (set by _drive; read by signal handlers and hooks)
         self.run_id = ""
+        self._failure_events: list[Event] = []
         self.token = 0
         self.step = 0
         self.scope = RunScope(Path("."), "")
@@ -304,7 +305,8 @@ class Engine:
                 s.close()
 
     def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
-        ev = [outbox.make(f"run_{status}", error=error)]
+        ev = [*self._failure_events, outbox.make(f"run_{status}", error=error)]
+        self._failure_events = []
         self.store.set_status(run_id, token, status, error=error, events=ev)
         outbox.deliver(ev)
         self.observer.run_finished(status, error)
@@ -358,8 +360,8 @@ class Engine:
             finished = []
             for f in done:
                 i = pending.pop(f)
-                if f.cancelled():  # never started: the budget ran out
-                    continue
+                if f.cancelled() or f.result().status == "skipped":  # the budget ran out
+                    continue  # never ran: resume runs it
                 out = f.result()
                 outcomes[i] = out
                 finished.append(out)
@@ -370,7 +372,9 @@ class Engine:
             # last results ride in the step's own commit (nothing runs in between).
             over = self.scope.over_budget.is_set()
             if dispatched and not pending and not failed and not self.stop.is_set() and not over:
-                deferred.extend(results)
+                # The commit's events and state hold all of a successful result but
+                # its output tails: only results with tails need a row of their own.
+                deferred.extend(r for r in results if r.stdout or r.stderr)
             else:
                 store.save_task_results(run_id, self.token, results)
             for out in finished:
@@ -425,6 +429,8 @@ class Engine:
                 store.save_task_results(run_id, self.token, deferred)
             raise self.ledger.exceeded()  # finished results are kept for the resume
         if failed:
+            # the failed step is not committed, so its task events go with the failure
+            self._failure_events = self._task_events(self.outbox, step, failed)
             culprit = min(failed, key=lambda o: tasks.index(o.task))
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise RunFailed(
@@ -505,7 +511,7 @@ class Engine:
                     duration=o.duration,
                     error=o.error,
                     ts=o.started_at + o.duration,
-                    data={"index": o.task.get("index"), "key": o.task["key"][:16]},
+                    data={"index": o.task.get("index"), "key": o.task["key"]},
                 )
             )
         return events

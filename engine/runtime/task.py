@@ -33,7 +33,7 @@ class Attempt:
 @dataclass(slots=True)
 class TaskOutcome:
     task: dict[str, Any]
-    status: str  # ok | failed
+    status: str  # ok | failed | skipped (never ran: picked up after the budget was spent)
     delta: dict[str, Any] | None
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
@@ -145,6 +145,9 @@ class StepGate:
 
     def _completed(self, future: Future[TaskOutcome]) -> None:
         with self._cond:
+            if future.cancelled():  # it never reached run_task: it is not queued any more
+                self._started += 1
+                self._finished += 1
             self._done.append(future)
             self._cond.notify_all()
 
@@ -162,7 +165,18 @@ def run_task(
 
     The observer hears ``task_started`` and ``task_finished`` from this thread, so
     its running count never exceeds the threads actually running tasks.
+
+    A task a worker picks up after the run's budget is spent does not run: it comes
+    back ``skipped``, which the coordinator treats like a future it cancelled (not
+    finished, no result saved, run again by ``resume``). The coordinator stops
+    dispatching once the budget is spent, but tasks already queued on the executor
+    would otherwise start before it gets to cancel them.
     """
+    if scope.over_budget.is_set():
+        if gate is not None:  # no longer queued, and not running either
+            gate.started()
+            gate.finished()
+        return TaskOutcome(task, "skipped", None, started_at=time.time())
     observer.task_started(step, task)
     if gate is not None:
         gate.started()
@@ -237,7 +251,9 @@ def _attempts(
             stdout, stderr = exc.stdout, exc.stderr
             err = str(exc)
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
-            if not exc.retryable or attempt >= policy.max_attempts or scope.stop.is_set():
+            # no new attempt once the run is stopping or its budget is spent
+            last = attempt >= policy.max_attempts or not exc.retryable
+            if last or scope.stop.is_set() or scope.over_budget.is_set():
                 return TaskOutcome(
                     task,
                     "failed",

@@ -2,21 +2,22 @@
 
 Every error names the file, line and column, starts with the offending key
 (``nodes.fetch.next: unknown node 'sumarize'``) and suggests the near miss.
+This module checks the document's shape: the top level, ``state``, ``config``,
+each node's common keys and the graph they make. What a node kind's body may hold
+is :mod:`.bodies`; the checks both use (types, durations, templates) are :mod:`.checks`.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import math
 import re
-from collections.abc import Iterable
 from pathlib import Path as FsPath
-from typing import Any, NoReturn
+from typing import Any
 
 from ..errors import WorkflowError
-from . import templates
+from .bodies import check_body
+from .checks import BOOL_HINT, Checker, describe, did_you_mean, parse_duration
 from .model import (
     END,
     KINDS,
@@ -31,10 +32,9 @@ from .model import (
 )
 from .yamlpos import Document, Path, load
 
+__all__ = ["NODE_NAME", "did_you_mean", "load_workflow", "parse_duration"]
+
 NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_PYTHON_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 POLICIES = ("fail", "last_writer_wins")
 
 TOP_KEYS = ("name", "description", "state", "config", "start", "nodes")
@@ -51,40 +51,7 @@ CONFIG_KEYS = (
 RETRY_KEYS = ("max_attempts", "backoff", "max_backoff", "jitter")
 COMMON_KEYS = ("next", "routes", "needs", "foreach", "save", "retry", "timeout", "description")
 COMMAND_KEYS = ("output", "env", "cwd")
-LLM_KEYS = (
-    "model",
-    "prompt",
-    "system",
-    "provider",
-    "temperature",
-    "max_tokens",
-    "json",
-    "base_url",
-    "api_key_env",
-    "cassette",
-)
 ROUTE_KEYS = ("when", "to")
-_BOOL_HINT = "quote it: YAML reads yes/no/on/off/true/false as booleans"
-
-
-def parse_duration(value: Any) -> float:
-    """``250ms``, ``30s``, ``5m``, ``1h``, ``2d`` (or a bare number of seconds) to seconds."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration")
-    if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError("not a duration")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError("not a duration")
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {match[0]!r}?" if match else None
 
 
 def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
@@ -112,91 +79,11 @@ def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
     return _Validator(doc, text, fs).workflow()
 
 
-class _Validator:
+class _Validator(Checker):
     def __init__(self, doc: Document, text: str, fs: FsPath) -> None:
-        self.doc = doc
+        super().__init__(doc)
         self.source = text
         self.fs = fs
-
-    # helpers -------------------------------------------------------------
-    def err(
-        self,
-        path: Path,
-        msg: str,
-        *,
-        key: bool = False,
-        hint: str | None = None,
-        label: Path | None = None,
-    ) -> NoReturn:
-        raise self.doc.error(path, msg, key=key, hint=hint, label=label)
-
-    def mapping(self, value: Any, path: Path, hint: str | None = None) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            what = "expected a mapping" if path else "a workflow must be a mapping"
-            self.err(path, f"{what}, not {_kind(value)}", hint=hint)
-        return value
-
-    def known(self, value: dict[str, Any], allowed: Iterable[str], path: Path) -> None:
-        allowed = tuple(allowed)
-        for k in value:
-            if k not in allowed:
-                self.unknown(path, k, allowed)
-
-    def unknown(
-        self, path: Path, k: str, allowed: tuple[str, ...], hint: str | None = None
-    ) -> NoReturn:
-        where = "" if path else " at the top level"
-        self.err(
-            (*path, k),
-            f"unknown key {k!r}{where}",
-            key=True,
-            label=path,
-            hint=hint or did_you_mean(k, allowed) or f"allowed: {', '.join(allowed)}",
-        )
-
-    def duration(self, value: Any, path: Path, *, positive: bool = False) -> float:
-        """Seconds; a timeout (``positive``) must be more than zero, a backoff may be 0."""
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            seconds = -1.0
-        if seconds < 0 or (positive and seconds == 0):
-            self.err(
-                path,
-                f"bad duration {value!r}",
-                hint="use a positive duration such as 250ms, 30s, 5m or 1h"
-                if positive
-                else "use a duration such as 0s, 250ms, 30s, 5m or 1h",
-            )
-        return seconds
-
-    def pos_int(self, value: Any, path: Path, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.err(path, f"expected a whole number ≥ {minimum}, got {value!r}")
-        return value
-
-    def text(self, value: Any, path: Path) -> str:
-        if not isinstance(value, str):
-            self.err(
-                path,
-                f"expected a string, not {_kind(value)}",
-                hint=_BOOL_HINT if isinstance(value, bool) else None,
-            )
-        return value
-
-    def boolean(self, value: Any, path: Path) -> bool:
-        if not isinstance(value, bool):
-            self.err(path, f"expected true or false, not {value!r}")
-        return value
-
-    def choice(self, value: Any, path: Path, choices: tuple[str, ...], what: str) -> str:
-        if value not in choices:
-            self.err(
-                path,
-                f"unknown {what} {value!r}",
-                hint=did_you_mean(str(value), choices) or f"one of: {', '.join(choices)}",
-            )
-        return str(value)
 
     # the document ----------------------------------------------------------
     def workflow(self) -> Workflow:
@@ -259,7 +146,7 @@ class _Validator:
             if not isinstance(spec, dict):
                 self.err(
                     path,
-                    f"a state key is declared with a mapping, not {_kind(spec)}",
+                    f"a state key is declared with a mapping, not {describe(spec)}",
                     hint=f"write `{key}: {{default: {json.dumps(spec)}}}`",
                 )
             self.known(spec, STATE_KEYS, path)
@@ -342,8 +229,8 @@ class _Validator:
         if not isinstance(value, str):
             self.err(
                 path,
-                f"expected a node name, not {_kind(value)}",
-                hint=_BOOL_HINT if isinstance(value, bool) else None,
+                f"expected a node name, not {describe(value)}",
+                hint=BOOL_HINT if isinstance(value, bool) else None,
             )
         if value == END and allow_end:
             return END
@@ -366,62 +253,6 @@ class _Validator:
                 for i, v in enumerate(value)
             )
         return (self.node_ref(value, path, names, allow_end=allow_end),)
-
-    def template(
-        self,
-        value: str,
-        path: Path,
-        state: dict[str, StateKey],
-        *,
-        foreach: bool,
-        shell: bool = False,
-        condition: bool = False,
-    ) -> None:
-        if not condition and not templates.is_template(value):
-            return
-        try:
-            names, keys = templates.check(value, shell=shell, condition=condition)
-        except templates.TemplateError as exc:
-            hint = "templates are Jinja2: {{ state.key }}" if "syntax" in str(exc) else None
-            unknown = re.search(r"No (filter|test) named '(\w+)'", str(exc))
-            if unknown:
-                known = templates.FILTERS if unknown[1] == "filter" else templates.TESTS
-                hint = did_you_mean(unknown[2], known) or f"see the Jinja2 {unknown[1]}s"
-            self.err(path, f"bad template: {exc}", hint=hint)
-        allowed = set(templates.NAMES) if foreach else set(templates.NAMES) - {"item", "index"}
-        for n in sorted(names - allowed):
-            hint = did_you_mean(n, allowed)
-            if n in ("item", "index"):
-                hint = "item and index exist only in a node with foreach"
-            self.err(
-                path,
-                f"template uses undefined name {n!r}",
-                hint=hint or f"templates see {', '.join(sorted(allowed))}",
-            )
-        for k in sorted(keys - set(state)):
-            self.err(
-                path,
-                f"template reads undeclared state key {k!r}",
-                hint=did_you_mean(k, state) or "declare it under `state:`",
-            )
-
-    def templates_in(
-        self,
-        value: Any,
-        path: Path,
-        state: dict[str, StateKey],
-        *,
-        foreach: bool,
-        shell: bool = False,
-    ) -> None:
-        if isinstance(value, str):
-            self.template(value, path, state, foreach=foreach, shell=shell)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                self.templates_in(v, (*path, i), state, foreach=foreach)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                self.templates_in(v, (*path, k), state, foreach=foreach)
 
     def kind_of(self, name: str, raw: dict[str, Any]) -> str:
         path: Path = ("nodes", name)
@@ -447,58 +278,6 @@ class _Validator:
                 hint="split it into two nodes joined by `next`",
             )
         return kinds[0]
-
-    def body(
-        self, kind: str, body: Any, path: Path, state: dict[str, StateKey], foreach: bool
-    ) -> Any:
-        if kind == "run":
-            if isinstance(body, str):
-                self.err(
-                    path, "run takes an argv list", hint='use `run: [cmd, arg]` or `shell: "..."`'
-                )
-            if not isinstance(body, list) or not body:
-                self.err(path, "run takes a non-empty argv list", hint="e.g. `run: [ls, -l]`")
-            for i, a in enumerate(body):
-                if isinstance(a, dict | list) or a is None:
-                    self.err((*path, i), "argv items must be strings or numbers")
-            argv = [a if isinstance(a, str) else json.dumps(a) for a in body]
-            self.templates_in(argv, path, state, foreach=foreach)
-            return argv
-        if kind == "shell":
-            text = self.text(body, path)
-            self.template(text, path, state, foreach=foreach, shell=True)
-            return text
-        if kind == "python":
-            target = self.text(body, path)
-            if not _PYTHON_TARGET.match(target):
-                self.err(
-                    path,
-                    f"bad python target {target!r}",
-                    hint="use module:function, e.g. lib:judge",
-                )
-            return target
-        if kind == "set":
-            values = self.mapping(body, path, hint="e.g. `set: {count: 0}`")
-            for k in values:
-                if k not in state:
-                    self.err(
-                        (*path, k),
-                        f"set writes undeclared state key {k!r}",
-                        key=True,
-                        label=path,
-                        hint=did_you_mean(k, state) or "declare it under `state:`",
-                    )
-            self.templates_in(values, path, state, foreach=foreach)
-            return values
-        spec = self.mapping(body, path, hint="e.g. `llm: {model: gpt-4o-mini, prompt: ...}`")
-        self.known(spec, LLM_KEYS, path)
-        for req in ("model", "prompt"):
-            if req not in spec:
-                self.err(path, f"llm needs {req!r}", key=True)
-        for k in ("prompt", "system"):
-            if k in spec:
-                self.template(self.text(spec[k], (*path, k)), (*path, k), state, foreach=foreach)
-        return spec
 
     def routes(
         self, raw: Any, path: Path, names: list[str], state: dict[str, StateKey], foreach: bool
@@ -543,7 +322,7 @@ class _Validator:
             if k not in allowed:
                 self.unknown(path, k, allowed)
         foreach_node = "foreach" in raw
-        body = self.body(kind, raw[kind], (*path, kind), state, foreach_node)
+        body = check_body(self, kind, raw[kind], (*path, kind), state, foreach_node)
         nxt: tuple[str, ...] = ()
         routes: tuple[Route, ...] = ()
         if "next" in raw and "routes" in raw:
@@ -570,7 +349,7 @@ class _Validator:
             elif not isinstance(foreach, list):
                 self.err(
                     (*path, "foreach"),
-                    f"foreach takes a list or a template that yields one, not {_kind(foreach)}",
+                    f"foreach takes a list or a template that yields one, not {describe(foreach)}",
                     hint='e.g. `foreach: "{{ state.items }}"`',
                 )
         save = raw.get("save")
@@ -641,15 +420,3 @@ class _Validator:
                     key=True,
                     hint="route to it from another node, list it in `start`, or remove it",
                 )
-
-
-def _kind(value: Any) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        int: "a number",
-        float: "a number",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)

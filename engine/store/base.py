@@ -25,6 +25,8 @@ class RunRecord:
     error: str | None = None
     duration_s: float = 0.0
     state_digest: str | None = None
+    parent_run_id: str | None = None  # set on a fork: the run and step it started from
+    parent_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,22 @@ class LLMCall:
 
 
 @dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What ``prune_runs`` deleted (or, on a dry run, would delete)."""
+
+    runs: list[RunRecord]
+    skipped_live: list[str]  # old enough, but their lease is live
+    bytes_before: int = 0  # the database file (and its WAL) before and after
+    bytes_after: int = 0
+    dry_run: bool = False
+    vacuum_error: str | None = None  # the rows are gone, but VACUUM could not run
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return max(0, self.bytes_before - self.bytes_after)
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     run_id: str
     step: int
@@ -201,5 +219,21 @@ class Store(Protocol):
     def record_llm_call(self, call: LLMCall) -> None: ...
 
     def llm_calls(self, run_id: str) -> list[LLMCall]: ...
+
+    def fork_run(
+        self,
+        run_id: str,
+        step: int,
+        new_run_id: str,
+        *,
+        workflow_name: str | None = None,
+        workflow_path: str | None = None,
+        workflow_text: str | None = None,
+        workflow_digest: str | None = None,
+    ) -> None: ...
+
+    def prune_runs(
+        self, *, before: float, status: str | None = None, dry_run: bool = False
+    ) -> PruneResult: ...
 
     def close(self) -> None: ...

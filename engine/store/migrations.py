@@ -107,4 +107,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX llm_calls_run ON llm_calls (run_id, id);
     """,
+    # 3: forks (`flowrun fork`): the run and step a run was forked from. No foreign key:
+    # a fork outlives its parent being pruned and still names where it came from.
+    """
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_step INTEGER;
+    """,
 ]

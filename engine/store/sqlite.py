@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError
-from .base import Checkpoint, Event, LLMCall, RunRecord, StepCommit, TaskResult
+from ..errors import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError, UsageError
+from .base import Checkpoint, Event, LLMCall, PruneResult, RunRecord, StepCommit, TaskResult
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
@@ -46,6 +46,13 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def lease_live(host: str | None, pid: int | None, beat: float | None, now: float) -> bool:
+    """A lease whose holder still heartbeats (and, on this host, still exists)."""
+    if host is None or beat is None or now - beat >= LEASE_STALE_S:
+        return False
+    return host != HOST or (pid is not None and pid_alive(pid))
 
 
 class SQLiteStore:
@@ -200,14 +207,12 @@ class SQLiteStore:
             if row is None:
                 raise ResumeRefused(f"no run {run_id!r}")
             host, pid, beat, token = row
-            if host is not None and not force:
-                fresh = beat is not None and time.time() - beat < LEASE_STALE_S
-                alive = fresh and (host != HOST or pid_alive(pid))
-                if alive and not (host == HOST and pid == os.getpid()):
-                    raise ResumeRefused(
-                        f"run {run_id} is being executed by pid {pid} on {host}",
-                        hint="wait for it, or pass --force if you know it is dead",
-                    )
+            mine = host == HOST and pid == os.getpid()
+            if not force and not mine and lease_live(host, pid, beat, time.time()):
+                raise ResumeRefused(
+                    f"run {run_id} is being executed by pid {pid} on {host}",
+                    hint="wait for it, or pass --force if you know it is dead",
+                )
             token += 1
             c.execute(
                 "UPDATE runs SET lease_host = ?, lease_pid = ?, lease_heartbeat = ?,"
@@ -352,7 +357,43 @@ class SQLiteStore:
         return {r.order_key: r for r in rows}
 
     def task_results(self, run_id: str) -> list[TaskResult]:
-        return self._results("WHERE run_id = ? ORDER BY step, started_at", (run_id,))
+        """Every task outcome of the run, oldest first.
+
+        A committed step's outcomes are its task events (a step's last results are
+        not kept as rows of their own unless they carry output tails); rows add
+        the delta and tails where they exist, and cover the step the run stopped in.
+        """
+        rows = {
+            (r.step, r.order_key, r.status): r for r in self._results("WHERE run_id = ?", (run_id,))
+        }
+        row = self.conn.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        current = row[0] if row else 0
+        out: list[TaskResult] = []
+        for e in self._events(
+            "WHERE run_id = ? AND type IN ('task_succeeded', 'task_failed') ORDER BY seq", (run_id,)
+        ):
+            data = e.data or {}
+            status = "ok" if e.type == "task_succeeded" else "failed"
+            key = str(data.get("key", ""))
+            saved = rows.pop((e.step or 0, key, status), None)
+            out.append(
+                saved
+                or TaskResult(
+                    step=e.step or 0,
+                    order_key=key,
+                    node=e.node or "",
+                    index=data.get("index"),
+                    status=status,
+                    attempts=e.attempt or 1,
+                    started_at=e.ts - (e.duration or 0.0),
+                    duration_s=e.duration or 0.0,
+                    error=e.error,
+                )
+            )
+        out.extend(
+            r for r in sorted(rows.values(), key=lambda r: r.started_at) if r.step >= current
+        )
+        return out
 
     # the cost ledger -------------------------------------------------------
     def record_llm_call(self, call: LLMCall) -> None:
@@ -566,10 +607,135 @@ class SQLiteStore:
         ).fetchone()
         return int(seq) + 1
 
+    # forks and pruning ------------------------------------------------------
+    def fork_run(
+        self,
+        run_id: str,
+        step: int,
+        new_run_id: str,
+        *,
+        workflow_name: str | None = None,
+        workflow_path: str | None = None,
+        workflow_text: str | None = None,
+        workflow_digest: str | None = None,
+    ) -> None:
+        """Create ``new_run_id`` from ``run_id``'s checkpoint after committed step ``step - 1``.
+
+        The fork gets that state (as its initial values), that frontier and the parent's
+        inputs; its step counter goes on at ``step``, so ``run.step`` and step digests
+        match the parent's. Nothing after the checkpoint is copied. The workflow is the
+        parent's unless all four ``workflow_*`` are given. One transaction.
+        """
+        now = time.time()
+        try:
+            with self._tx() as c:
+                parent = c.execute(
+                    "SELECT workflow_name, workflow_path, workflow_digest, inputs FROM runs"
+                    " WHERE run_id = ?",
+                    (run_id,),
+                ).fetchone()
+                if parent is None:
+                    raise ResumeRefused(f"no run {run_id!r}")
+                base = c.execute(
+                    "SELECT digest, frontier FROM steps WHERE run_id = ? AND step = ?",
+                    (run_id, step - 1),
+                ).fetchone()
+                if base is None:
+                    raise UsageError(f"run {run_id} has no checkpoint before step {step}")
+                name, path, digest, inputs = parent
+                if workflow_digest is not None and workflow_text is not None:
+                    c.execute(
+                        "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
+                        (workflow_digest, workflow_text),
+                    )
+                    name = workflow_name or name
+                    path = workflow_path or path
+                    digest = workflow_digest
+                c.execute(
+                    "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_digest,"
+                    " inputs, status, step, frontier, created_at, updated_at, parent_run_id,"
+                    " parent_step) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (new_run_id, name, path, digest, inputs, step, base[1], now, now, run_id, step),
+                )
+                c.execute(
+                    "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
+                    " committed_at) VALUES (?, ?, ?, ?, '[]', ?, ?)",
+                    (new_run_id, step - 1, f"fork:{new_run_id}", base[0], base[1], now),
+                )
+                # each key's latest value as of the checkpoint, as the fork's initial value
+                c.execute(
+                    "INSERT INTO state_kv (run_id, key, step, value)"
+                    " SELECT ?, s.key, -1, s.value FROM state_kv s WHERE s.run_id = ?"
+                    " AND s.step = (SELECT max(step) FROM state_kv"
+                    " WHERE run_id = s.run_id AND key = s.key AND step < ?)",
+                    (new_run_id, run_id, step),
+                )
+        except sqlite3.IntegrityError:
+            raise ResumeRefused(
+                f"run id {new_run_id!r} already exists", hint="pick another --run-id"
+            ) from None
+
+    def prune_runs(
+        self, *, before: float, status: str | None = None, dry_run: bool = False
+    ) -> PruneResult:
+        """Delete runs last written (created, stepped, finished) before ``before``.
+
+        A run whose lease is live is kept. All of a run's rows go with it (the child
+        tables cascade), then workflow texts no run uses; one transaction. Then, if
+        anything went, ``VACUUM`` returns the pages to the file system.
+        """
+        sql = (
+            f"SELECT {self._RUN_COLS}, lease_host, lease_pid, lease_heartbeat FROM runs"
+            " WHERE max(created_at, updated_at, coalesce(finished_at, 0)) < ?"
+        )
+        args: tuple[Any, ...] = (before,)
+        if status is not None:
+            sql, args = sql + " AND status = ?", (before, status)
+        sql += " ORDER BY created_at, run_id"
+
+        def candidates(c: sqlite3.Connection) -> tuple[list[RunRecord], list[str]]:
+            doomed, live = [], []
+            now = time.time()
+            for r in c.execute(sql, args).fetchall():
+                host, pid, beat = r[-3:]
+                if lease_live(host, pid, beat, now):
+                    live.append(str(r[0]))
+                else:
+                    doomed.append(self._run(r[:-3]))
+            return doomed, live
+
+        size = self._file_bytes()
+        if dry_run:
+            with self._lock:
+                doomed, live = candidates(self.conn)
+            return PruneResult(doomed, live, size, size, dry_run=True)
+        with self._tx() as c:  # the lease check and the delete see the same rows
+            doomed, live = candidates(c)
+            c.executemany("DELETE FROM runs WHERE run_id = ?", [(r.run_id,) for r in doomed])
+            if doomed:
+                c.execute(
+                    "DELETE FROM workflows WHERE digest NOT IN (SELECT workflow_digest FROM runs)"
+                )
+        if not doomed:
+            return PruneResult(doomed, live, size, size)
+        error = None
+        with self._lock:
+            try:  # not inside a transaction: VACUUM cannot run in one
+                self.conn.execute("VACUUM")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                error = str(exc)
+        return PruneResult(doomed, live, size, self._file_bytes(), vacuum_error=error)
+
+    def _file_bytes(self) -> int:
+        """The size of the database file and its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
     # listing ----------------------------------------------------------------
     _RUN_COLS = (
         "run_id, workflow_name, workflow_path, workflow_digest, status, step, created_at,"
-        " updated_at, finished_at, error, duration_s, state_digest"
+        " updated_at, finished_at, error, duration_s, state_digest, parent_run_id, parent_step"
     )
 
     def _run(self, r: Any) -> RunRecord:
