@@ -412,6 +412,8 @@ class Engine:
                 self.observer.backpressure()
                 while gate.full():
                     wait_some()
+                if self.scope.over_budget.is_set():
+                    break  # the budget ran out while we waited for room
             self.observer.task_queued(step, t)
             f = gate.submit(
                 None if inline else executor,
