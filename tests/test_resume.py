@@ -95,3 +95,28 @@ def test_unknown_and_ambiguous_run_ids_exit_3(
     unique = flowrun("show", "job-11", "--db", db, "--json", cwd=tmp_path)
     assert unique.returncode == 0
     assert json.loads(unique.stdout)["run_id"] == "job-11"
+
+
+def test_resume_onto_a_workflow_missing_the_next_node_exits_2_and_keeps_the_run(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write(
+        "a.yaml",
+        """
+        name: x
+        state: {n: {default: 0}}
+        nodes:
+          a: {set: {n: 1}, next: z}
+          z: {shell: "exit 4"}
+        """,
+    )
+    write("b.yaml", "name: x\nstate: {n: {default: 0}}\nnodes:\n  a: {set: {n: 1}}\n")
+    db = str(tmp_path / "f.db")
+    assert flowrun("run", "a.yaml", "--db", db, "--run-id", "m1", cwd=tmp_path).returncode == 1
+    p = flowrun("resume", "m1", "--workflow", "b.yaml", "--db", db, cwd=tmp_path)
+    assert p.returncode == 2
+    assert "has no node 'z'" in p.stderr
+    assert "Traceback" not in p.stderr
+    shown = flowrun("show", "m1", "--db", db, "--json", cwd=tmp_path)
+    assert shown.returncode == 1
+    assert json.loads(shown.stdout)["status"] == "failed"

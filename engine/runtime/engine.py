@@ -189,10 +189,19 @@ class Engine:
                 )
             step = cp.step
             frontier = cp.frontier
+            pending_nodes = [e["node"] for e in [*frontier["entries"], *frontier.get("held", [])]]
+            missing = sorted({n for n in pending_nodes if n not in wf.nodes})
+            if missing:
+                raise UsageError(
+                    f"the workflow has no node {', '.join(map(repr, missing))}, which run"
+                    f" {run_id} runs next (step {step})",
+                    hint="resume with a --workflow that keeps those nodes",
+                )
             added = {k: v for k, v in wf.initial_state().items() if k not in state}
             if added:  # resume --workflow with new state keys: they start at their defaults
                 store.add_state_keys(run_id, token, added)
                 state.update(added)
+            resumed = resumed and outbox.seq > 0  # a fork's first drive is its start
             started = [
                 outbox.make(
                     "run_resumed" if resumed else "run_started",
