@@ -14,8 +14,6 @@ from flowrun.engine import (
     ResumeRefused,
     RunResult,
     UsageError,
-    Workflow,
-    WorkflowError,
     load_workflow,
     new_run_id,
 )
@@ -25,7 +23,7 @@ from flowrun.engine.store.base import RunRecord
 
 from . import console
 from .costs import LLMOptions
-from .running import _execute, open_store
+from .running import _execute, open_store, stored_workflow
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 _SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")  # a bare number: seconds, as in a workflow
@@ -51,7 +49,7 @@ def do_fork(
     store = open_store(db, durability)
     parent = store.resolve_run_id(ref)
     rec = store.get_run(parent)
-    wf = load_workflow(workflow) if workflow else _stored_workflow(store, parent)
+    wf = load_workflow(workflow) if workflow else stored_workflow(store, parent)
     try:
         base = store.load_at(parent, from_step)
     except ResumeRefused:
@@ -85,17 +83,6 @@ def do_fork(
     _execute(
         store, json_out, quiet, events, max_concurrency, go, new_id, wf, metrics or ExportOptions()
     )
-
-
-def _stored_workflow(store: Any, run_id: str) -> Workflow:
-    path, text = store.workflow_text(run_id)
-    try:
-        return load_workflow(path, text=text)
-    except WorkflowError as exc:
-        raise WorkflowError(
-            f"stored workflow of run {run_id} no longer validates: {exc.message}",
-            hint="pass --workflow FILE",
-        ) from None
 
 
 def _bad_step(rec: RunRecord, step: int) -> UsageError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from flowrun.engine import (
     RunFailed,
     Settings,
     SQLiteStore,
+    Store,
     UsageError,
     Workflow,
     load_workflow,
@@ -94,8 +96,20 @@ class _Signals:
             signal.signal(sig, prev)
 
 
+def grace_seconds() -> float:
+    """``FLOWRUN_GRACE``: how long running tasks may finish after SIGINT/SIGTERM."""
+    raw = os.environ.get("FLOWRUN_GRACE", "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"FLOWRUN_GRACE={raw!r} is not a number of seconds ≥ 0")
+    return value
+
+
 def _execute(
-    store: SQLiteStore,
+    store: Store,
     json_out: bool,
     quiet: bool,
     events: str | None,
@@ -117,7 +131,7 @@ def _execute(
 
 
 def _drive(
-    store: SQLiteStore,
+    store: Store,
     json_out: bool,
     quiet: bool,
     events: str | None,
@@ -138,7 +152,10 @@ def _drive(
         observer = Fanout(view, exporter.metrics)
         sinks.append(exporter.metrics)
     engine = Engine(
-        store, settings=Settings(max_concurrency=max_concurrency), observer=observer, sinks=sinks
+        store,
+        settings=Settings(max_concurrency=max_concurrency, grace_s=grace_seconds()),
+        observer=observer,
+        sinks=sinks,
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
@@ -201,6 +218,18 @@ def do_run(
     )
 
 
+def stored_workflow(store: Store, run_id: str) -> Workflow:
+    """The workflow a run was started with, as stored in the database."""
+    path, text = store.workflow_text(run_id)
+    try:
+        return load_workflow(path, text=text)
+    except WorkflowError as exc:
+        raise WorkflowError(
+            f"stored workflow of run {run_id} no longer validates: {exc.message}",
+            hint="pass --workflow FILE",
+        ) from None
+
+
 def do_resume(
     *,
     ref: str,
@@ -218,17 +247,7 @@ def do_resume(
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability)
     run_id = store.resolve_run_id(ref)
-    if workflow:
-        wf = load_workflow(workflow)
-    else:
-        path, text = store.workflow_text(run_id)
-        try:
-            wf = load_workflow(path, text=text)
-        except WorkflowError as exc:
-            raise WorkflowError(
-                f"stored workflow of run {run_id} no longer validates: {exc.message}",
-                hint="pass --workflow FILE",
-            ) from None
+    wf = load_workflow(workflow) if workflow else stored_workflow(store, run_id)
 
     def go(engine: Engine) -> Any:
         llm.apply(engine.settings)

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import IO, Any, Protocol
 
-from .store.base import Event
+from .store.base import Event, Store
 
 
 class EventSink(Protocol):
@@ -50,7 +50,7 @@ class Outbox:
 
     MARK_EVERY_S = 0.5
 
-    def __init__(self, store: Any, run_id: str, sinks: list[EventSink]) -> None:
+    def __init__(self, store: Store, run_id: str, sinks: list[EventSink]) -> None:
         self.store = store
         self.run_id = run_id
         self.sinks = sinks

@@ -35,7 +35,7 @@ def run_result(store: Store, run_id: str) -> dict[str, Any]:
     return out
 
 
-def run_detail(store: Any, run_id: str) -> dict[str, Any]:
+def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     """Everything ``flowrun show`` prints: status, steps, per-node attempts and errors, state."""
     out = run_result(store, run_id)
     nodes: dict[str, dict[str, Any]] = defaultdict(

@@ -175,28 +175,32 @@ class _Caller:
     lock: ClassVar[threading.Lock] = threading.Lock()
     MAX_IDLE: ClassVar[int] = 64
 
+    # Hand-offs use bare locks as binary semaphores: a locked lock is released by
+    # the other side. They cost a fraction of threading.Event's condition variable,
+    # which is most of a small node's overhead.
     def __init__(self) -> None:
-        self.wake = threading.Event()
-        self.job: tuple[Callable[[], Any], dict[str, Any], threading.Event] | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.job: tuple[Callable[[], Any], dict[str, Any], threading.Lock] | None = None
         threading.Thread(target=self._loop, name="flowrun-python", daemon=True).start()
 
     @classmethod
-    def call(cls, fn: Callable[[], Any]) -> tuple[dict[str, Any], threading.Event]:
-        """Start ``fn()`` on an idle caller; return its result box and done flag."""
+    def call(cls, fn: Callable[[], Any]) -> tuple[dict[str, Any], threading.Lock]:
+        """Start ``fn()`` on an idle caller; return its result box and a lock held until done."""
         with cls.lock:
             caller = cls.idle.pop() if cls.idle else None
         if caller is None:
             caller = cls()
         box: dict[str, Any] = {}
-        done = threading.Event()
+        done = threading.Lock()
+        done.acquire()
         caller.job = (fn, box, done)
-        caller.wake.set()
+        caller.wake.release()
         return box, done
 
     def _loop(self) -> None:
         while True:
-            self.wake.wait()
-            self.wake.clear()
+            self.wake.acquire()
             assert self.job is not None
             fn, box, done = self.job
             self.job = None
@@ -208,7 +212,7 @@ class _Caller:
                 keep = len(_Caller.idle) < _Caller.MAX_IDLE
                 if keep:
                     _Caller.idle.append(self)
-            done.set()
+            done.release()
             if not keep:
                 return
 
@@ -219,10 +223,14 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
     ctx.item = freeze(ctx.item)
     box, done = _Caller.call(lambda: fn(view, ctx))
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not done.wait(
-        0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+    stopped_at: float | None = None
+    while not done.acquire(
+        timeout=0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
     ):
-        if ctx.scope.abort.is_set():
+        if ctx.scope.stop.is_set() and stopped_at is None:
+            stopped_at = time.monotonic()  # SIGINT/SIGTERM: the grace period starts
+        grace_over = stopped_at is not None and time.monotonic() - stopped_at > ctx.scope.grace_s
+        if ctx.scope.abort.is_set() or grace_over:
             ctx.cancelled.set()
             raise TaskError(
                 "interrupted; the call was abandoned", retryable=False, reason="interrupted"

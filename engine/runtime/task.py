@@ -210,7 +210,7 @@ def _attempts(
     if task.get("skip"):
         return TaskOutcome(task, "ok", {}, [Attempt(1, started, 0.0, None, None)], started, 0.0)
     policy = node.retry
-    rng = random.Random(f"{scope.run_id}:{task['key']}")
+    rng: random.Random | None = None  # seeded on the first retry: most tasks never need it
     attempts: list[Attempt] = []
     usage: list[LLMUsage] = []
     stdout = stderr = None
@@ -266,6 +266,8 @@ def _attempts(
                     stderr,
                     usage,
                 )
+            if rng is None:
+                rng = random.Random(f"{scope.run_id}:{task['key']}")
             delay = policy.delay(attempt, rng.random())
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)

@@ -145,6 +145,14 @@ class Checkpoint:
 
 
 class Store(Protocol):
+    """Everything the engine, the reports, the cost ledger and the CLI ask of a store.
+
+    Writes for a run take its lease token and raise ``LeaseLost`` once another
+    holder has a newer one (``record_llm_call`` excepted: money spent is kept).
+    ``tests/test_store_contract.py`` pins the behaviour; a new store binds
+    ``StoreContract`` to itself.
+    """
+
     def create_run(
         self,
         run_id: str,

@@ -1,0 +1,122 @@
+"""The SQLite plumbing every part of :class:`~.sqlite.SQLiteStore` builds on.
+
+Connections run in autocommit mode (``isolation_level=None``); every write is a
+``BEGIN IMMEDIATE`` … ``COMMIT`` block from :meth:`SQLiteDB._tx`, so the
+writer lock is taken up front and ``busy_timeout`` handles other processes.
+Every write made on behalf of a run checks the run's lease token inside its
+transaction (:meth:`SQLiteDB._fence`): a process whose lease was taken over can
+never commit. The schema is brought up to date on open (``migrations.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import LeaseLost, StoreError
+from .migrations import MIGRATIONS
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class SQLiteDB:
+    """One database file and one shared connection: open, migrate, transact, fence."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "normal") -> None:
+        self.path = Path(path)
+        self.durability = durability
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
+        self._lock = threading.RLock()  # the heartbeat thread shares the connection
+        self.conn = self._connect()
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            sync = "FULL" if self.durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open database {self.path}: {exc}",
+                hint="is it a flowrun database? use --db to pick another file",
+            ) from None
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may already have rolled back (disk full, I/O error): a second
+                    # ROLLBACK would fail and hide the real cause
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:  # locked for too long, disk full, I/O
+                raise StoreError(
+                    f"cannot write to {self.path}: {exc}",
+                    hint="nothing of the failed write was kept; fix the cause, then"
+                    " `flowrun resume` continues from the last committed step",
+                ) from exc
+
+    def _migrate(self) -> None:
+        (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than this flowrun",
+                hint="upgrade flowrun",
+            )
+        while version < len(MIGRATIONS):
+            with self._tx() as c:
+                (version,) = c.execute("PRAGMA user_version").fetchone()
+                if version >= len(MIGRATIONS):
+                    break
+                for stmt in MIGRATIONS[version].split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {version + 1}")
+            version += 1
+
+    def _fence(self, c: sqlite3.Connection, run_id: str, token: int, **updates: Any) -> None:
+        updates["updated_at"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in updates)
+        cur = c.execute(
+            f"UPDATE runs SET {cols} WHERE run_id = ? AND lease_token = ?",
+            (*updates.values(), run_id, token),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(
+                f"run {run_id} was taken over by another process; this one stops",
+                hint="two processes drove the same run; only the newest lease may commit",
+            )
+
+    def close(self) -> None:
+        self.conn.close()

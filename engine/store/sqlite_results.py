@@ -1,0 +1,118 @@
+"""Task results in SQLite: each task's outcome, saved as soon as it finishes.
+
+Results of a step that has not committed yet let a resumed run skip the tasks
+that already succeeded; ``task_results`` joins them with the task events for
+``flowrun show``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from .base import TaskResult
+from .sqlite_db import dumps
+from .sqlite_events import SQLiteEvents
+
+
+class SQLiteTaskResults(SQLiteEvents):
+    """The ``task_results`` table (and, for the history, the task events)."""
+
+    def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None:
+        self.save_task_results(run_id, token, [result])
+
+    def save_task_results(self, run_id: str, token: int, results: list[TaskResult]) -> None:
+        """Results that finished together, in one transaction (a group commit)."""
+        with self._tx() as c:
+            self._fence(c, run_id, token)
+            for result in results:
+                self._insert_result(c, run_id, result)
+
+    def _insert_result(self, c: sqlite3.Connection, run_id: str, result: TaskResult) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO task_results (run_id, step, order_key, node, idx, status,"
+            " delta, attempts, started_at, duration_s, error, stdout, stderr)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                result.step,
+                result.order_key,
+                result.node,
+                result.index,
+                result.status,
+                None if result.delta is None else dumps(result.delta),
+                result.attempts,
+                result.started_at,
+                result.duration_s,
+                result.error,
+                result.stdout,
+                result.stderr,
+            ),
+        )
+
+    def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
+        return [
+            TaskResult(
+                step=r[0],
+                order_key=r[1],
+                node=r[2],
+                index=r[3],
+                status=r[4],
+                delta=None if r[5] is None else json.loads(r[5]),
+                attempts=r[6],
+                started_at=r[7],
+                duration_s=r[8],
+                error=r[9],
+                stdout=r[10],
+                stderr=r[11],
+            )
+            for r in self.conn.execute(
+                "SELECT step, order_key, node, idx, status, delta, attempts, started_at,"
+                " duration_s, error, stdout, stderr FROM task_results " + sql,
+                args,
+            )
+        ]
+
+    def load_task_results(self, run_id: str, step: int) -> dict[str, TaskResult]:
+        rows = self._results("WHERE run_id = ? AND step = ?", (run_id, step))
+        return {r.order_key: r for r in rows}
+
+    def task_results(self, run_id: str) -> list[TaskResult]:
+        """Every task outcome of the run, oldest first.
+
+        A committed step's outcomes are its task events (a step's last results are
+        not kept as rows of their own unless they carry output tails); rows add
+        the delta and tails where they exist, and cover the step the run stopped in.
+        """
+        rows = {
+            (r.step, r.order_key, r.status): r for r in self._results("WHERE run_id = ?", (run_id,))
+        }
+        row = self.conn.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        current = row[0] if row else 0
+        out: list[TaskResult] = []
+        for e in self._events(
+            "WHERE run_id = ? AND type IN ('task_succeeded', 'task_failed') ORDER BY seq", (run_id,)
+        ):
+            data = e.data or {}
+            status = "ok" if e.type == "task_succeeded" else "failed"
+            key = str(data.get("key", ""))
+            saved = rows.pop((e.step or 0, key, status), None)
+            out.append(
+                saved
+                or TaskResult(
+                    step=e.step or 0,
+                    order_key=key,
+                    node=e.node or "",
+                    index=data.get("index"),
+                    status=status,
+                    attempts=e.attempt or 1,
+                    started_at=e.ts - (e.duration or 0.0),
+                    duration_s=e.duration or 0.0,
+                    error=e.error,
+                )
+            )
+        out.extend(
+            r for r in sorted(rows.values(), key=lambda r: r.started_at) if r.step >= current
+        )
+        return out

@@ -1,0 +1,200 @@
+"""Runs in SQLite: creating one, its lease (take, heartbeat, release), its status, finding it.
+
+A run row carries its lease (host, pid, heartbeat, token); :func:`.leases.lease_live`
+decides whether a holder may be displaced. Every lease change is one ``_tx``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from ..errors import ResumeRefused
+from .base import Event, RunRecord
+from .leases import HOST, lease_live
+from .sqlite_db import dumps
+from .sqlite_events import SQLiteEvents
+
+
+class SQLiteRuns(SQLiteEvents):
+    """The ``runs`` table: create, lease, status (with its closing events), look-ups."""
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        workflow_name: str,
+        workflow_path: str,
+        workflow_text: str,
+        workflow_digest: str,
+        state: dict[str, Any],
+        frontier: dict[str, Any],
+        inputs: dict[str, Any],
+    ) -> None:
+        now = time.time()
+        try:
+            with self._tx() as c:
+                # The text lives apart from the run row: runs is updated every step,
+                # and SQLite rewrites a whole row (overflow pages too) on UPDATE.
+                c.execute(
+                    "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
+                    (workflow_digest, workflow_text),
+                )
+                c.execute(
+                    "INSERT INTO runs (run_id, workflow_name, workflow_path,"
+                    " workflow_digest, inputs, status, step, frontier, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'running', 0, ?, ?, ?)",
+                    (
+                        run_id,
+                        workflow_name,
+                        workflow_path,
+                        workflow_digest,
+                        dumps(inputs),
+                        dumps(frontier),
+                        now,
+                        now,
+                    ),
+                )
+                c.execute(
+                    "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
+                    " committed_at) VALUES (?, -1, ?, '', '[]', ?, ?)",
+                    (run_id, f"init:{run_id}", dumps(frontier), now),
+                )
+                c.executemany(
+                    "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                    [(run_id, k, dumps(v)) for k, v in state.items()],
+                )
+        except sqlite3.IntegrityError:
+            raise ResumeRefused(
+                f"run id {run_id!r} already exists",
+                hint=f"use `flowrun resume {run_id}` or pick another --run-id",
+            ) from None
+
+    def acquire_lease(self, run_id: str, *, force: bool = False) -> int:
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT lease_host, lease_pid, lease_heartbeat, lease_token FROM runs"
+                " WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise ResumeRefused(f"no run {run_id!r}")
+            host, pid, beat, token = row
+            mine = host == HOST and pid == os.getpid()
+            if not force and not mine and lease_live(host, pid, beat, time.time()):
+                raise ResumeRefused(
+                    f"run {run_id} is being executed by pid {pid} on {host}",
+                    hint="wait for it, or pass --force if you know it is dead",
+                )
+            token += 1
+            c.execute(
+                "UPDATE runs SET lease_host = ?, lease_pid = ?, lease_heartbeat = ?,"
+                " lease_token = ? WHERE run_id = ?",
+                (HOST, os.getpid(), time.time(), token, run_id),
+            )
+            return int(token)
+
+    def heartbeat(self, run_id: str, token: int) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE runs SET lease_heartbeat = ? WHERE run_id = ? AND lease_token = ?",
+                (time.time(), run_id, token),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, run_id: str, token: int) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET lease_host = NULL, lease_pid = NULL, lease_heartbeat = NULL"
+                " WHERE run_id = ? AND lease_token = ?",
+                (run_id, token),
+            )
+
+    def set_status(
+        self,
+        run_id: str,
+        token: int,
+        status: str,
+        *,
+        error: str | None = None,
+        events: list[Event] | None = None,
+    ) -> None:
+        with self._tx() as c:
+            updates: dict[str, Any] = {"status": status, "error": error}
+            if status != "running":
+                updates["finished_at"] = time.time()
+            self._fence(c, run_id, token, **updates)
+            if events:
+                self._insert_events(c, run_id, events)
+
+    # finding runs --------------------------------------------------------------
+    _RUN_COLS = (
+        "run_id, workflow_name, workflow_path, workflow_digest, status, step, created_at,"
+        " updated_at, finished_at, error, duration_s, state_digest, parent_run_id, parent_step"
+    )
+
+    def _run(self, r: Any) -> RunRecord:
+        return RunRecord(*r)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        r = self.conn.execute(
+            f"SELECT {self._RUN_COLS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if r is None:
+            raise ResumeRefused(f"no run {run_id!r}")
+        return self._run(r)
+
+    def resolve_run_id(self, ref: str) -> str:
+        if ref == "latest":
+            row = self.conn.execute(
+                "SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise ResumeRefused(
+                    "there are no runs in this database", hint="start one with `flowrun run FILE`"
+                )
+            return str(row[0])
+        if self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
+            return ref
+        like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.conn.execute(
+            "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 3", (like,)
+        ).fetchall()
+        if not rows:
+            raise ResumeRefused(f"no run matches {ref!r}", hint="`flowrun runs` lists them")
+        if len(rows) > 1:
+            raise ResumeRefused(
+                f"run id prefix {ref!r} is ambiguous ({', '.join(r[0] for r in rows)}, …)",
+                hint="give more characters",
+            )
+        return str(rows[0][0])
+
+    def workflow_text(self, run_id: str) -> tuple[str, str]:
+        row = self.conn.execute(
+            "SELECT r.workflow_path, w.text FROM runs r"
+            " JOIN workflows w ON w.digest = r.workflow_digest WHERE r.run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            raise ResumeRefused(f"no run {run_id!r}")
+        return str(row[0]), str(row[1])
+
+    def inputs(self, run_id: str) -> dict[str, Any]:
+        row = self.conn.execute("SELECT inputs FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return {} if row is None else dict(json.loads(row[0]))
+
+    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
+        if status:
+            rows = self.conn.execute(
+                f"SELECT {self._RUN_COLS} FROM runs WHERE status = ?"
+                " ORDER BY created_at DESC LIMIT ?",
+                (status, limit),
+            )
+        else:
+            rows = self.conn.execute(
+                f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
+            )
+        return [self._run(r) for r in rows]

@@ -1,0 +1,151 @@
+"""Steps and state in SQLite: the atomic step commit and reading checkpoints back.
+
+``save_step`` is the one transaction per superstep: the run row (fenced), the step
+row (UNIQUE idempotency key), the changed state keys, the remaining task results
+and the step's events. State is versioned per key (``state_kv``), so a checkpoint
+after any step reads back without copying unchanged values.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from ..errors import ResumeRefused, StepAlreadyCommitted
+from .base import Checkpoint, StepCommit
+from .sqlite_db import dumps
+from .sqlite_results import SQLiteTaskResults
+
+
+class SQLiteSteps(SQLiteTaskResults):
+    """The ``steps``, ``state_kv`` and ``checkpoints`` tables."""
+
+    def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
+        try:
+            with self._tx() as c:
+                updates: dict[str, Any] = {
+                    "step": commit.step + 1,
+                    "frontier": dumps(commit.frontier),
+                    "status": commit.status,
+                    "error": commit.error,
+                    "state_digest": commit.state_digest,
+                    "duration_s": commit.duration_s,
+                }
+                if commit.events:
+                    updates["event_seq"] = commit.events[-1].seq
+                if commit.status != "running":
+                    updates["finished_at"] = time.time()
+                # fence first: a process whose lease was taken over gets LeaseLost, never a
+                # clash with rows (steps, events) the new holder already wrote
+                self._fence(c, run_id, token, **updates)
+                c.execute(
+                    "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
+                    " committed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        commit.step,
+                        commit.idempotency_key,
+                        commit.digest,
+                        dumps(commit.tasks),
+                        dumps(commit.frontier),
+                        time.time(),
+                    ),
+                )
+                if commit.changed:
+                    c.executemany(
+                        "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, ?, ?)",
+                        [(run_id, k, commit.step, v) for k, v in commit.changed.items()],
+                    )
+                for result in commit.results:
+                    self._insert_result(c, run_id, result)
+                if commit.events:
+                    self._insert_events(c, run_id, commit.events, bump=False)
+        except sqlite3.IntegrityError as exc:
+            if "idem_key" in str(exc) or "steps" in str(exc):
+                raise StepAlreadyCommitted(
+                    f"step {commit.step} of run {run_id} was already committed"
+                    f" (idempotency key {commit.idempotency_key[:12]})"
+                ) from None
+            raise
+
+    def check_idempotency(self, key: str) -> bool:
+        """True if a step with this idempotency key was committed."""
+        row = self.conn.execute("SELECT 1 FROM steps WHERE idem_key = ?", (key,)).fetchone()
+        return row is not None
+
+    def add_state_keys(self, run_id: str, token: int, values: dict[str, Any]) -> None:
+        """Keys a changed workflow declares that the run did not have yet (their defaults)."""
+        with self._tx() as c:
+            self._fence(c, run_id, token)
+            c.executemany(
+                "INSERT OR IGNORE INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                [(run_id, k, dumps(v)) for k, v in values.items()],
+            )
+
+    def _state_at(self, run_id: str, step: int) -> dict[str, Any]:
+        keys = [
+            k
+            for (k,) in self.conn.execute(
+                "SELECT DISTINCT key FROM state_kv WHERE run_id = ? AND step = -1", (run_id,)
+            )
+        ]
+        state: dict[str, Any] = {}
+        for k in keys:
+            (value,) = self.conn.execute(
+                "SELECT value FROM state_kv WHERE run_id = ? AND key = ? AND step <= ?"
+                " ORDER BY step DESC LIMIT 1",
+                (run_id, k, step),
+            ).fetchone()
+            state[k] = json.loads(value)
+        return state
+
+    def load_latest(self, run_id: str) -> Checkpoint:
+        row = self.conn.execute(
+            "SELECT step, frontier, status FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise ResumeRefused(f"no run {run_id!r}")
+        step, frontier, status = row
+        return Checkpoint(
+            run_id, step, self._state_at(run_id, step - 1), json.loads(frontier), status
+        )
+
+    def load_at(self, run_id: str, step: int) -> Checkpoint:
+        """The checkpoint after committed step ``step - 1`` (step 0: the initial state)."""
+        row = self.conn.execute(
+            "SELECT frontier FROM steps WHERE run_id = ? AND step = ?", (run_id, step - 1)
+        ).fetchone()
+        if row is None:
+            raise ResumeRefused(f"run {run_id} has no committed step {step - 1}")
+        return Checkpoint(
+            run_id, step, self._state_at(run_id, step - 1), json.loads(row[0]), "running"
+        )
+
+    def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None:
+        with self._tx() as c:
+            if step is None:
+                (step,) = c.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            c.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, step) VALUES (?, ?, ?)",
+                (run_id, name, step),
+            )
+
+    def load_checkpoint(self, run_id: str, name: str) -> Checkpoint:
+        row = self.conn.execute(
+            "SELECT step FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)
+        ).fetchone()
+        if row is None:
+            raise ResumeRefused(f"run {run_id} has no checkpoint named {name!r}")
+        return self.load_at(run_id, row[0])
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        return [
+            {"step": r[0], "digest": r[1], "tasks": json.loads(r[2]), "committed_at": r[3]}
+            for r in self.conn.execute(
+                "SELECT step, digest, tasks, committed_at FROM steps WHERE run_id = ? AND step >= 0"
+                " ORDER BY step",
+                (run_id,),
+            )
+        ]
