@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -17,6 +19,7 @@ MetricsPort = Annotated[
     typer.Option(
         "--metrics-port",
         min=0,
+        metavar="PORT",
         max=65535,
         envvar="FLOWRUN_METRICS_PORT",
         help="Serve Prometheus metrics on this port while the run lasts (0: a free one, printed).",
@@ -24,18 +27,24 @@ MetricsPort = Annotated[
 ]
 MetricsAddr = Annotated[
     str,
-    typer.Option("--metrics-addr", envvar="FLOWRUN_METRICS_ADDR", help="Address to bind."),
+    typer.Option(
+        "--metrics-addr", envvar="FLOWRUN_METRICS_ADDR", metavar="ADDR", help="Address to bind."
+    ),
 ]
 MetricsLinger = Annotated[
     float,
     typer.Option(
-        "--metrics-linger", min=0, help="Keep serving this many seconds after the run ends."
+        "--metrics-linger",
+        min=0,
+        metavar="SECONDS",
+        help="Keep serving this many seconds after the run ends.",
     ),
 ]
 MetricsPush = Annotated[
     str | None,
     typer.Option(
         "--metrics-push",
+        metavar="URL",
         envvar="FLOWRUN_METRICS_PUSH",
         help="Push the final values to this Pushgateway URL (job flowrun, run_id group).",
     ),
@@ -44,6 +53,7 @@ MetricsFile = Annotated[
     str | None,
     typer.Option(
         "--metrics-file",
+        metavar="PATH",
         envvar="FLOWRUN_METRICS_FILE",
         help="Write the final values here in textfile-collector format (atomic).",
     ),
@@ -63,15 +73,22 @@ app = typer.Typer(
 
 @app.command()
 def run(
-    file: Annotated[str, typer.Argument(help="The workflow YAML file.")],
+    file: opt.WorkflowFile,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="KEY=JSON state input; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=JSON",
+            help="Set a state key (a bare word is a string); repeatable.",
+        ),
     ] = None,
     input_: Annotated[
-        str | None, typer.Option("--input", help="A JSON file of state inputs.")
+        str | None,
+        typer.Option("--input", metavar="FILE.json", help="A JSON object of state inputs."),
     ] = None,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Choose the run id (e.g. a CI job id).")
+        str | None,
+        typer.Option("--run-id", metavar="ID", help="Choose the run id (e.g. a CI job id)."),
     ] = None,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
@@ -91,7 +108,10 @@ def run(
 ) -> None:
     """Start a run of FILE.
 
-    Example: flowrun run workflows/pipeline/pipeline.yaml --set limit=10 --json
+    Prints the run id first; exits 0 succeeded, 1 failed, 2 bad workflow or usage,
+    130 interrupted.
+
+    Example: flowrun run workflows/pipeline/pipeline.yaml --set source=data/reviews.json --json
     """
     from flowrun.engine.metrics import ExportOptions
 
@@ -117,11 +137,13 @@ def run(
 
 @app.command()
 def resume(
-    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
+    run_id: opt.RunRef,
     workflow: Annotated[
         str | None,
         typer.Option(
-            "--workflow", help="Use this (fixed) workflow file instead of the stored one."
+            "--workflow",
+            metavar="FILE",
+            help="Use this (fixed) workflow file instead of the stored one.",
         ),
     ] = None,
     force: Annotated[
@@ -170,8 +192,10 @@ def resume(
 
 @app.command()
 def costs(
-    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
-    by: Annotated[str, typer.Option("--by", help="Group by model or node.")] = "model",
+    run_id: opt.RunRef,
+    by: Annotated[
+        str, typer.Option("--by", metavar="model|node", help="Group by model or node.")
+    ] = "model",
     db: opt.Db = None,
     json_out: opt.Json = False,
     pricing: llm_opt.Pricing = None,
@@ -179,6 +203,7 @@ def costs(
     """The LLM cost table of a run, from its ledger: calls, tokens and USD per model or node.
 
     --pricing prices calls that were unpriced when they ran.
+
     Example: flowrun costs latest --by node --json
     """
     llm_opt.do_costs(ref=run_id, by=by, db=db, json_out=json_out, pricing=pricing)
@@ -187,9 +212,16 @@ def costs(
 @app.command()
 def runs(
     status: Annotated[
-        str | None, typer.Option("--status", help="Only runs with this status.")
+        str | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="Only runs with this status: running, succeeded, failed or interrupted.",
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, metavar="N", help="At most this many runs.")
+    ] = 20,
     db: opt.Db = None,
     json_out: opt.Json = False,
 ) -> None:
@@ -204,7 +236,7 @@ def runs(
 
 @app.command()
 def show(
-    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
+    run_id: opt.RunRef,
     db: opt.Db = None,
     json_out: opt.Json = False,
     events: Annotated[bool, typer.Option("--events", help="List the run's events.")] = False,
@@ -212,6 +244,7 @@ def show(
     """Status, steps, per-node attempts, durations, errors and final state of a run.
 
     Exits with the run's status code (0 succeeded, 1 failed or unfinished, 130 interrupted).
+
     Example: flowrun show latest --json
     """
     from .inspecting import do_show
@@ -221,7 +254,7 @@ def show(
 
 @app.command()
 def validate(
-    file: Annotated[str, typer.Argument(help="The workflow YAML file.")],
+    file: opt.WorkflowFile,
     json_out: opt.Json = False,
 ) -> None:
     """Check a workflow without running it (exit 0 if valid, 2 if not).
@@ -235,8 +268,10 @@ def validate(
 
 @app.command()
 def graph(
-    file: Annotated[str, typer.Argument(help="The workflow YAML file.")],
-    format: Annotated[str, typer.Option("--format", help="mermaid or dot.")] = "mermaid",
+    file: opt.WorkflowFile,
+    format: Annotated[
+        str, typer.Option("--format", metavar="mermaid|dot", help="mermaid or dot.")
+    ] = "mermaid",
 ) -> None:
     """Draw the workflow as a Mermaid or Graphviz graph on stdout.
 
@@ -249,19 +284,26 @@ def graph(
 
 @app.command()
 def fork(
-    run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or 'latest'.")],
+    run_id: opt.RunRef,
     from_step: Annotated[
         int,
-        typer.Option("--from-step", min=0, help="Re-execute from this step (0: from the start)."),
+        typer.Option(
+            "--from-step",
+            min=0,
+            metavar="N",
+            help="Re-execute from this step (0: from the start).",
+        ),
     ],
     workflow: Annotated[
         str | None,
         typer.Option(
-            "--workflow", help="Use this (fixed) workflow file instead of the stored one."
+            "--workflow",
+            metavar="FILE",
+            help="Use this (fixed) workflow file instead of the stored one.",
         ),
     ] = None,
     new_run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Choose the new run's id.")
+        str | None, typer.Option("--run-id", metavar="ID", help="Choose the new run's id.")
     ] = None,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
@@ -283,6 +325,7 @@ def fork(
 
     The new run gets the old run's workflow, inputs, and state and frontier as they
     were before step N; the old run is left as it was.
+
     Example: flowrun fork latest --from-step 3 --workflow fixed.yaml
     """
     from flowrun.engine.metrics import ExportOptions
@@ -311,13 +354,22 @@ def fork(
 def prune(
     older_than: Annotated[
         str,
-        typer.Option("--older-than", help="Delete runs last active longer ago than this."),
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Delete runs last active longer ago than this (e.g. 30d, 12h).",
+        ),
     ] = "30d",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be deleted; delete nothing.")
     ] = False,
     status: Annotated[
-        str | None, typer.Option("--status", help="Only runs with this status.")
+        str | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="Only runs with this status: running, succeeded, failed or interrupted.",
+        ),
     ] = None,
     db: opt.Db = None,
     json_out: opt.Json = False,
@@ -325,6 +377,7 @@ def prune(
     """Delete old runs with all their rows, then reclaim the space (VACUUM).
 
     A run whose lease is live is never deleted.
+
     Example: flowrun prune --older-than 7d --status succeeded --dry-run
     """
     from .maintenance import do_prune
@@ -335,28 +388,55 @@ def prune(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point and the single error boundary.
 
-    Typer/Click handle usage errors themselves (message, exit 2); every
-    ``FlowrunError`` is printed here as one line plus a hint, never a traceback.
+    Every failure, the parser's usage errors included, is printed as one line plus a
+    hint on stderr, never a traceback; with ``--json`` a command that failed before it
+    printed its JSON still prints one object, ``{"error", "hint", "exit_code"}``.
     """
     from flowrun.engine.errors import FlowrunError
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    json_mode = "--json" in (args[: args.index("--")] if "--" in args else args)
+
+    def fail(message: str, hint: str | None, code: int) -> NoReturn:
+        opt.print_error(SimpleNamespace(message=message, hint=hint))
+        if json_mode and not opt.json_written():
+            opt.write_json({"error": message, "hint": hint, "exit_code": code})
+        sys.exit(code)
+
     try:
-        app(args=argv, prog_name="flowrun")
+        rv = app(args=args, prog_name="flowrun", standalone_mode=False)
     except FlowrunError as exc:
-        opt.print_error(exc)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("flowrun: interrupted", file=sys.stderr)
-        sys.exit(130)
+        fail(exc.message, exc.hint, exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted", None, 130)
     except Exception as exc:
+        if _is_parser_error(exc):
+            parser_error(exc, fail)
         if os.environ.get("FLOWRUN_DEBUG"):
             raise
-        print(
-            f"flowrun: internal error: {type(exc).__name__}: {exc}"
-            " (set FLOWRUN_DEBUG=1 for a traceback, and please report it)",
-            file=sys.stderr,
+        fail(
+            f"internal error: {type(exc).__name__}: {exc}",
+            "set FLOWRUN_DEBUG=1 for a traceback, and please report it",
+            1,
         )
-        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(code) from a command or --help
+
+
+def _is_parser_error(exc: BaseException) -> bool:
+    """Click's own exceptions (vendored by newer Typer): they carry their exit code."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int
+    )
+
+
+def parser_error(exc: Any, fail: Callable[[str, str | None, int], NoReturn]) -> NoReturn:
+    """Bad flags or arguments, as the parser found them: one line, a hint, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `flowrun`: the help, on stderr
+        exc.show()
+        sys.exit(exc.exit_code)
+    where = ctx.command_path if ctx is not None else "flowrun"
+    fail(exc.format_message(), f"see `{where} --help`", exc.exit_code)
 
 
 if __name__ == "__main__":

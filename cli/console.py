@@ -165,10 +165,8 @@ class LiveView(PlainView):
         money = f"${spend:.4f} in {calls} LLM call(s)" + (
             f", {unpriced} unpriced" if unpriced else ""
         )
-        head = Text(
-            f"run {self.run_id} ({self.workflow}) · step {self.step}"
-            f" · {_fmt_s(now - self.started)} · spend {money}"
-        )
+        run = f"run {self.run_id} ({self.workflow})" if self.run_id else "starting"
+        head = Text(f"{run} · step {self.step} · {_fmt_s(now - self.started)} · spend {money}")
         t = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
         for col in ("node", "running", "queued", "done", "failed", "retries"):
             t.add_column(col, justify="left" if col == "node" else "right")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,6 +16,7 @@ Pricing = Annotated[
     str | None,
     typer.Option(
         "--pricing",
+        metavar="FILE.yaml",
         envvar="FLOWRUN_PRICING",
         help="A YAML file of LLM prices (USD per million tokens) that extends the built-in table.",
     ),
@@ -27,18 +26,22 @@ MaxCost = Annotated[
     typer.Option(
         "--max-cost",
         min=0,
+        metavar="USD",
         help="Fail the run once its LLM calls cost more than this many USD"
         " (overrides config.max_cost_usd).",
     ),
 ]
 LLMRecord = Annotated[
     str | None,
-    typer.Option("--llm-record", help="Append every LLM request/reply to this cassette file."),
+    typer.Option(
+        "--llm-record", metavar="FILE", help="Append every LLM request/reply to this cassette file."
+    ),
 ]
 LLMReplay = Annotated[
     str | None,
     typer.Option(
         "--llm-replay",
+        metavar="FILE",
         help="Answer every llm node from this cassette file (no network; unseen requests fail).",
     ),
 ]
@@ -71,6 +74,8 @@ class LLMOptions:
             self.replay = str(Path(self.replay).resolve())
         if self.record:
             target = Path(self.record).resolve()
+            if target.is_dir():
+                raise UsageError(f"--llm-record {self.record}: is a folder, not a file")
             if not target.parent.is_dir():
                 raise UsageError(f"--llm-record {self.record}: no such directory")
             self.record = str(target)
@@ -99,18 +104,19 @@ def do_costs(*, ref: str, by: str, db: str | None, json_out: bool, pricing: str 
     from flowrun.engine.costs import cost_report, load_prices, reprice
 
     from . import console
+    from .options import write_json
     from .running import open_store
 
     if by not in ("model", "node"):
         raise UsageError(f"--by must be model or node, not {by!r}")
-    store = open_store(db)
+    store = open_store(db, create=False)
     run_id = store.resolve_run_id(ref)
     calls = store.llm_calls(run_id)
     if pricing:  # price what was unpriced when it ran; stored prices stay as they were
         calls = reprice(calls, load_prices(pricing))
     report = cost_report(run_id, calls, by_node=by == "node")
     if json_out:
-        sys.stdout.write(json.dumps(report, sort_keys=True, ensure_ascii=False) + "\n")
+        write_json(report)
         return
     if not calls:
         console.err(f"run {run_id} made no LLM calls")

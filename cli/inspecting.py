@@ -7,15 +7,16 @@ import sys
 import time
 from typing import Any
 
-from flowrun.engine import load_workflow
-from flowrun.engine.report import STATUS_EXIT, run_detail, run_summary
+from flowrun.engine import ResumeRefused, UsageError, load_workflow
+from flowrun.engine.report import STATUS_EXIT, STATUSES, run_detail, run_summary
 
 from . import console
+from .options import write_json
 from .running import open_store
 
 
 def _out(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, sort_keys=True, ensure_ascii=False, indent=None) + "\n")
+    write_json(data)
 
 
 def _when(ts: float | None) -> str:
@@ -23,7 +24,14 @@ def _when(ts: float | None) -> str:
 
 
 def do_runs(*, status: str | None, limit: int, db: str | None, json_out: bool) -> None:
-    store = open_store(db)
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+    try:
+        store = open_store(db, create=False)
+    except ResumeRefused:  # no database yet: no runs, and none is made by looking
+        _out([]) if json_out else console.err("no runs")
+        return
+    limit = min(limit, 2**62)  # SQLite integers are 64-bit
     rows = [run_summary(r) for r in store.list_runs(status=status, limit=limit)]
     if json_out:
         _out(rows)
@@ -39,7 +47,7 @@ def do_runs(*, status: str | None, limit: int, db: str | None, json_out: bool) -
 
 
 def do_show(*, ref: str, db: str | None, json_out: bool, events: bool) -> int:
-    store = open_store(db)
+    store = open_store(db, create=False)
     run_id = store.resolve_run_id(ref)
     detail = run_detail(store, run_id)
     if events:
@@ -89,8 +97,6 @@ def do_validate(*, file: str, json_out: bool) -> None:
 
 
 def do_graph(*, file: str, fmt: str) -> None:
-    from flowrun.engine.errors import UsageError
-
     wf = load_workflow(file)
     if fmt not in ("mermaid", "dot"):
         raise UsageError(f"--format must be mermaid or dot, not {fmt!r}")

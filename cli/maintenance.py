@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,14 @@ from flowrun.engine import (
     new_run_id,
 )
 from flowrun.engine.metrics import ExportOptions
-from flowrun.engine.report import run_summary
+from flowrun.engine.report import STATUSES, run_summary
 from flowrun.engine.store.base import RunRecord
 
 from . import console
 from .costs import LLMOptions
+from .options import check_run_id, write_json
 from .running import _execute, open_store, stored_workflow
 
-STATUSES = ("running", "succeeded", "failed", "interrupted")
 _SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")  # a bare number: seconds, as in a workflow
 
 
@@ -45,10 +43,13 @@ def do_fork(
     llm: LLMOptions | None = None,
 ) -> None:
     """Copy a run's checkpoint before ``from_step`` into a new run, then drive it as a resume."""
+    check_run_id(run_id)
     llm = (llm or LLMOptions()).prepare()
-    store = open_store(db, durability)
+    store = open_store(db, durability, create=False)
     parent = store.resolve_run_id(ref)
     rec = store.get_run(parent)
+    if from_step > rec.step:  # past the step it stopped in; too big for SQLite, even
+        raise _bad_step(rec, from_step)
     wf = load_workflow(workflow) if workflow else stored_workflow(store, parent)
     try:
         base = store.load_at(parent, from_step)
@@ -121,7 +122,7 @@ def do_prune(
         raise UsageError(
             f"--status must be one of {', '.join(STATUSES)}, not {status!r}",
         )
-    store = open_store(db)
+    store = open_store(db, create=False)
     result = store.prune_runs(before=time.time() - age, status=status, dry_run=dry_run)
     if result.vacuum_error:
         console.warn(
@@ -139,7 +140,7 @@ def do_prune(
             "bytes_reclaimed": result.bytes_reclaimed,
             "vacuum_error": result.vacuum_error,
         }
-        sys.stdout.write(json.dumps(report, sort_keys=True, ensure_ascii=False) + "\n")
+        write_json(report)
         return
     if dry_run:
         for r in result.runs:

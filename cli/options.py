@@ -2,34 +2,166 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 Db = Annotated[
     str | None,
-    typer.Option("--db", envvar="FLOWRUN_DB", help="SQLite file (default .flowrun/flowrun.db)."),
+    typer.Option(
+        "--db",
+        envvar="FLOWRUN_DB",
+        metavar="FILE",
+        help="SQLite file (default .flowrun/flowrun.db).",
+    ),
 ]
 MaxConcurrency = Annotated[
-    int | None, typer.Option("--max-concurrency", min=1, help="Tasks running at once.")
+    int | None,
+    typer.Option("--max-concurrency", min=1, metavar="N", help="Tasks running at once."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the final summary.")]
 Durability = Annotated[
     str,
     typer.Option(
-        "--durability", help="normal (WAL, synchronous=NORMAL) or full (fsync every commit)."
+        "--durability",
+        metavar="normal|full",
+        help="normal (WAL, synchronous=NORMAL) or full (fsync every commit).",
     ),
 ]
 Events = Annotated[
-    str | None, typer.Option("--events", help="Append every event to this JSON-lines file.")
+    str | None,
+    typer.Option(
+        "--events", metavar="FILE.jsonl", help="Append every event to this JSON-lines file."
+    ),
 ]
+RunRef = Annotated[
+    str, typer.Argument(metavar="RUN_ID", help="Run id, a unique prefix, or 'latest'.")
+]
+WorkflowFile = Annotated[str, typer.Argument(metavar="FILE", help="The workflow YAML file.")]
+
+T = TypeVar("T")
 
 DEFAULT_DB = ".flowrun/flowrun.db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_json_written = False  # main() prints an error object only if nothing was printed yet
 
 
 def print_error(exc: Any) -> None:
     print(f"flowrun: error: {exc.message}", file=sys.stderr)
     if getattr(exc, "hint", None):
         print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def write_json(data: Any) -> None:
+    """The one JSON document of a ``--json`` command, on stdout."""
+    global _json_written
+    _json_written = True
+    if sys.stdout is None:  # started with stdout closed
+        return
+    sys.stdout.write(json.dumps(data, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def json_written() -> bool:
+    return _json_written
+
+
+@contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """While a ``--json`` run executes, whatever nodes print goes to stderr.
+
+    Python nodes share this process's stdout (``print``, ``os.system``), which would
+    corrupt the one JSON object stdout must hold; both ``sys.stdout`` and fd 1 are
+    pointed at stderr until the block ends.
+    """
+    if not active or sys.stdout is None:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # stdout closed: nothing to protect
+        saved = None
+    previous = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = previous
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def check_db_path(db: str) -> None:
+    """Refuse a ``--db`` that is a folder or some other kind of file (exit 2)."""
+    from flowrun.engine import UsageError
+
+    path = Path(db)
+    if path.is_dir():
+        raise UsageError(
+            f"database {db}: is a folder, not a file",
+            hint=f"e.g. --db {path / 'flowrun.db'} (or set FLOWRUN_DB)",
+        )
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return  # created on first use
+    except OSError as exc:
+        raise UsageError(f"database {db}: {exc.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise UsageError(
+            f"database {db}: not an SQLite database",
+            hint="point --db (or FLOWRUN_DB) at a flowrun database, or at a new file",
+        )
+
+
+def open_sqlite(db: str, make: Callable[[], T]) -> T:
+    """``make()`` the store at ``db``; a path that cannot be a database is a usage error."""
+    from flowrun.engine import UsageError
+    from flowrun.engine.errors import StoreError
+
+    check_db_path(db)
+    existed = os.path.lexists(db)
+    try:
+        return make()
+    except StoreError as exc:
+        if existed:
+            raise
+        raise UsageError(
+            exc.message, hint="pick a --db (or FLOWRUN_DB) in a folder you can write to"
+        ) from None
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+
+
+def check_run_id(run_id: str | None) -> None:
+    """A chosen ``--run-id`` must be typeable later as ``flowrun resume RUN_ID``."""
+    from flowrun.engine import UsageError
+
+    if run_id is None:
+        return
+    if run_id == "latest":
+        raise UsageError(
+            "--run-id latest: 'latest' always means the newest run",
+            hint="pick another id, e.g. a CI job id",
+        )
+    if not _RUN_ID.fullmatch(run_id):
+        raise UsageError(
+            f"--run-id {run_id!r}: use letters, digits and . _ : @ + = -"
+            " (at most 128, starting with a letter or digit)",
+            hint='e.g. --run-id "$GITHUB_RUN_ID"',
+        )

@@ -18,6 +18,7 @@ from flowrun.engine import (
     Interrupted,
     JsonlSink,
     Observer,
+    ResumeRefused,
     RunFailed,
     Settings,
     SQLiteStore,
@@ -33,26 +34,49 @@ from flowrun.engine.report import run_result
 
 from . import console
 from .costs import LLMOptions, run_costs
-from .options import DEFAULT_DB
+from .options import DEFAULT_DB, check_run_id, open_sqlite, stdout_to_stderr, write_json
 
 
-def open_store(db: str | None, durability: str = "normal") -> SQLiteStore:
+def open_store(db: str | None, durability: str = "normal", *, create: bool = True) -> SQLiteStore:
+    """The run database; read-only commands pass ``create=False`` and never make one."""
     if durability not in ("normal", "full"):
         raise UsageError(f"--durability must be normal or full, not {durability!r}")
-    return SQLiteStore(db or DEFAULT_DB, durability=durability)
+    path = db or DEFAULT_DB
+    if not create and not os.path.exists(path):
+        raise ResumeRefused(
+            f"no flowrun database at {path}",
+            hint="run a workflow here first, or point --db (or FLOWRUN_DB) at its database",
+        )
+    return open_sqlite(path, lambda: SQLiteStore(path, durability=durability))
+
+
+def _json_value(text: str) -> Any:
+    """Strict JSON: NaN and Infinity would make the --json output invalid."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if input_file:
         try:
-            data = json.loads(Path(input_file).read_text())
+            data = _json_value(Path(input_file).read_text(encoding="utf-8"))
         except OSError as exc:
             raise UsageError(f"--input {input_file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"--input {input_file}: not UTF-8 text (bad byte at offset {exc.start})",
+                hint="save the file as UTF-8",
+            ) from None
         except json.JSONDecodeError as exc:
             raise UsageError(
                 f"--input {input_file}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"
             ) from None
+        except ValueError as exc:
+            raise UsageError(f"--input {input_file}: {exc}") from None
         if not isinstance(data, dict):
             raise UsageError(f"--input {input_file}: must hold a JSON object of state keys")
         inputs.update(data)
@@ -63,8 +87,8 @@ def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
                 f"--set {item!r}: expected KEY=JSON", hint="e.g. --set limit=10 --set name='\"x\"'"
             )
         try:
-            inputs[key] = json.loads(raw)
-        except json.JSONDecodeError:
+            inputs[key] = _json_value(raw)
+        except ValueError:
             inputs[key] = raw  # a bare word is a string, as most users mean it
     return inputs
 
@@ -159,7 +183,7 @@ def _drive(
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
-    with _Signals(engine), view:
+    with _Signals(engine), stdout_to_stderr(json_out), view:
         try:
             result = go(engine)
             run_id = result.run_id
@@ -174,8 +198,7 @@ def _drive(
     if report["costs"]["calls"]:
         console.cost_table(report["costs"])
     if json_out:
-        sys.stdout.write(json.dumps(report, sort_keys=True, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        write_json(report)
     if error is not None:
         if not json_out:
             raise error
@@ -198,6 +221,7 @@ def do_run(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
 ) -> None:
+    check_run_id(run_id)
     wf = load_workflow(file)
     llm = (llm or LLMOptions()).prepare()
     inputs = parse_inputs(sets, input_file)
@@ -245,7 +269,7 @@ def do_resume(
     llm: LLMOptions | None = None,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
-    store = open_store(db, durability)
+    store = open_store(db, durability, create=False)
     run_id = store.resolve_run_id(ref)
     wf = load_workflow(workflow) if workflow else stored_workflow(store, run_id)
 

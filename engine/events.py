@@ -29,7 +29,8 @@ class JsonlSink:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._f: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
-        if self._f.tell() > 0:  # a line cut short by a crash: start ours on a fresh line
+        # a line cut short by a crash: start ours on a fresh line (a pipe has no past)
+        if self._f.seekable() and self._f.tell() > 0:
             with open(path, "rb") as r:
                 r.seek(-1, os.SEEK_END)
                 if r.read(1) != b"\n":

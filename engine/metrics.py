@@ -294,6 +294,10 @@ class Exporter:
         self._closed = True
         try:
             if self.metrics.run_id:  # the run started: there are final values to hand over
+                # nothing runs or waits once the command exits, even if the run ended by
+                # an error that never reached run_finished (a lost lease, a store error)
+                self.metrics.inflight.set(0)
+                self.metrics.queued.set(0)
                 if self.options.file:
                     self.write_file(self.options.file)
                 if self.options.push_url:

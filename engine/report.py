@@ -7,6 +7,7 @@ from typing import Any
 
 from .store.base import RunRecord, Store
 
+STATUSES = ("running", "succeeded", "failed", "interrupted")  # every status a run can have
 STATUS_EXIT = {"succeeded": 0, "failed": 1, "interrupted": 130}
 
 

@@ -120,3 +120,48 @@ def test_resume_onto_a_workflow_missing_the_next_node_exits_2_and_keeps_the_run(
     shown = flowrun("show", "m1", "--db", db, "--json", cwd=tmp_path)
     assert shown.returncode == 1
     assert json.loads(shown.stdout)["status"] == "failed"
+
+
+def test_record_llm_usage_refuses_negative_or_inconsistent_counts(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write(
+        "uselib.py",
+        """
+        def bad(state, ctx):
+            ctx.record_llm_usage("gpt-4o-mini", 10, -5)
+        def cached(state, ctx):
+            ctx.record_llm_usage("gpt-4o-mini", 10, 5, cached=11)
+        def good(state, ctx):
+            ctx.record_llm_usage("gpt-4o-mini", 10, 5, cached=4)
+        """,
+    )
+    db = str(tmp_path / "f.db")
+    for fn, code in (("bad", 1), ("cached", 1), ("good", 0)):
+        write(f"{fn}.yaml", f"name: u\nnodes:\n  a: {{python: 'uselib:{fn}'}}\n")
+        p = flowrun("run", f"{fn}.yaml", "--db", db, "--json", cwd=tmp_path)
+        assert p.returncode == code, p.stderr
+        out = json.loads(p.stdout)
+        if code:
+            assert "record_llm_usage" in out["error"]
+            assert not out.get("costs") or out["costs"]["calls"] == 0
+        else:
+            assert out["costs"]["tokens_in"] == 10
+            assert out["costs"]["cached_tokens"] == 4
+
+
+def test_a_failed_run_records_how_long_it_ran(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write(
+        "wf.yaml",
+        """
+        name: slowfail
+        nodes:
+          a: {shell: "sleep 0.3; exit 1"}
+        """,
+    )
+    db = str(tmp_path / "f.db")
+    p = flowrun("run", "wf.yaml", "--db", db, "--json", cwd=tmp_path)
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["duration_s"] >= 0.3

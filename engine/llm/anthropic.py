@@ -22,12 +22,21 @@ DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    return int(value) if _number(value) else 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def parse_usage(data: Any) -> Usage | None:
-    """Anthropic's ``input_tokens`` excludes cache reads and writes; ``tokens_in`` counts all."""
-    if not isinstance(data, dict) or "input_tokens" not in data:
+    """Anthropic's ``input_tokens`` excludes cache reads and writes; ``tokens_in`` counts all.
+
+    Without both counts the usage is unknown (None), never zero.
+    """
+    if not isinstance(data, dict) or not (
+        _number(data.get("input_tokens")) and _number(data.get("output_tokens"))
+    ):
         return None
     read = _int(data.get("cache_read_input_tokens"))
     write = _int(data.get("cache_creation_input_tokens"))
@@ -50,7 +59,7 @@ class AnthropicProvider:
         base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
         env = api_key_env or "ANTHROPIC_API_KEY"
-        key = os.environ.get(env)
+        key = (os.environ.get(env) or "").strip()  # no header may carry a trailing newline
         if not key:
             raise ProviderError(
                 f"anthropic: the environment variable {env} is not set",

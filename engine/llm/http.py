@@ -7,7 +7,9 @@ including text the server sent back, so they never reach the database or logs.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -18,7 +20,7 @@ from .base import ProviderError
 if TYPE_CHECKING:
     import httpx
 
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 MAX_TRIES = 4  # per node attempt; the node's own retry policy comes on top
 BACKOFF_S = 0.25  # doubled per try: 0.25, 0.5, 1 s
 MAX_WAIT_S = 120.0  # a longer Retry-After is left to the node's retry policy
@@ -26,9 +28,14 @@ DEFAULT_TIMEOUT_S = 600.0
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without the secrets, also as httpx quotes them (``b'...\\n'``) and trimmed."""
+    forms = set()
     for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
+        for form in (s, s.strip(), repr(s)[1:-1], repr(s.encode("utf-8", "replace"))[2:-1]):
+            if len(form) >= 4:
+                forms.add(form)
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 
@@ -37,20 +44,27 @@ def retry_after(headers: httpx.Headers, now: float | None = None) -> float | Non
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            seconds = float(ms) / 1000
         except ValueError:
             pass
+        else:
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # asctime or -0000: an HTTP date is GMT, never local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -94,11 +108,19 @@ def post_json(
         if left <= 0:
             raise err or ProviderError(f"{who}: no time left", retryable=True, reason="timeout")
         try:
-            response = client.post(url, headers=headers, json=body, timeout=left)
+            # the whole try may take what is left, but a host that never answers
+            # should not hold a connect for minutes
+            timeout = httpx.Timeout(left, connect=min(10.0, left))
+            response = client.post(url, headers=headers, json=body, timeout=timeout)
         except httpx.TimeoutException:
             err = ProviderError(
                 f"{who}: no response within {left:.0f}s", retryable=True, reason="timeout"
             )
+        except httpx.LocalProtocolError as exc:  # e.g. a key httpx cannot put in a header
+            msg = redact(str(exc) or type(exc).__name__, secrets)
+            raise ProviderError(
+                f"{who}: cannot send the request: {msg}", retryable=False, reason="config"
+            ) from None
         except httpx.TransportError as exc:
             msg = redact(str(exc) or type(exc).__name__, secrets)
             err = ProviderError(
@@ -122,7 +144,7 @@ def post_json(
                 msg = redact(_server_message(response), secrets)
                 err = ProviderError(
                     f"{who}: HTTP {status}: {msg}",
-                    retryable=status in RETRY_STATUSES,
+                    retryable=status in RETRY_STATUSES or status >= 500,
                     retry_after=retry_after(response.headers),
                     reason=f"http_{status}",
                 )

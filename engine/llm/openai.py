@@ -22,12 +22,21 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    return int(value) if _number(value) else 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def parse_usage(data: Any) -> Usage | None:
-    """``usage`` of a chat completion; ``prompt_tokens`` already includes the cached ones."""
-    if not isinstance(data, dict) or "prompt_tokens" not in data:
+    """``usage`` of a chat completion; ``prompt_tokens`` already includes the cached ones.
+
+    Without both counts the usage is unknown (None), never zero.
+    """
+    if not isinstance(data, dict) or not (
+        _number(data.get("prompt_tokens")) and _number(data.get("completion_tokens"))
+    ):
         return None
     details = data.get("prompt_tokens_details") or {}
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
@@ -49,7 +58,8 @@ class OpenAIProvider:
             "/"
         )
         env = api_key_env or "OPENAI_API_KEY"
-        self.api_key = os.environ.get(env) or None
+        # a key read from a file often ends in a newline, which no header may carry
+        self.api_key = (os.environ.get(env) or "").strip() or None
         official = self.base_url.startswith(DEFAULT_BASE_URL)
         if self.api_key is None and (api_key_env or official):
             raise ProviderError(
@@ -87,7 +97,8 @@ class OpenAIProvider:
             who="openai",
         )
         choices = data.get("choices")
-        message = choices[0].get("message") if isinstance(choices, list) and choices else None
+        first = choices[0] if isinstance(choices, list) and choices else None
+        message = first.get("message") if isinstance(first, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         usage = parse_usage(data.get("usage"))
         model = str(data.get("model") or request.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -110,8 +111,26 @@ class Context:
     def record_llm_usage(
         self, model: str, tokens_in: int, tokens_out: int, cached: int = 0
     ) -> None:
-        """Report an LLM call made by the node itself, so the cost ledger counts it."""
-        u = LLMUsage(model, int(tokens_in), int(tokens_out), int(cached), 0, "python", self.attempt)
+        """Report an LLM call made by the node itself, so the cost ledger counts it.
+
+        ``tokens_in`` counts every input token, cached ones included (as OpenAI
+        reports them), so ``0 <= cached <= tokens_in``.
+        """
+        counts = {"tokens_in": tokens_in, "tokens_out": tokens_out, "cached": cached}
+        for name, value in counts.items():
+            try:
+                counts[name] = operator.index(value)  # int, numpy ints; not floats or bools
+            except TypeError:
+                counts[name] = -1
+            if isinstance(value, bool) or counts[name] < 0:
+                raise ValueError(f"record_llm_usage: {name} must be an integer ≥ 0, not {value!r}")
+        tokens_in, tokens_out, cached = counts["tokens_in"], counts["tokens_out"], counts["cached"]
+        if cached > tokens_in:
+            raise ValueError(
+                f"record_llm_usage: cached ({cached}) exceeds tokens_in ({tokens_in}),"
+                " which counts cached tokens too"
+            )
+        u = LLMUsage(model, tokens_in, tokens_out, cached, 0, "python", self.attempt)
         self.report_usage(u)
 
     def report_usage(self, usage: LLMUsage) -> None:

@@ -99,7 +99,8 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         raise TaskError(str(exc), retryable=False, reason="template") from None
     if not cwd.is_dir():
         raise TaskError(f"cwd {cwd} is not a directory", retryable=False, reason="cwd")
-    env.setdefault("FLOWRUN_RUN_ID", ctx.run_id)
+    if "FLOWRUN_RUN_ID" not in node.env:  # the node's own env may set it; an inherited one may not
+        env["FLOWRUN_RUN_ID"] = ctx.run_id
     env["FLOWRUN_NODE"] = ctx.node
     env["FLOWRUN_STEP"] = str(ctx.step)
     env["FLOWRUN_ATTEMPT"] = str(ctx.attempt)
@@ -135,9 +136,12 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         failure.stdout, failure.stderr = _tail(out), _tail(err)
         raise failure
     text = out.decode("utf-8", "replace")
-    ctx_out = (_tail(out), _tail(err))
-    result = _convert(node, text)
-    return CommandResult(result, *ctx_out)
+    try:
+        result = _convert(node, text)
+    except TaskError as exc:  # output it cannot use: keep the tails to show why
+        exc.stdout, exc.stderr = _tail(out), _tail(err)
+        raise
+    return CommandResult(result, _tail(out), _tail(err))
 
 
 class CommandResult:

@@ -104,6 +104,7 @@ class Engine:
         self.stop_reason: str | None = None
         # the run being driven (set by _drive; read by signal handlers and hooks)
         self.run_id = ""
+        self._elapsed: Callable[[], float] = lambda: 0.0
         self._failure_events: list[Event] = []
         self.token = 0
         self.step = 0
@@ -149,6 +150,7 @@ class Engine:
         store = self.store
         token = store.acquire_lease(run_id, force=force)
         t_start = time.perf_counter()
+        self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
         prior_duration = rec.duration_s
         outbox = Outbox(store, run_id, self.sinks)
@@ -197,7 +199,20 @@ class Engine:
                     f" {run_id} runs next (step {step})",
                     hint="resume with a --workflow that keeps those nodes",
                 )
-            added = {k: v for k, v in wf.initial_state().items() if k not in state}
+            saved = {
+                k: r for k, r in store.load_task_results(run_id, step).items() if r.status == "ok"
+            }  # only the step a run stopped in can hold results from before
+            dropped = sorted({k for r in saved.values() for k in r.delta or {}} - set(wf.state))
+            if dropped:
+                raise UsageError(
+                    f"the workflow does not declare state key {', '.join(map(repr, dropped))},"
+                    f" which saved results of run {run_id} write (step {step})",
+                    hint="resume with a --workflow that keeps those keys",
+                )
+            # held as stored (dicts with sorted keys), like the keys loaded from the store
+            added = {
+                k: json.loads(dumps(v)) for k, v in wf.initial_state().items() if k not in state
+            }
             if added:  # resume --workflow with new state keys: they start at their defaults
                 store.add_state_keys(run_id, token, added)
                 state.update(added)
@@ -230,20 +245,15 @@ class Engine:
                     raise RunFailed(str(exc)) from None
                 self.observer.step_started(step, tasks)
                 self.step = step
-                outcomes, deferred = self._run_step(
-                    wf, executor, tasks, state, step, max_conc, first=step == cp.step
+                outcomes, unsaved = self._run_step(
+                    wf, executor, tasks, state, step, max_conc, saved if step == cp.step else {}
                 )
-                new_state, changed = self._merge(wf, outcomes, state, texts, step)
                 try:
-                    nxt = fr.advance(wf, tasks, frontier, new_state, run_id, step)
-                except fr.RouteError as exc:
-                    raise RunFailed(str(exc)) from None
-                if not nxt["entries"] and nxt["held"]:
-                    waiting = ", ".join(h["node"] for h in nxt["held"])
-                    raise RunFailed(
-                        f"join {waiting} can never run: a node it needs did not run",
-                        hint="check the needs: lists against the routes taken",
-                    )
+                    new_state, changed = self._merge(wf, outcomes, state, texts, step)
+                    nxt = self._advance(wf, tasks, frontier, new_state, step)
+                except RunFailed:  # the step is not committed: keep what finished for resume
+                    store.save_task_results(run_id, token, unsaved)
+                    raise
                 for k in changed:
                     texts[k] = changed[k]
                     digests[k] = value_digest(changed[k])
@@ -277,7 +287,9 @@ class Engine:
                         events=events,
                         status="succeeded" if done else "running",
                         state_digest=sdig,
-                        results=deferred,
+                        # the commit's events and state hold all of a successful result
+                        # but its output tails: only results with tails need a row
+                        results=[r for r in unsaved if r.stdout or r.stderr],
                         duration_s=prior_duration + time.perf_counter() - t_start,
                     ),
                 )
@@ -299,7 +311,8 @@ class Engine:
         except RunFailed as exc:
             self._finish(run_id, token, "failed", exc.message, outbox)
             raise
-        except FlowrunError:
+        except FlowrunError as exc:  # the store failed or the lease was lost: nothing to write
+            self.observer.run_finished("failed", exc.message)
             raise
         finally:
             beat_stop.set()
@@ -316,9 +329,31 @@ class Engine:
     def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
         ev = [*self._failure_events, outbox.make(f"run_{status}", error=error)]
         self._failure_events = []
-        self.store.set_status(run_id, token, status, error=error, events=ev)
+        self.store.set_status(
+            run_id, token, status, error=error, events=ev, duration_s=self._elapsed()
+        )
         outbox.deliver(ev)
         self.observer.run_finished(status, error)
+
+    def _advance(
+        self,
+        wf: Workflow,
+        tasks: list[dict[str, Any]],
+        frontier: dict[str, Any],
+        state: dict[str, Any],
+        step: int,
+    ) -> dict[str, Any]:
+        try:
+            nxt = fr.advance(wf, tasks, frontier, state, self.run_id, step)
+        except fr.RouteError as exc:
+            raise RunFailed(str(exc)) from None
+        if not nxt["entries"] and nxt["held"]:
+            waiting = ", ".join(h["node"] for h in nxt["held"])
+            raise RunFailed(
+                f"join {waiting} can never run: a node it needs did not run",
+                hint="check the needs: lists against the routes taken",
+            )
+        return nxt
 
     def _heartbeat(self, run_id: str, token: int, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -337,16 +372,11 @@ class Engine:
         state: dict[str, Any],
         step: int,
         max_conc: int,
-        *,
-        first: bool,
+        saved: dict[str, TaskResult],
     ) -> tuple[list[TaskOutcome], list[TaskResult]]:
-        """Run a step's tasks; return their outcomes and the results still to be saved."""
+        """Run a step's tasks (reusing ``saved`` results); return their outcomes and the
+        results still to be saved (the step's last ones, which ride in its commit)."""
         store, run_id = self.store, self.run_id
-        saved: dict[str, TaskResult] = {}
-        if first:  # only the step a run stopped in can hold results from before
-            saved = {
-                k: r for k, r in store.load_task_results(run_id, step).items() if r.status == "ok"
-            }
         snapshot = MappingProxyType(state)
         outcomes: list[TaskOutcome | None] = [None] * len(tasks)
         queue_depth = self.settings.queue_depth
@@ -355,7 +385,7 @@ class Engine:
         gate = StepGate(max_conc, queue_depth)
         pending: dict[Future[TaskOutcome], int] = {}
         failed: list[TaskOutcome] = []
-        deferred: list[TaskResult] = []
+        unsaved: list[TaskResult] = []
         dispatched = False
         # A lone python/set task runs on this thread: a pool hand-off would only add
         # latency (both kinds watch the stop flag, so signals still work).
@@ -369,7 +399,7 @@ class Engine:
             finished = []
             for f in done:
                 i = pending.pop(f)
-                if f.cancelled() or f.result().status == "skipped":  # the budget ran out
+                if f.cancelled() or f.result().status == "skipped":  # budget spent, or a signal
                     continue  # never ran: resume runs it
                 out = f.result()
                 outcomes[i] = out
@@ -381,20 +411,27 @@ class Engine:
             # last results ride in the step's own commit (nothing runs in between).
             over = self.scope.over_budget.is_set()
             if dispatched and not pending and not failed and not self.stop.is_set() and not over:
-                # The commit's events and state hold all of a successful result but
-                # its output tails: only results with tails need a row of their own.
-                deferred.extend(r for r in results if r.stdout or r.stderr)
+                unsaved.extend(results)
             else:
                 store.save_task_results(run_id, self.token, results)
             for out in finished:
                 self._finished(out)
+
+        def save_unsaved() -> None:  # the step will not be committed: no commit carries them
+            if unsaved:
+                store.save_task_results(run_id, self.token, unsaved)
+                unsaved.clear()
+
+        def interrupt() -> None:
+            save_unsaved()
+            self._interrupt(pending, collect)
 
         def wait_some() -> None:
             done = gate.wait(0.2)  # a task started or finished (or time to look at stop)
             if done:
                 collect(done)
             if self.stop.is_set():
-                self._interrupt(pending, collect)
+                interrupt()
             if self.scope.over_budget.is_set():
                 for f in list(pending):
                     f.cancel()  # tasks still queued never start once the budget is spent
@@ -414,7 +451,7 @@ class Engine:
                 self.observer.task_finished(step, t, "ok", r.duration_s, r.attempts, None, True)
                 continue
             if self.stop.is_set():
-                self._interrupt(pending, collect)
+                interrupt()
             if self.scope.over_budget.is_set():
                 break  # no new task once the cost ledger passed the budget
             if gate.full():
@@ -434,10 +471,9 @@ class Engine:
         while pending:
             wait_some()
         if self.stop.is_set():
-            self._interrupt(pending, collect)
+            interrupt()
         if self.scope.over_budget.is_set():
-            if deferred:
-                store.save_task_results(run_id, self.token, deferred)
+            save_unsaved()
             raise self.ledger.exceeded()  # finished results are kept for the resume
         if failed:
             # the failed step is not committed, so its task events go with the failure
@@ -449,7 +485,7 @@ class Engine:
                 f" {len(culprit.attempts)} attempt(s): {culprit.error}{more}",
                 hint="fix the cause, then `flowrun resume` retries this step",
             )
-        return [o for o in outcomes if o is not None], deferred
+        return [o for o in outcomes if o is not None], unsaved
 
     def _interrupt(
         self,
@@ -458,6 +494,8 @@ class Engine:
     ) -> None:
         """Stop dispatching; give running tasks a grace period, then kill them."""
         self.scope.stop.set()
+        for f in list(pending):
+            f.cancel()  # tasks still queued never start (run_task skips any it picks up)
         deadline = time.monotonic() + self.settings.grace_s
         # a second signal sets abort: stop waiting for the grace period at once
         while pending and time.monotonic() < deadline and not self.scope.abort.is_set():
@@ -499,7 +537,7 @@ class Engine:
         events = []
         for o in outcomes:
             node = o.task["node"]
-            for a in o.attempts:
+            for a in o.attempts[:-1]:  # the last attempt was not retried
                 if a.error is not None:
                     events.append(
                         outbox.make(
@@ -518,7 +556,7 @@ class Engine:
                     "task_succeeded" if o.status == "ok" else "task_failed",
                     step=step,
                     node=node,
-                    attempt=len(o.attempts),
+                    attempt=o.attempts[-1].attempt if o.attempts else 1,
                     duration=o.duration,
                     error=o.error,
                     ts=o.started_at + o.duration,

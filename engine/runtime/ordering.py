@@ -61,18 +61,6 @@ def step_digest(step: int, keys: Iterable[str], state_dig: str) -> str:
     return h.hexdigest()
 
 
-def task(node: str, parent: str, edge: int, **extra: Any) -> dict[str, Any]:
-    """A frontier entry: JSON-able, so it can cross a process boundary (SPEC §9)."""
-    t: dict[str, Any] = {
-        "node": node,
-        "key": order_key(parent, node, edge),
-        "parent": parent,
-        "edge": edge,
-    }
-    t.update(extra)
-    return t
-
-
 def task_label(task: dict[str, Any]) -> str:
     """How messages name a task: ``node``, or ``node[index]`` under ``foreach``."""
     index = task.get("index")

@@ -33,7 +33,7 @@ class Attempt:
 @dataclass(slots=True)
 class TaskOutcome:
     task: dict[str, Any]
-    status: str  # ok | failed | skipped (never ran: picked up after the budget was spent)
+    status: str  # ok | failed | skipped (never ran: picked up after the budget or a signal)
     delta: dict[str, Any] | None
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
@@ -166,13 +166,13 @@ def run_task(
     The observer hears ``task_started`` and ``task_finished`` from this thread, so
     its running count never exceeds the threads actually running tasks.
 
-    A task a worker picks up after the run's budget is spent does not run: it comes
-    back ``skipped``, which the coordinator treats like a future it cancelled (not
-    finished, no result saved, run again by ``resume``). The coordinator stops
-    dispatching once the budget is spent, but tasks already queued on the executor
+    A task a worker picks up after the run's budget is spent or a signal arrived does
+    not run: it comes back ``skipped``, which the coordinator treats like a future it
+    cancelled (not finished, no result saved, run again by ``resume``). The
+    coordinator stops dispatching then, but tasks already queued on the executor
     would otherwise start before it gets to cancel them.
     """
-    if scope.over_budget.is_set():
+    if scope.over_budget.is_set() or scope.stop.is_set():
         if gate is not None:  # no longer queued, and not running either
             gate.started()
             gate.finished()
@@ -213,10 +213,10 @@ def _attempts(
     rng: random.Random | None = None  # seeded on the first retry: most tasks never need it
     attempts: list[Attempt] = []
     usage: list[LLMUsage] = []
-    stdout = stderr = None
     attempt = 0
     while True:
         attempt += 1
+        stdout = stderr = None
         ctx = Context(
             scope.run_id, step, node.name, attempt, task.get("item"), task.get("index"), scope
         )
@@ -248,7 +248,8 @@ def _attempts(
                 else TaskError(f"{type(caught).__name__}: {caught}")
             )
             usage.extend(ctx.usage)
-            stdout, stderr = exc.stdout, exc.stderr
+            if exc.stdout is not None or exc.stderr is not None:
+                stdout, stderr = exc.stdout, exc.stderr  # else a result the delta refused
             err = str(exc)
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
             # no new attempt once the run is stopping or its budget is spent

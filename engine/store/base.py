@@ -200,6 +200,7 @@ class Store(Protocol):
         *,
         error: str | None = None,
         events: list[Event] | None = None,
+        duration_s: float | None = None,
     ) -> None: ...
 
     def append_events(self, run_id: str, token: int, events: list[Event]) -> None: ...

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LeaseLost, StoreError
+from ..errors import LeaseLost, StoreError, UsageError
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
@@ -99,6 +99,11 @@ class SQLiteDB:
                 (version,) = c.execute("PRAGMA user_version").fetchone()
                 if version >= len(MIGRATIONS):
                     break
+                if version == 0 and c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                    raise UsageError(
+                        f"{self.path} is another application's SQLite database",
+                        hint="flowrun adds no tables to it: pick another --db (or FLOWRUN_DB)",
+                    )
                 for stmt in MIGRATIONS[version].split(";"):
                     if stmt.strip():
                         c.execute(stmt)

@@ -121,9 +121,12 @@ class SQLiteRuns(SQLiteEvents):
         *,
         error: str | None = None,
         events: list[Event] | None = None,
+        duration_s: float | None = None,
     ) -> None:
         with self._tx() as c:
             updates: dict[str, Any] = {"status": status, "error": error}
+            if duration_s is not None:
+                updates["duration_s"] = duration_s
             if status != "running":
                 updates["finished_at"] = time.time()
             self._fence(c, run_id, token, **updates)
