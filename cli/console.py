@@ -199,6 +199,11 @@ class LiveView(PlainView):
         with self._lock:
             self.nodes[task["node"]]["queued"] += 1
 
+    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+        with self._lock:
+            c = self.nodes[task["node"]]
+            c["queued"] = max(0, c["queued"] - 1)
+
     def task_started(self, step: int, task: dict[str, Any]) -> None:
         with self._lock:
             c = self.nodes[task["node"]]

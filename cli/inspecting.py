@@ -63,6 +63,11 @@ def do_show(*, ref: str, db: str | None, json_out: bool, events: bool) -> int:
         console.err(
             f"status    {detail['status']}" + (f": {detail['error']}" if detail["error"] else "")
         )
+        if detail["status"] == "running" and not detail["live"]:
+            console.err(
+                f"          (no process is executing it: it crashed or was killed;"
+                f" `flowrun resume {detail['run_id']}` continues it)"
+            )
         console.err(f"steps     {detail['steps']}")
         console.err(f"duration  {console._fmt_s(detail['duration_s'])}")
         console.err("nodes:")

@@ -135,6 +135,9 @@ class RunMetrics(Observer):
     def task_queued(self, step: int, task: dict[str, Any]) -> None:
         self.queued.inc()
 
+    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+        self.queued.dec()
+
     def task_started(self, step: int, task: dict[str, Any]) -> None:
         self.queued.dec()
         self.inflight.inc()

@@ -59,5 +59,6 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
                 }
             )
     out["nodes"] = dict(nodes)
+    out["live"] = store.run_is_live(run_id)  # a "running" run that is not live has crashed
     out["step_log"] = store.steps(run_id)
     return out

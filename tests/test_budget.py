@@ -169,3 +169,40 @@ def test_a_queued_task_cancelled_for_the_budget_frees_its_place_in_the_window() 
         finally:
             release.set()
         assert first.result().status == "ok"
+
+
+def test_observers_hear_every_queued_task_start_or_drop_when_the_budget_runs_out(
+    write: Write, tmp_path: Path
+) -> None:
+    """Progress and the queue gauge must not keep counting tasks that will never start."""
+    from flowrun.engine import BudgetExceeded, Engine, Observer, Settings, SQLiteStore
+    from flowrun.engine import load_workflow as load
+    from flowrun.engine.costs import parse_prices
+
+    class Counts(Observer):
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.queued = self.started = self.dropped = 0
+
+        def task_queued(self, step: int, task: dict[str, object]) -> None:
+            with self.lock:
+                self.queued += 1
+
+        def task_started(self, step: int, task: dict[str, object]) -> None:
+            with self.lock:
+                self.started += 1
+
+        def task_dropped(self, step: int, task: dict[str, object]) -> None:
+            with self.lock:
+                self.dropped += 1
+
+    wf = load(write("wf.yaml", WORKFLOW % (json.dumps(ITEMS), 1024)))
+    write("spend.py", SPEND)
+    counts = Counts()
+    settings = Settings(max_cost_usd=0.5, prices=parse_prices(PRICING, "pricing.yaml"))
+    engine = Engine(SQLiteStore(tmp_path / "f.db"), settings=settings, observer=counts)
+    with pytest.raises(BudgetExceeded):
+        engine.start(wf)
+    assert counts.started >= 1
+    assert counts.queued == counts.started + counts.dropped
+    assert counts.dropped >= 1

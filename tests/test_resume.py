@@ -165,3 +165,40 @@ def test_a_failed_run_records_how_long_it_ran(
     p = flowrun("run", "wf.yaml", "--db", db, "--json", cwd=tmp_path)
     assert p.returncode == 1
     assert json.loads(p.stdout)["duration_s"] >= 0.3
+
+
+def test_show_tells_a_crashed_run_from_a_live_one(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    write(
+        "wf.yaml",
+        """
+        name: crashy
+        nodes:
+          a: {shell: "touch started; sleep 30"}
+        """,
+    )
+    db = str(tmp_path / "f.db")
+    proc = subprocess.Popen(
+        [FLOWRUN, "run", "wf.yaml", "--db", db, "--run-id", "c1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        live = flowrun("show", "c1", "--db", db, "--json", cwd=tmp_path)
+        assert json.loads(live.stdout)["live"] is True
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    dead = flowrun("show", "c1", "--db", db, "--json", cwd=tmp_path)
+    detail = json.loads(dead.stdout)
+    assert detail["status"] == "running" and detail["live"] is False
+    human = flowrun("show", "c1", "--db", db, cwd=tmp_path)
+    assert "flowrun resume c1" in human.stderr

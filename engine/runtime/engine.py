@@ -400,6 +400,7 @@ class Engine:
             for f in done:
                 i = pending.pop(f)
                 if f.cancelled() or f.result().status == "skipped":  # budget spent, or a signal
+                    self.observer.task_dropped(step, tasks[i])
                     continue  # never ran: resume runs it
                 out = f.result()
                 outcomes[i] = out

@@ -16,6 +16,9 @@ class Observer:
 
     def task_started(self, step: int, task: dict[str, Any]) -> None: ...
 
+    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+        """A queued task that will not start (budget spent, or a signal); resume runs it."""
+
     def task_finished(
         self,
         step: int,

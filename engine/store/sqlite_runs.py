@@ -97,6 +97,13 @@ class SQLiteRuns(SQLiteEvents):
             )
             return int(token)
 
+    def run_is_live(self, run_id: str) -> bool:
+        """True while a process holds the run's lease (it is being executed right now)."""
+        row = self.conn.execute(
+            "SELECT lease_host, lease_pid, lease_heartbeat FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return row is not None and lease_live(row[0], row[1], row[2], time.time())
+
     def heartbeat(self, run_id: str, token: int) -> bool:
         with self._tx() as c:
             cur = c.execute(
