@@ -10,7 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .base import LLMReply, LLMRequest, ProviderError, Usage
+from .base import LLMReply, LLMRequest, ProviderError, Usage, is_count, token_count
 from .http import post_json
 
 if TYPE_CHECKING:
@@ -21,27 +21,22 @@ API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
 
 
-def _int(value: Any) -> int:
-    return int(value) if _number(value) else 0
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def parse_usage(data: Any) -> Usage | None:
     """Anthropic's ``input_tokens`` excludes cache reads and writes; ``tokens_in`` counts all.
 
     Without both counts the usage is unknown (None), never zero.
     """
     if not isinstance(data, dict) or not (
-        _number(data.get("input_tokens")) and _number(data.get("output_tokens"))
+        is_count(data.get("input_tokens")) and is_count(data.get("output_tokens"))
     ):
         return None
-    read = _int(data.get("cache_read_input_tokens"))
-    write = _int(data.get("cache_creation_input_tokens"))
+    read = token_count(data.get("cache_read_input_tokens"))
+    write = token_count(data.get("cache_creation_input_tokens"))
     return Usage(
-        _int(data.get("input_tokens")) + read + write, _int(data.get("output_tokens")), read, write
+        token_count(data.get("input_tokens")) + read + write,
+        token_count(data.get("output_tokens")),
+        read,
+        write,
     )
 
 

@@ -32,6 +32,15 @@ class LLMRequest:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def is_count(value: Any) -> bool:
+    """A token count as providers send it: a number, not a bool (``null`` is unknown)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def token_count(value: Any) -> int:
+    return int(value) if is_count(value) else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Billed tokens of one reply. ``tokens_in`` counts every input token, cached ones too."""

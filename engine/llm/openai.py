@@ -12,7 +12,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .base import LLMReply, LLMRequest, ProviderError, Usage
+from .base import LLMReply, LLMRequest, ProviderError, Usage, is_count, token_count
 from .http import post_json
 
 if TYPE_CHECKING:
@@ -21,26 +21,23 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-def _int(value: Any) -> int:
-    return int(value) if _number(value) else 0
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def parse_usage(data: Any) -> Usage | None:
     """``usage`` of a chat completion; ``prompt_tokens`` already includes the cached ones.
 
     Without both counts the usage is unknown (None), never zero.
     """
     if not isinstance(data, dict) or not (
-        _number(data.get("prompt_tokens")) and _number(data.get("completion_tokens"))
+        is_count(data.get("prompt_tokens")) and is_count(data.get("completion_tokens"))
     ):
         return None
     details = data.get("prompt_tokens_details") or {}
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Usage(_int(data.get("prompt_tokens")), _int(data.get("completion_tokens")), cached, 0)
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        token_count(data.get("prompt_tokens")),
+        token_count(data.get("completion_tokens")),
+        cached,
+        0,
+    )
 
 
 class OpenAIProvider:
