@@ -161,7 +161,6 @@ class Engine:
             name="flowrun-heartbeat",
             daemon=True,
         )
-        beat.start()
         scope = RunScope(wf.base_dir, run_id, stop=self.stop, grace_s=self.settings.grace_s)
         scope.settings.update(self.settings.extra)
         self.scope = scope
@@ -182,6 +181,7 @@ class Engine:
             max_workers=max_conc, thread_name_prefix="flowrun-task"
         )
         try:
+            beat.start()  # inside the try: whatever fails, the finally stops it and the lease goes
             outbox.deliver_pending()
             cp = store.load_latest(run_id)
             state = cp.state
