@@ -4,7 +4,8 @@ Prices are USD per million tokens. A call is priced when its reply arrives and t
 price it used is stored beside it, so a report never depends on today's table.
 Cached input tokens are billed at their own rate and never also as plain input:
 ``tokens_in`` counts every input token, and ``cached``/``cache_write`` are carved
-out of it before the input rate applies.
+out of it before the input rate applies; of ``cache_write``, the 1-hour writes
+(``cache_write_1h``) are carved out again and billed at their own rate.
 
 A model without a price is *unpriced*: its calls are counted and listed, never
 billed silently as $0. A reply without usage is *unknown*: counted, not priced.
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .runtime.observer import Observer
     from .store.base import Store
 
-PRICE_KEYS = ("input", "output", "cached_input", "cache_write")
+PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
 _META_KEYS = ("as_of", "sources", "currency", "unit")
 _MILLION = Decimal(1_000_000)
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
@@ -39,23 +40,40 @@ _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens. Missing cache rates fall back to the input rate."""
+    """USD per million tokens. Missing cache rates fall back to the input rate, except
+    1-hour cache writes, which Anthropic bills at twice the input rate."""
 
     input: float
     output: float
     cached_input: float | None = None
-    cache_write: float | None = None
+    cache_write: float | None = None  # 5-minute cache writes
+    cache_write_1h: float | None = None
 
-    def cost(self, tokens_in: int, tokens_out: int, cached: int = 0, cache_write: int = 0) -> float:
-        """The cost of one call, exact to the float (decimal arithmetic, one rounding)."""
+    def cost(
+        self,
+        tokens_in: int,
+        tokens_out: int,
+        cached: int = 0,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
+    ) -> float:
+        """The cost of one call, exact to the float (decimal arithmetic, one rounding).
+
+        ``cache_write_1h`` is the part of ``cache_write`` written to the 1-hour cache.
+        """
         d = Decimal
         plain = max(0, tokens_in - cached - cache_write)
-        read_rate = self.input if self.cached_input is None else self.cached_input
-        write_rate = self.input if self.cache_write is None else self.cache_write
+        hour = min(max(0, cache_write_1h), cache_write)
+        read_rate = d(str(self.input if self.cached_input is None else self.cached_input))
+        write_rate = d(str(self.input if self.cache_write is None else self.cache_write))
+        hour_rate = (
+            2 * d(str(self.input)) if self.cache_write_1h is None else d(str(self.cache_write_1h))
+        )
         total = (
             d(plain) * d(str(self.input))
-            + d(cached) * d(str(read_rate))
-            + d(cache_write) * d(str(write_rate))
+            + d(cached) * read_rate
+            + d(cache_write - hour) * write_rate
+            + d(hour) * hour_rate
             + d(tokens_out) * d(str(self.output))
         )
         return float(total / _MILLION)
@@ -66,6 +84,8 @@ class Price:
             out["cached_input"] = self.cached_input
         if self.cache_write is not None:
             out["cache_write"] = self.cache_write
+        if self.cache_write_1h is not None:
+            out["cache_write_1h"] = self.cache_write_1h
         return out
 
 
@@ -134,7 +154,7 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
 
 
 def parse_prices(text: str, file: str) -> PriceTable:
-    """A pricing YAML: ``model: {input, output, cached_input?, cache_write?}`` entries,
+    """A pricing YAML: ``model: {input, output, cached_input?, cache_write?, cache_write_1h?}``,
     at the top level (SPEC §6) or under ``models:`` (as the built-in file has them)."""
     from .spec.validate import did_you_mean
     from .spec.yamlpos import load
@@ -156,7 +176,8 @@ def parse_prices(text: str, file: str) -> PriceTable:
             raise doc.error(
                 path,
                 "a price is a mapping like {input: 0.15, output: 0.60}",
-                hint="USD per million tokens: input, output, cached_input, cache_write",
+                hint="USD per million tokens: input, output, cached_input, cache_write,"
+                " cache_write_1h",
             )
         for k in entry:
             if k not in PRICE_KEYS:
@@ -194,7 +215,11 @@ def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
             p = prices.lookup(c.model)
             if p is not None:
                 cost = p.cost(
-                    c.tokens_in, c.tokens_out, c.cached_tokens or 0, c.cache_write_tokens or 0
+                    c.tokens_in,
+                    c.tokens_out,
+                    c.cached_tokens or 0,
+                    c.cache_write_tokens or 0,
+                    c.cache_write_1h_tokens or 0,
                 )
                 c = replace(c, price=p.to_json(), cost_usd=cost)
         out.append(c)
@@ -249,6 +274,7 @@ class Ledger:
                 usage.tokens_out or 0,
                 usage.cached or 0,
                 usage.cache_write or 0,
+                usage.cache_write_1h or 0,
             )
         self.store.record_llm_call(
             LLMCall(
@@ -266,6 +292,7 @@ class Ledger:
                 price=None if price is None else price.to_json(),
                 cost_usd=cost,
                 ts=time.time(),
+                cache_write_1h_tokens=usage.cache_write_1h,
             )
         )
         with self._lock:
@@ -322,6 +349,7 @@ def _group(calls: list[LLMCall], key: str) -> list[dict[str, Any]]:
             "tokens_out": sum(c.tokens_out or 0 for c in cs),
             "cached_tokens": sum(c.cached_tokens or 0 for c in cs),
             "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in cs),
+            "cache_write_1h_tokens": sum(c.cache_write_1h_tokens or 0 for c in cs),
             "cost_usd": _money(priced) if priced or all(c.price for c in cs) else None,
             "unpriced_calls": sum(1 for c in cs if c.price is None),
             "unknown_usage_calls": sum(1 for c in cs if c.tokens_in is None),
@@ -349,6 +377,7 @@ def cost_report(run_id: str, calls: list[LLMCall], *, by_node: bool = False) -> 
         "tokens_out": sum(c.tokens_out or 0 for c in calls),
         "cached_tokens": sum(c.cached_tokens or 0 for c in calls),
         "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in calls),
+        "cache_write_1h_tokens": sum(c.cache_write_1h_tokens or 0 for c in calls),
         "calls": len(calls),
         "unknown_usage_calls": sum(1 for c in calls if c.tokens_in is None),
         "by_model": _group(calls, "model"),

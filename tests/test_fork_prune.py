@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from flowrun.engine import SQLiteStore
-from flowrun.engine.store.base import LLMCall
+from flowrun.engine.store.base import LLMCall, ProcRecord
 
 from .conftest import FLOWRUN
 
@@ -263,6 +263,9 @@ def test_prune_deletes_old_runs_with_all_their_rows_but_keeps_recent_and_live_on
     store = SQLiteStore(cli.db)
     store.save_checkpoint("old-1", "mark", 0)
     store.record_llm_call(LLMCall("old-1", 0, "talk", None, 1, "openai", "gpt-4o-mini", 10, 2))
+    token = store.acquire_lease("old-1")  # a command a crash left in flight (procs)
+    store.record_proc("old-1", token, ProcRecord("old-1", "h", 1, 1, 1, 1, 1, 0, "talk"))
+    store.release_lease("old-1", token)
     store.close()
     backdate(cli.db, "old-1", "old-2", "busy", "done", days=40)
     with sqlite3.connect(cli.db) as c:  # "busy" is old, but a live process drives it now

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .base import LLMReply, LLMRequest, Provider, ProviderError, Usage
+from .base import CallSite, LLMReply, LLMRequest, Provider, ProviderError, Usage
 from .cassette import Cassette, CassetteError, Recorder, ReplayProvider
 from .session import PROVIDERS, Session, session_for
 
 __all__ = [
     "PROVIDERS",
+    "CallSite",
     "Cassette",
     "CassetteError",
     "LLMReply",

@@ -24,6 +24,8 @@ DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
 def parse_usage(data: Any) -> Usage | None:
     """Anthropic's ``input_tokens`` excludes cache reads and writes; ``tokens_in`` counts all.
 
+    ``cache_creation_input_tokens`` counts every cache write; ``cache_creation`` splits
+    them into 5-minute and 1-hour writes, which are billed at different rates.
     Without both counts the usage is unknown (None), never zero.
     """
     if not isinstance(data, dict) or not (
@@ -31,12 +33,21 @@ def parse_usage(data: Any) -> Usage | None:
     ):
         return None
     read = token_count(data.get("cache_read_input_tokens"))
-    write = token_count(data.get("cache_creation_input_tokens"))
+    split = data.get("cache_creation")
+    split = split if isinstance(split, dict) else {}
+    hour = token_count(split.get("ephemeral_1h_input_tokens"))
+    total = data.get("cache_creation_input_tokens")
+    write = (
+        token_count(total)
+        if is_count(total)
+        else token_count(split.get("ephemeral_5m_input_tokens")) + hour  # only the split sent
+    )
     return Usage(
         token_count(data.get("input_tokens")) + read + write,
         token_count(data.get("output_tokens")),
         read,
         write,
+        min(hour, write),
     )
 
 

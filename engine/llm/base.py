@@ -49,9 +49,13 @@ class Usage:
     tokens_out: int
     cached: int = 0  # input tokens read from the provider's prompt cache
     cache_write: int = 0  # input tokens written to the cache (Anthropic bills these apart)
+    cache_write_1h: int = 0  # of ``cache_write``, those written to the 1-hour cache
 
     def to_json(self) -> dict[str, int]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.cache_write_1h:
+            del out["cache_write_1h"]  # cassettes without 1-hour writes read as before
+        return out
 
     @staticmethod
     def from_json(data: Any) -> Usage | None:
@@ -63,6 +67,39 @@ class Usage:
                 int(data["tokens_out"]),
                 int(data.get("cached") or 0),
                 int(data.get("cache_write") or 0),
+                int(data.get("cache_write_1h") or 0),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """Where a call is made: the task (step, node, foreach index) and its attempt.
+
+    Deterministic for a run whatever the thread timing, and the same again when a
+    resume re-runs the step, so replay chooses recordings by it.
+    """
+
+    step: int
+    node: str
+    index: int | None
+    attempt: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: Any) -> CallSite | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            index = data.get("index")
+            return CallSite(
+                int(data["step"]),
+                str(data["node"]),
+                None if index is None else int(index),
+                int(data["attempt"]),
             )
         except (KeyError, TypeError, ValueError):
             return None

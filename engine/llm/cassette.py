@@ -1,13 +1,17 @@
 """Record and replay: a cassette is a JSON-lines file of request/reply pairs.
 
-Each line is ``{"key", "request", "reply", "recorded_at"}``; ``key`` is the
+Each line is ``{"key", "request", "reply", "recorded_at"}`` plus, when flowrun
+recorded it, ``"at"`` (the call site: step, node, foreach index, attempt) and, for
+a reply that was billed but unusable (no text), ``"error"``. ``key`` is the
 request's digest (:meth:`LLMRequest.digest`), so a reply recorded from any
 provider answers the same request under ``provider: replay``. No header, URL or
 key is ever written: only the neutral request and the reply with its usage.
 
-A request asked several times (a retry after a reply that was not JSON, say) gets
-its recorded replies in order, the last one again once they run out, so a replay
-retraces the recorded run.
+Which recording answers is a pure function of the request and its call site, never
+of thread timing or of what this process asked before, so a resumed replay goes
+on where the recorded run went on: the recording made at the same call site (the
+later one if a resume repeated the call there), else the attempt-th recording of
+the request (the last once they run out).
 """
 
 from __future__ import annotations
@@ -16,10 +20,31 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from .base import LLMReply, LLMRequest, Provider, ProviderError, Usage
+from .base import CallSite, LLMReply, LLMRequest, Provider, ProviderError, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """One cassette line: the reply, where it was asked, and the failure it caused if any."""
+
+    reply: LLMReply
+    at: CallSite | None = None
+    error: dict[str, Any] | None = None  # {"message", "reason", "retryable"}: billed, unusable
+
+    def replayed(self) -> LLMReply:
+        """The reply as ``replay`` gives it; raises the recorded failure of an unusable one."""
+        reply = LLMReply(self.reply.text, self.reply.model, self.reply.usage, ReplayProvider.name)
+        if self.error is not None:
+            raise ProviderError(
+                str(self.error.get("message") or "replay: a recorded reply was unusable"),
+                retryable=bool(self.error.get("retryable", True)),
+                reason=str(self.error.get("reason") or "llm_reply"),
+            ).with_reply(reply)
+        return reply
 
 
 class CassetteError(Exception):
@@ -31,12 +56,12 @@ class CassetteError(Exception):
 
 
 class Cassette:
-    """The replies of one cassette file, by request digest, in recorded order."""
+    """The recordings of one cassette file, by request digest, in recorded order."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.replies: dict[str, list[LLMReply]] = {}
-        self._asked: dict[str, int] = {}
+        self.recordings: dict[str, list[Recording]] = {}
+        self._asked: dict[str, int] = {}  # only for callers that give no call site
         self._lock = threading.Lock()
         self._out: IO[str] | None = None
 
@@ -61,34 +86,61 @@ class Cassette:
                     Usage.from_json(reply.get("usage")),
                     str(reply.get("provider") or "replay"),
                 )
+                error = entry.get("error")
+                if error is not None and not isinstance(error, dict):
+                    raise TypeError("error is not an object")
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CassetteError(c.path, f"not a cassette entry ({exc})", n) from None
-            c.replies.setdefault(str(key), []).append(parsed)
+            recording = Recording(parsed, CallSite.from_json(entry.get("at")), error)
+            c.recordings.setdefault(str(key), []).append(recording)
         return c
 
-    def find(self, request: LLMRequest) -> LLMReply | None:
-        """The next recorded reply to ``request`` (the last again once they are used up)."""
+    def find(self, request: LLMRequest, at: CallSite | None = None) -> Recording | None:
+        """The recording that answers ``request`` asked at ``at``.
+
+        The one recorded at the same call site (the later one if a resume repeated
+        the call), else the attempt-th recording of the request, the last once they
+        are used up. Without a call site: the next recording in order.
+        """
         key = request.digest()
         with self._lock:
-            replies = self.replies.get(key)
-            if not replies:
+            recordings = self.recordings.get(key)
+            if not recordings:
                 return None
-            n = self._asked.get(key, 0)
-            self._asked[key] = n + 1
-            return replies[min(n, len(replies) - 1)]
+            if at is None:
+                n = self._asked.get(key, 0)
+                self._asked[key] = n + 1
+            else:
+                same = [r for r in recordings if r.at == at]
+                if same:
+                    return same[-1]
+                n = at.attempt - 1
+            return recordings[min(max(n, 0), len(recordings) - 1)]
 
-    def record(self, request: LLMRequest, reply: LLMReply) -> None:
+    def record(
+        self,
+        request: LLMRequest,
+        reply: LLMReply,
+        *,
+        at: CallSite | None = None,
+        error: ProviderError | None = None,
+    ) -> None:
         """Append one pair (flushed at once, so a crash keeps what was recorded)."""
-        line = json.dumps(
-            {
-                "key": request.digest(),
-                "request": request.to_json(),
-                "reply": reply.to_json(),
-                "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            sort_keys=True,
-            ensure_ascii=False,
-        )
+        entry: dict[str, Any] = {
+            "key": request.digest(),
+            "request": request.to_json(),
+            "reply": reply.to_json(),
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if at is not None:
+            entry["at"] = at.to_json()
+        if error is not None:
+            entry["error"] = {
+                "message": str(error),
+                "reason": error.reason,
+                "retryable": error.retryable,
+            }
+        line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
         with self._lock:
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,14 +160,15 @@ class ReplayProvider:
 
     name = "replay"
 
-    def __init__(self, cassette: Cassette) -> None:
+    def __init__(self, cassette: Cassette, *, at: CallSite | None = None) -> None:
         self.cassette = cassette
+        self.at = at
 
     def complete(
         self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
     ) -> LLMReply:
-        reply = self.cassette.find(request)
-        if reply is None:
+        found = self.cassette.find(request, self.at)
+        if found is None:
             prompt = request.prompt if len(request.prompt) <= 60 else request.prompt[:57] + "..."
             raise ProviderError(
                 f"replay: cassette {self.cassette.path} has no reply for this request"
@@ -124,20 +177,30 @@ class ReplayProvider:
                 retryable=False,
                 reason="replay_miss",
             )
-        return LLMReply(reply.text, reply.model, reply.usage, self.name)
+        return found.replayed()
 
 
 class Recorder:
-    """Wraps a live provider and writes every reply it gets to a cassette."""
+    """Wraps a live provider and writes every billed reply it gets to a cassette.
 
-    def __init__(self, inner: Provider, cassette: Cassette) -> None:
+    A reply that was billed but unusable (no text) is written with the failure it
+    caused, so a replay fails that attempt the same way and counts its cost.
+    """
+
+    def __init__(self, inner: Provider, cassette: Cassette, *, at: CallSite | None = None) -> None:
         self.inner = inner
         self.cassette = cassette
+        self.at = at
         self.name = inner.name
 
     def complete(
         self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
     ) -> LLMReply:
-        reply = self.inner.complete(request, deadline=deadline, stop=stop)
-        self.cassette.record(request, reply)
+        try:
+            reply = self.inner.complete(request, deadline=deadline, stop=stop)
+        except ProviderError as exc:
+            if exc.reply is not None:
+                self.cassette.record(request, exc.reply, at=self.at, error=exc)
+            raise
+        self.cassette.record(request, reply, at=self.at)
         return reply

@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Provider, ProviderError
+from .base import CallSite, Provider, ProviderError
 from .cassette import Cassette, CassetteError, Recorder, ReplayProvider
 
 if TYPE_CHECKING:
@@ -61,7 +61,9 @@ class Session:
         api_key_env: str | None,
         cassette: Path | None,
         record: Path | None,
+        at: CallSite | None = None,
     ) -> Provider:
+        """The provider for one call; ``at`` (the call's site) picks recordings on replay."""
         inner: Provider
         if name == "replay":
             if cassette is None:
@@ -71,7 +73,7 @@ class Session:
                     retryable=False,
                     reason="config",
                 )
-            return ReplayProvider(self.cassette(cassette, "replay"))
+            return ReplayProvider(self.cassette(cassette, "replay"), at=at)
         if name == "openai":
             from .openai import OpenAIProvider
 
@@ -87,7 +89,7 @@ class Session:
                 reason="config",
             )
         if record is not None:
-            return Recorder(inner, self.cassette(record, "record"))
+            return Recorder(inner, self.cassette(record, "record"), at=at)
         return inner
 
     def close(self) -> None:

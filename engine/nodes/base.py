@@ -49,6 +49,7 @@ class LLMUsage:
     cache_write: int | None = 0
     provider: str = "python"
     attempt: int = 1
+    cache_write_1h: int | None = 0  # of cache_write, 1-hour cache writes (Anthropic)
 
 
 class RunScope:
@@ -71,6 +72,9 @@ class RunScope:
         self._lock = threading.Lock()
         self.settings: dict[str, Any] = {}
         self.usage_listener: Any = None  # callable(Context, LLMUsage), set by the engine
+        # notes commands in flight for a takeover to kill (runtime/orphans.py ProcLog):
+        # started(Context, pid) -> row id | None, ended(row id); set by the engine
+        self.proc_log: Any = None
         self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:

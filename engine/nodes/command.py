@@ -121,10 +121,20 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
     except ValueError as exc:  # e.g. a NUL byte in a rendered argument or env value
         raise TaskError(f"cannot start {argv[0]}: {exc}", retryable=False) from None
     ctx.scope.track(proc)
+    log = ctx.scope.proc_log
+    try:  # noted in the store, so a resume after kill -9 of flowrun can kill the group
+        row = None if log is None else log.started(ctx, proc.pid)
+    except BaseException:
+        kill_group(proc)
+        _drain(proc)
+        ctx.scope.untrack(proc)
+        raise
     try:
         out, err = _communicate(proc, ctx, timeout)
     finally:
         ctx.scope.untrack(proc)
+        if row is not None:
+            log.ended(row)
     if proc.returncode != 0:
         if proc.returncode < 0:
             why = f"killed by signal {-proc.returncode}"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..llm import PROVIDERS, LLMReply, LLMRequest, ProviderError, session_for
+from ..llm import PROVIDERS, CallSite, LLMReply, LLMRequest, ProviderError, session_for
 from ..spec import templates
 from ..spec.model import Node
 from .base import Context, LLMUsage, TaskError, TaskTimeout, template_scope
@@ -111,6 +111,7 @@ def report(ctx: Context, reply: LLMReply, model: str) -> None:
             cache_write=None if u is None else u.cache_write,
             provider=reply.provider,
             attempt=ctx.attempt,
+            cache_write_1h=None if u is None else u.cache_write_1h,
         )
     )
 
@@ -138,6 +139,7 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
             api_key_env=_text(body, "api_key_env", scope),
             cassette=Path(replay_all) if replay_all else (base / cassette if cassette else None),
             record=Path(record) if record and name != "replay" else None,
+            at=CallSite(ctx.step, ctx.node, ctx.index, ctx.attempt),
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         reply = provider.complete(request, deadline=deadline, stop=ctx.scope.stop)

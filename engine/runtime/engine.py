@@ -28,6 +28,7 @@ from ..store.base import Event, StepCommit, Store, TaskResult
 from . import frontier as fr
 from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
+from .orphans import ProcLog, reap_orphans
 from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 
@@ -149,6 +150,7 @@ class Engine:
     def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
         store = self.store
         token = store.acquire_lease(run_id, force=force)
+        reap_orphans(store, run_id, token)  # commands a dead owner left running die first
         t_start = time.perf_counter()
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
@@ -171,6 +173,7 @@ class Engine:
             store, run_id, self.settings.prices, max_cost, self.observer, scope.over_budget
         )
         scope.usage_listener = self.ledger.record  # ledger rows are written as replies arrive
+        scope.proc_log = ProcLog(store, run_id, token)  # commands in flight, for a takeover
         self.run_id = run_id
         self.token = token
         self.workflow = wf

@@ -117,6 +117,29 @@ class LLMCall:
     price: dict[str, float] | None = None  # USD per million tokens, as used; None: unpriced
     cost_usd: float | None = None  # None: unpriced, or usage unknown
     ts: float = 0.0
+    cache_write_1h_tokens: int | None = 0  # of cache_write_tokens, 1-hour cache writes
+
+
+@dataclass(frozen=True, slots=True)
+class ProcRecord:
+    """A ``run:``/``shell:`` process group in flight, and the flowrun process that started it.
+
+    Start times are ``/proc/<pid>/stat`` field 22 (clock ticks since boot): a pid
+    with another start time is another process, so a reused pid is never mistaken
+    for the one recorded.
+    """
+
+    run_id: str
+    host: str
+    owner_pid: int  # the flowrun process driving the run
+    owner_start: int
+    pid: int  # the command's process (its group's leader)
+    pgid: int
+    start_time: int
+    step: int
+    node: str
+    started_at: float = 0.0
+    id: int = 0  # assigned by the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +253,12 @@ class Store(Protocol):
     def record_llm_call(self, call: LLMCall) -> None: ...
 
     def llm_calls(self, run_id: str) -> list[LLMCall]: ...
+
+    def record_proc(self, run_id: str, token: int, proc: ProcRecord) -> int: ...
+
+    def forget_procs(self, run_id: str, token: int, ids: list[int]) -> None: ...
+
+    def procs(self, run_id: str) -> list[ProcRecord]: ...
 
     def fork_run(
         self,

@@ -113,4 +113,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
     ALTER TABLE runs ADD COLUMN parent_step INTEGER;
     """,
+    # 4: commands in flight: one row per running run/shell process group (its pid and
+    # /proc start time, and the flowrun process that started it), deleted as it ends.
+    # A takeover kills the groups a dead owner left running, then deletes their rows.
+    """
+    CREATE TABLE procs (
+        id          INTEGER PRIMARY KEY,
+        run_id      TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        host        TEXT NOT NULL,
+        owner_pid   INTEGER NOT NULL,
+        owner_start INTEGER NOT NULL,
+        pid         INTEGER NOT NULL,
+        pgid        INTEGER NOT NULL,
+        start_time  INTEGER NOT NULL,
+        step        INTEGER NOT NULL,
+        node        TEXT NOT NULL,
+        started_at  REAL NOT NULL
+    );
+    CREATE INDEX procs_run ON procs (run_id);
+    """,
+    # 5: Anthropic 1-hour cache writes, the part of cache_write_tokens billed at their own
+    # rate (NULL on older rows: their writes were all priced as 5-minute writes)
+    """
+    ALTER TABLE llm_calls ADD COLUMN cache_write_1h_tokens INTEGER;
+    """,
 ]

@@ -11,6 +11,7 @@ and each building on the plumbing of ``sqlite_db.py``:
 ``sqlite_results.py``       task results, saved as each task finishes
 ``sqlite_steps.py``         the atomic step commit, state per key, checkpoints
 ``sqlite_ledger.py``        the LLM cost ledger
+``sqlite_procs.py``         commands in flight (killed on takeover if their owner died)
 ``sqlite_maintenance.py``   ``fork_run`` and ``prune_runs``
 ``leases.py``               when a lease is live (store-agnostic)
 ==========================  ==============================================================
@@ -26,6 +27,7 @@ from .leases import HOST, LEASE_STALE_S, lease_live, pid_alive
 from .sqlite_db import BUSY_TIMEOUT_MS, SQLiteDB
 from .sqlite_ledger import SQLiteLedger
 from .sqlite_maintenance import SQLiteMaintenance
+from .sqlite_procs import SQLiteProcs
 from .sqlite_steps import SQLiteSteps
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class SQLiteStore(SQLiteMaintenance, SQLiteSteps, SQLiteLedger):
+class SQLiteStore(SQLiteMaintenance, SQLiteSteps, SQLiteLedger, SQLiteProcs):
     """The :class:`~.base.Store` on one SQLite file (``SQLiteStore(path, durability=...)``).
 
     ``durability="full"`` sets ``synchronous=FULL`` (every commit survives power

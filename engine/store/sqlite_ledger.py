@@ -20,8 +20,8 @@ class SQLiteLedger(SQLiteDB):
         with self._tx() as c:
             c.execute(
                 "INSERT INTO llm_calls (run_id, step, node, idx, attempt, provider, model,"
-                " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts,"
+                " cache_write_1h_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call.run_id,
                     call.step,
@@ -37,6 +37,7 @@ class SQLiteLedger(SQLiteDB):
                     None if call.price is None else dumps(call.price),
                     call.cost_usd,
                     call.ts,
+                    call.cache_write_1h_tokens,
                 ),
             )
 
@@ -44,7 +45,8 @@ class SQLiteLedger(SQLiteDB):
         with self._lock:
             rows = self.conn.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
-                " cached_tokens, cache_write_tokens, price, cost_usd, ts FROM llm_calls"
+                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens"
+                " FROM llm_calls"
                 " WHERE run_id = ? ORDER BY id",
                 (run_id,),
             ).fetchall()
@@ -64,6 +66,7 @@ class SQLiteLedger(SQLiteDB):
                 price=None if r[11] is None else json.loads(r[11]),
                 cost_usd=r[12],
                 ts=r[13],
+                cache_write_1h_tokens=r[14],
             )
             for r in rows
         ]
