@@ -23,11 +23,12 @@ class SQLiteSteps(SQLiteTaskResults):
     """The ``steps``, ``state_kv`` and ``checkpoints`` tables."""
 
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
+        frontier, tasks = dumps(commit.frontier), dumps(commit.tasks)  # before the lock
         try:
             with self._tx() as c:
                 updates: dict[str, Any] = {
                     "step": commit.step + 1,
-                    "frontier": dumps(commit.frontier),
+                    "frontier": frontier,
                     "status": commit.status,
                     "error": commit.error,
                     "state_digest": commit.state_digest,
@@ -48,8 +49,8 @@ class SQLiteSteps(SQLiteTaskResults):
                         commit.step,
                         commit.idempotency_key,
                         commit.digest,
-                        dumps(commit.tasks),
-                        dumps(commit.frontier),
+                        tasks,
+                        frontier,
                         time.time(),
                     ),
                 )
