@@ -283,6 +283,19 @@ def graph(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of the workflow format on stdout.
+
+    Editors use it to check and complete workflow files as you type.
+
+    Example: flowrun schema > flowrun.schema.json
+    """
+    from .inspecting import do_schema
+
+    do_schema()
+
+
+@app.command()
 def fork(
     run_id: opt.RunRef,
     from_step: Annotated[

@@ -1,4 +1,4 @@
-"""``runs``, ``show``, ``validate`` and ``graph``: read-only commands."""
+"""``runs``, ``show``, ``validate``, ``graph`` and ``schema``: read-only commands."""
 
 from __future__ import annotations
 
@@ -136,3 +136,9 @@ def do_graph(*, file: str, fmt: str) -> None:
                 lines.append(f'  "{n}" -> "{name}" [style=dashed];')
         lines.append("}")
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def do_schema() -> None:
+    from flowrun.engine.spec.schema import workflow_schema
+
+    sys.stdout.write(json.dumps(workflow_schema(), indent=2, ensure_ascii=False) + "\n")

@@ -16,23 +16,12 @@ from urllib.parse import urlsplit
 
 from . import templates
 from .checks import Checker, describe, did_you_mean
+from .keys import LLM, PYTHON_TARGET, names
 from .model import StateKey
 from .yamlpos import Path
 
-_PYTHON_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LLM_KEYS = (
-    "model",
-    "prompt",
-    "system",
-    "provider",
-    "temperature",
-    "max_tokens",
-    "json",
-    "base_url",
-    "api_key_env",
-    "cassette",
-)
+LLM_KEYS = names(LLM)
 MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the others take 0-2
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
 
@@ -49,7 +38,7 @@ def check_body(
         return text
     if kind == "python":
         target = c.text(body, path)
-        if not _PYTHON_TARGET.match(target):
+        if not PYTHON_TARGET.match(target):
             c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
         return target
     if kind == "set":

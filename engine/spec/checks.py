@@ -18,6 +18,7 @@ from .model import StateKey
 from .yamlpos import Document, Path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+DURATION_PATTERN = _DURATION.pattern  # also the JSON Schema's (see .schema)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 BOOL_HINT = "quote it: YAML reads yes/no/on/off/true/false as booleans"
 

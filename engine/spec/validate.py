@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path as FsPath
 from typing import Any
 
 from ..errors import WorkflowError
+from . import keys
 from .bodies import check_body
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, parse_duration
+from .keys import NODE_NAME, POLICIES
 from .model import (
     END,
     KINDS,
@@ -34,24 +35,13 @@ from .yamlpos import Document, Path, load
 
 __all__ = ["NODE_NAME", "did_you_mean", "load_workflow", "parse_duration"]
 
-NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-POLICIES = ("fail", "last_writer_wins")
-
-TOP_KEYS = ("name", "description", "state", "config", "start", "nodes")
-STATE_KEYS = ("default", "reducer", "description")
-CONFIG_KEYS = (
-    "max_concurrency",
-    "queue_depth",
-    "max_steps",
-    "conflict_policy",
-    "timeout",
-    "retry",
-    "max_cost_usd",
-)
-RETRY_KEYS = ("max_attempts", "backoff", "max_backoff", "jitter")
-COMMON_KEYS = ("next", "routes", "needs", "foreach", "save", "retry", "timeout", "description")
-COMMAND_KEYS = ("output", "env", "cwd")
-ROUTE_KEYS = ("when", "to")
+TOP_KEYS = keys.names(keys.TOP)
+STATE_KEYS = keys.names(keys.STATE)
+CONFIG_KEYS = keys.names(keys.CONFIG)
+RETRY_KEYS = keys.names(keys.RETRY)
+COMMON_KEYS = keys.names(keys.COMMON)
+COMMAND_KEYS = keys.names(keys.COMMAND)
+ROUTE_KEYS = keys.names(keys.ROUTE)
 
 
 def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
@@ -315,7 +305,7 @@ class _Validator(Checker):
         path: Path = ("nodes", name)
         raw = self.mapping(raw, path, hint="e.g. `fetch: {shell: 'echo hi'}`")
         kind = self.kind_of(name, raw)
-        allowed = (kind, *COMMON_KEYS, *(COMMAND_KEYS if kind in ("run", "shell") else ()))
+        allowed = (kind, *COMMON_KEYS, *(COMMAND_KEYS if kind in keys.COMMAND_KINDS else ()))
         for k in raw:
             if k in COMMAND_KEYS and k not in allowed:
                 self.unknown(path, k, allowed, hint=f"{k} applies only to run and shell nodes")
