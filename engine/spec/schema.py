@@ -44,9 +44,8 @@ def workflow_schema() -> dict[str, Any]:
 
 
 def _node(kind: Key) -> dict[str, Any]:
-    section = (kind, *keys.COMMON)
-    if kind.name in keys.COMMAND_KINDS:
-        section += keys.COMMAND
+    command = keys.COMMAND if kind.name in keys.COMMAND_KINDS else ()
+    section: tuple[Key, ...] = (kind, *keys.COMMON, *command)
     out = _object(section)
     out["required"] = [kind.name]
     out["description"] = f"A {kind.name} node: {kind.doc}"
@@ -104,14 +103,14 @@ def _type(k: Key) -> dict[str, Any]:
             ]
         }
     if t == "node":
-        one = {"type": "string"} if k.end else {"$ref": "#/$defs/node_name"}
+        one: dict[str, Any] = {"type": "string"}
         if not k.end:
-            one = {"allOf": [one, {"not": {"const": END}}]}
+            one = {"allOf": [{"$ref": "#/$defs/node_name"}, {"not": {"const": END}}]}
         return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
     if t == "mapping":
         return {"type": "object"}
     if t == "argv":
-        item = {"type": ["string", "number", "boolean"]}
+        item: dict[str, Any] = {"type": ["string", "number", "boolean"]}
         return {"type": "array", "items": item, "minItems": 1}
     if t == "python_target":
         return {"type": "string", "pattern": keys.PYTHON_TARGET.pattern}
