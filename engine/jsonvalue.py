@@ -112,8 +112,8 @@ def check(value: Any) -> None:
     """
     try:
         _check(value, 0)
-    except _TooDeep as exc:  # the path would be a hundred [0]s: name the outer key only
-        exc.path = exc.path[:1]
+    except _TooDeep as exc:  # the path would be a hundred [0]s: the caller names the value
+        exc.path = ()
         raise
 
 

@@ -70,7 +70,12 @@ def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
                 f"node wrote undeclared state key {k!r}", retryable=False, reason="output"
             )
     try:
-        check(delta)
+        for k, v in delta.items():
+            try:
+                check(v)
+            except JSONValueError as exc:
+                exc.path = (k, *exc.path)
+                raise
         normalised: dict[str, Any] = json.loads(dumps(delta, sort_keys=False, compact=False))
     except JSONValueError as exc:
         raise TaskError(
