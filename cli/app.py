@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     json_mode = "--json" in (args[: args.index("--")] if "--" in args else args)
 
     def fail(message: str, hint: str | None, code: int) -> NoReturn:
+        # a file name or --set value with bytes that are not UTF-8 stays printable
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        hint = hint and hint.encode("utf-8", "backslashreplace").decode("utf-8")
         opt.print_error(SimpleNamespace(message=message, hint=hint))
         if json_mode and not opt.json_written():
             opt.write_json({"error": message, "hint": hint, "exit_code": code})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -62,12 +61,22 @@ def print_error(exc: Any) -> None:
 
 
 def write_json(data: Any) -> None:
-    """The one JSON document of a ``--json`` command, on stdout."""
+    """The one JSON document of a ``--json`` command, on stdout: strict JSON or nothing."""
+    from flowrun.engine.errors import StoreError
+    from flowrun.engine.jsonvalue import JSONValueError, dumps
+
+    try:
+        text = dumps(data, compact=False)
+    except JSONValueError as exc:  # only a database an older flowrun wrote can hold one
+        raise StoreError(
+            f"cannot print the result as JSON: {exc}",
+            hint="the run holds a value JSON cannot (NaN/Infinity); read it without --json",
+        ) from None
     global _json_written
     _json_written = True
     if sys.stdout is None:  # started with stdout closed
         return
-    sys.stdout.write(json.dumps(data, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

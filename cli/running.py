@@ -25,6 +25,7 @@ from flowrun.engine import (
     Store,
     UsageError,
     Workflow,
+    jsonvalue,
     load_workflow,
 )
 from flowrun.engine.errors import WorkflowError
@@ -50,20 +51,40 @@ def open_store(db: str | None, durability: str = "normal", *, create: bool = Tru
     return open_sqlite(path, lambda: SQLiteStore(path, durability=durability))
 
 
-def _json_value(text: str) -> Any:
-    """Strict JSON: NaN and Infinity would make the --json output invalid."""
+_BARE_CONSTANTS = ("NaN", "Infinity", "-Infinity")  # not JSON: bare words, kept as strings
 
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
 
-    return json.loads(text, parse_constant=refuse)
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=JSON``; VALUE that is not JSON at all is the plain string (``--set name=alice``).
+
+    JSON that parses but is no faithful value (``1e999``, ``[NaN]``, a lone
+    surrogate, nesting past the bound) is refused rather than stored.
+    """
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+        raise UsageError(
+            f"--set {item!r}: expected KEY=JSON", hint="e.g. --set limit=10 --set name='\"x\"'"
+        )
+    if raw.strip() not in _BARE_CONSTANTS:
+        try:
+            return key, jsonvalue.loads(raw)
+        except jsonvalue.JSONValueError as exc:
+            at = jsonvalue.where((key, *exc.path))
+            raise UsageError(f"--set {at}: {exc.problem}", hint=exc.hint) from None
+        except json.JSONDecodeError:
+            pass  # a bare word is a string, as most users mean it
+    try:
+        jsonvalue.check(raw)
+    except jsonvalue.JSONValueError as exc:  # bytes the terminal did not send as UTF-8
+        raise UsageError(f"--set {key}: {exc.problem}", hint=exc.hint) from None
+    return key, raw
 
 
 def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if input_file:
         try:
-            data = _json_value(Path(input_file).read_text(encoding="utf-8"))
+            data = jsonvalue.loads(Path(input_file).read_text(encoding="utf-8"))
         except OSError as exc:
             raise UsageError(f"--input {input_file}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
@@ -75,21 +96,15 @@ def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
             raise UsageError(
                 f"--input {input_file}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"
             ) from None
-        except ValueError as exc:
-            raise UsageError(f"--input {input_file}: {exc}") from None
+        except jsonvalue.JSONValueError as exc:
+            at = f" at {jsonvalue.where(exc.path)}" if exc.path else ""
+            raise UsageError(f"--input {input_file}{at}: {exc.problem}", hint=exc.hint) from None
         if not isinstance(data, dict):
             raise UsageError(f"--input {input_file}: must hold a JSON object of state keys")
         inputs.update(data)
     for item in sets:
-        key, eq, raw = item.partition("=")
-        if not eq or not key:
-            raise UsageError(
-                f"--set {item!r}: expected KEY=JSON", hint="e.g. --set limit=10 --set name='\"x\"'"
-            )
-        try:
-            inputs[key] = _json_value(raw)
-        except ValueError:
-            inputs[key] = raw  # a bare word is a string, as most users mean it
+        key, value = parse_set(item)
+        inputs[key] = value
     return inputs
 
 

@@ -8,12 +8,12 @@ each event's ``event_id`` (``run_id:seq``) so it can drop a repeat.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from typing import IO, Any, Protocol
 
+from .jsonvalue import dumps
 from .store.base import Event, Store
 
 
@@ -37,7 +37,7 @@ class JsonlSink:
                     self._f.write("\n")
 
     def emit(self, event: Event) -> None:
-        line = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
+        line = dumps(event.to_json(), sort_keys=False)
         with self._lock:
             self._f.write(line + "\n")
             self._f.flush()

@@ -936,7 +936,7 @@ def test_a_folder_is_not_a_workflow(cli: Cli, tmp_path: Path) -> None:
 def test_non_utf8_file_is_rejected(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "wf.yaml").write_bytes(b"name: caf\xe9\nnodes: {a: {shell: x}}\n")
     message, _ = one_error(cli("validate", "wf.yaml"))
-    assert message.startswith("wf.yaml: not UTF-8")
+    assert message.startswith("wf.yaml:1:10: not UTF-8 text (byte 0xe9 at offset 9)")
 
 
 # --- hostile files ------------------------------------------------------------------

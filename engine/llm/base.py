@@ -8,10 +8,11 @@ reply recorded from one provider can be replayed for the same request by the
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from ..jsonvalue import dumps
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ class LLMRequest:
 
     def digest(self) -> str:
         """SHA-256 of the canonical request: the same question gives the same key anywhere."""
-        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        text = dumps(self.to_json(), ensure_ascii=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..jsonvalue import dumps
 from .base import CallSite, LLMReply, LLMRequest, Provider, ProviderError, Usage
 
 
@@ -140,7 +141,7 @@ class Cassette:
                 "reason": error.reason,
                 "retryable": error.retryable,
             }
-        line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
+        line = dumps(entry, compact=False)
         with self._lock:
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .. import jsonvalue
 from ..spec import templates
 from ..spec.model import Node
 from .base import Context, TaskError, TaskTimeout, template_scope
@@ -172,10 +173,16 @@ def _convert(node: Node, text: str) -> Any:
         return [line for line in text.splitlines() if line.strip()]
     if node.output == "json":
         try:
-            return json.loads(text)
+            return jsonvalue.loads(text)
         except json.JSONDecodeError as exc:
             raise TaskError(
                 f"output: json, but stdout is not JSON ({exc.msg} at line {exc.lineno})",
+                retryable=False,
+                reason="output",
+            ) from None
+        except jsonvalue.JSONValueError as exc:
+            raise TaskError(
+                f"output: json, but stdout is not usable JSON: {exc}",
                 retryable=False,
                 reason="output",
             ) from None

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import jsonvalue
 from ..llm import PROVIDERS, CallSite, LLMReply, LLMRequest, ProviderError, session_for
 from ..spec import templates
 from ..spec.model import Node
@@ -89,7 +90,11 @@ def parse_json_reply(text: str) -> Any:
     if m:
         body = m.group("body").strip()
     try:
-        return json.loads(body)
+        return jsonvalue.loads(body)
+    except jsonvalue.JSONValueError as exc:
+        raise TaskError(
+            f"the reply is not usable JSON: {exc}", retryable=True, reason="llm_json"
+        ) from None
     except json.JSONDecodeError as exc:
         shown = body if len(body) <= 80 else body[:77] + "..."
         raise TaskError(

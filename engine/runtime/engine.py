@@ -22,6 +22,7 @@ from typing import Any
 from ..costs import Ledger
 from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
 from ..events import EventSink, Outbox
+from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
@@ -37,10 +38,6 @@ HEARTBEAT_S = 5.0
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(slots=True)
@@ -128,7 +125,11 @@ class Engine:
                     hint=f"declared: {', '.join(workflow.state) or '(none)'}",
                 )
             try:
+                check(v)
                 state[k] = json.loads(dumps(v))
+            except JSONValueError as exc:
+                at = where((k, *exc.path))
+                raise UsageError(f"input {at}: {exc.problem}", hint=exc.hint) from None
             except (TypeError, ValueError):
                 raise UsageError(f"input {k!r} is not a JSON value") from None
         self.store.create_run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -40,9 +41,15 @@ def reduce(reducer: str, current: Any, value: Any, key: str, *, owned: bool = Fa
         if current is None:
             return value
         try:
-            if reducer == "add":
-                return current + value
-            return max(current, value) if reducer == "max" else min(current, value)
+            if reducer != "add":
+                return max(current, value) if reducer == "max" else min(current, value)
+            total = current + value
+            if isinstance(total, float) and not math.isfinite(total):
+                raise ReduceError(
+                    f"state key {key!r} (add) overflows: {current!r} + {value!r}"
+                    " is beyond the range of a JSON number"
+                )
+            return total
         except TypeError:
             raise ReduceError(
                 f"state key {key!r} ({reducer}) cannot combine"

@@ -15,6 +15,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
 from ..spec.model import Node, Workflow
@@ -69,7 +70,19 @@ def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
                 f"node wrote undeclared state key {k!r}", retryable=False, reason="output"
             )
     try:
-        normalised: dict[str, Any] = json.loads(json.dumps(delta))
+        for k, v in delta.items():
+            try:
+                check(v)
+            except JSONValueError as exc:
+                exc.path = (k, *exc.path)
+                raise
+        normalised: dict[str, Any] = json.loads(dumps(delta, sort_keys=False, compact=False))
+    except JSONValueError as exc:
+        raise TaskError(
+            f"state key {where(exc.path)}: {exc.problem}" + (f" ({exc.hint})" if exc.hint else ""),
+            retryable=False,
+            reason="output",
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TaskError(
             f"node result is not JSON-serialisable: {exc}", retryable=False, reason="output"

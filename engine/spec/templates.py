@@ -24,6 +24,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ..jsonvalue import dumps
 from . import shell as _shell
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -38,7 +39,7 @@ class TemplateError(Exception):
 
 
 def _tojson(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return dumps(value, ensure_ascii=True)
 
 
 def _text(value: Any) -> str:

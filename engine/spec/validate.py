@@ -31,7 +31,7 @@ from .model import (
     StateKey,
     Workflow,
 )
-from .yamlpos import Document, Path, load
+from .yamlpos import Document, Path, decode, load
 
 __all__ = ["NODE_NAME", "did_you_mean", "load_workflow", "parse_duration"]
 
@@ -58,13 +58,7 @@ def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
             raise WorkflowError(f"{fs}: is a folder, not a workflow file") from None
         except OSError as exc:
             raise WorkflowError(f"{fs}: cannot read: {exc.strerror}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise WorkflowError(
-                f"{fs}: not UTF-8 text (bad byte at offset {exc.start})",
-                hint="save the file as UTF-8",
-            ) from None
+        text = decode(raw, str(path))
     doc = load(text, str(path))
     return _Validator(doc, text, fs).workflow()
 

@@ -6,12 +6,19 @@ hand. Bounds keep hostile files cheap to reject: the file size, the number of
 aliases, the nesting depth, and the number of values the document would expand
 to once aliases are followed (measured on the node graph before anything is
 built, which is what stops a "billion laughs" file at once).
+
+Every value is one JSON can hold: a scalar that does not fit its tag (``!!int
+abc``), a NaN or infinite float, a number past Python's digit limit or a lone
+surrogate escape is an error at its line and column, as are control characters
+and bytes that are not UTF-8 (:func:`decode`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +40,10 @@ _SEQ = _YAML + "seq"
 _MAP = _YAML + "map"
 _MERGE = _YAML + "merge"
 _TIMESTAMP = _YAML + "timestamp"
-_SCALARS = {_STR, _YAML + "int", _YAML + "float", _YAML + "bool", _YAML + "null", _TIMESTAMP}
+_INT = _YAML + "int"
+_NULL = _YAML + "null"
+_SCALARS = {_STR, _INT, _YAML + "float", _YAML + "bool", _NULL, _TIMESTAMP}
+_NULL_WORDS = ("", "~", "null", "Null", "NULL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +190,10 @@ def load(text: str, file: str) -> Document:
             column=1,
             hint="a workflow is a small graph; keep large data in files it reads",
         )
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters here
+    except yaml.reader.ReaderError as exc:
+        raise _unprintable(file, text, exc) from None
     try:
         root = loader.get_single_node()
     except _Refused as exc:
@@ -216,6 +229,40 @@ def load(text: str, file: str) -> Document:
     doc = Document(file=file, data=None)
     doc.data = _Builder(doc, loader).build(root, ())
     return doc
+
+
+def decode(raw: bytes, file: str) -> str:
+    """A workflow file's bytes as text; bytes that are not UTF-8 are an error at their place."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        hint = "save the file as UTF-8"
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            hint = "the file looks like UTF-16: save it as UTF-8"
+        raise WorkflowError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            file=file,
+            line=raw.count(b"\n", 0, exc.start) + 1,
+            column=len(raw[start : exc.start].decode("utf-8", "replace")) + 1,
+            hint=hint,
+        ) from None
+
+
+def _unprintable(file: str, text: str, exc: yaml.reader.ReaderError) -> WorkflowError:
+    """The reader found a character YAML does not allow (NUL, BEL, DEL, C1 controls...)."""
+    at = exc.position
+    start = text.rfind("\n", 0, at) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return WorkflowError(
+        f"the file holds the control character U+{code:04X}, which YAML does not allow",
+        file=file,
+        line=text.count("\n", 0, at) + 1,
+        column=at - start + 1,
+        hint=f'remove it; inside a double-quoted string write it as "\\x{code:02x}"'
+        if code < 0x100
+        else "remove it",
+    )
 
 
 def _measure(root: Any, file: str) -> None:
@@ -296,11 +343,7 @@ class _Builder:
     def build(self, node: Any, path: Path) -> Any:
         self.doc.values.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.ScalarNode):
-            if node.tag not in _SCALARS:
-                raise self._tag(node, path)
-            if node.tag == _TIMESTAMP:
-                return str(node.value)
-            return self.loader.construct_object(node, deep=True)
+            return self._scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
                 raise self._tag(node, path)
@@ -310,6 +353,64 @@ class _Builder:
                 raise self._tag(node, path)
             return self._mapping(node, path)
         raise self._fail(node, path, "unsupported YAML node")  # pragma: no cover
+
+    def _scalar(self, node: Any, path: Path) -> Any:
+        """A scalar as its tag reads it, if JSON can hold it; else an error at its place."""
+        if node.tag not in _SCALARS:
+            raise self._tag(node, path)
+        text, tag = node.value, show_tag(node.tag)
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        if node.tag == _STR:
+            return self._unicode(node, path, text)
+        if node.tag == _INT and len(text) > sys.get_int_max_str_digits():
+            raise self._fail(
+                node,
+                path,
+                f"a number with more than {sys.get_int_max_str_digits()} digits",
+                "quote it to keep it as text",
+            )
+        bad = (node.tag == _NULL and text not in _NULL_WORDS) or (
+            node.tag == _TIMESTAMP and not self.loader.timestamp_regexp.match(text)
+        )
+        if not bad:
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except (ValueError, KeyError, IndexError, TypeError, ArithmeticError):
+                bad = True
+        if bad:
+            raise self._fail(
+                node, path, f"{shown} is not a valid {tag}", f"write a {tag} value, or drop the tag"
+            )
+        if node.tag == _TIMESTAMP:
+            return str(text)  # a date as written: JSON has no date type
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._fail(
+                node,
+                path,
+                f"{text} is not a JSON number (JSON has no NaN/Infinity)",
+                "quote it to keep it as text, or write a finite number",
+            )
+        return value
+
+    def _unicode(self, node: Any, path: Path, text: str) -> str:
+        """``text`` with escaped surrogate pairs joined; a lone surrogate is an error."""
+        if text.isascii():
+            return text
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+        try:  # YAML reads "\ud83d\ude00" as two halves; joined, they are one character
+            return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            lone = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+            raise self._fail(
+                node,
+                path,
+                f"lone surrogate \\u{ord(lone):04x} is not valid Unicode",
+                "write the character itself, or \\U and its eight-digit code point",
+            ) from None
 
     def _mapping(self, node: Any, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -329,7 +430,7 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self._fail(key_node, path, "mapping keys must be plain scalars")
             # A key is the text as written: `on:` is the name "on", `1:` the name "1".
-            key = str(key_node.value)
+            key = self._unicode(key_node, path, str(key_node.value))
             if key in explicit:
                 raise self._fail(key_node, path, f"duplicate key {key!r}", "remove one of the two")
             explicit.add(key)

@@ -10,7 +10,6 @@ never commit. The schema is brought up to date on open (``migrations.py``).
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -24,10 +23,6 @@ from ..errors import LeaseLost, StoreError, UsageError
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class SQLiteDB:

@@ -11,8 +11,9 @@ import json
 import sqlite3
 from typing import Any
 
+from ..jsonvalue import dumps
 from .base import Event
-from .sqlite_db import SQLiteDB, dumps
+from .sqlite_db import SQLiteDB
 
 
 class SQLiteEvents(SQLiteDB):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from ..jsonvalue import dumps
 from .base import LLMCall
-from .sqlite_db import SQLiteDB, dumps
+from .sqlite_db import SQLiteDB
 
 
 class SQLiteLedger(SQLiteDB):

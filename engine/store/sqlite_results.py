@@ -11,8 +11,8 @@ import json
 import sqlite3
 from typing import Any
 
+from ..jsonvalue import dumps
 from .base import TaskResult
-from .sqlite_db import dumps
 from .sqlite_events import SQLiteEvents
 
 

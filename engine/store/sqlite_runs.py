@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused
+from ..jsonvalue import dumps
 from .base import Event, RunRecord
 from .leases import HOST, lease_live
-from .sqlite_db import dumps
 from .sqlite_events import SQLiteEvents
 
 

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused, StepAlreadyCommitted
+from ..jsonvalue import dumps
 from .base import Checkpoint, StepCommit
-from .sqlite_db import dumps
 from .sqlite_results import SQLiteTaskResults
 
 
