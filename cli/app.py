@@ -314,7 +314,7 @@ def graph(
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema (draft 2020-12) of the workflow format on stdout.
+    """The JSON Schema (draft 2020-12) of the workflow format.
 
     Editors use it to check and complete workflow files as you type.
 
