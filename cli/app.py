@@ -71,6 +71,30 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"flowrun {version('flowrun')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 @app.command()
 def run(
     file: opt.WorkflowFile,
@@ -165,7 +189,9 @@ def resume(
     llm_record: llm_opt.LLMRecord = None,
     llm_replay: llm_opt.LLMReplay = None,
 ) -> None:
-    """Continue a crashed, interrupted or failed run from its last committed step.
+    """Continue a crashed, interrupted or failed run.
+
+    It picks up from the run's last committed step.
 
     Example: flowrun resume latest --max-cost 5
     """
@@ -200,9 +226,9 @@ def costs(
     json_out: opt.Json = False,
     pricing: llm_opt.Pricing = None,
 ) -> None:
-    """The LLM cost table of a run, from its ledger: calls, tokens and USD per model or node.
+    """A run's LLM costs: calls, tokens and USD per model or node.
 
-    --pricing prices calls that were unpriced when they ran.
+    From the run's ledger; --pricing prices calls that were unpriced when they ran.
 
     Example: flowrun costs latest --by node --json
     """
@@ -240,16 +266,20 @@ def show(
     db: opt.Db = None,
     json_out: opt.Json = False,
     events: Annotated[bool, typer.Option("--events", help="List the run's events.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Print every state value whole, not cut.")
+    ] = False,
 ) -> None:
-    """Status, steps, per-node attempts, durations, errors and final state of a run.
+    """A run's status, times, costs, attempts per node, errors, state.
 
-    Exits with the run's status code (0 succeeded, 1 failed or unfinished, 130 interrupted).
+    Long state values are cut; --full shows them whole. Exits with the run's status
+    code (0 succeeded, 1 failed or unfinished, 130 interrupted).
 
     Example: flowrun show latest --json
     """
     from .inspecting import do_show
 
-    do_show(ref=run_id, db=db, json_out=json_out, events=events)
+    do_show(ref=run_id, db=db, json_out=json_out, events=events, full=full)
 
 
 @app.command()
@@ -284,7 +314,7 @@ def graph(
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema (draft 2020-12) of the workflow format on stdout.
+    """The JSON Schema (draft 2020-12) of the workflow format.
 
     Editors use it to check and complete workflow files as you type.
 
@@ -334,10 +364,10 @@ def fork(
     llm_record: llm_opt.LLMRecord = None,
     llm_replay: llm_opt.LLMReplay = None,
 ) -> None:
-    """Start a new run from a committed step of an old one, and run it to the end.
+    """Start a new run from a committed step of an old one.
 
     The new run gets the old run's workflow, inputs, and state and frontier as they
-    were before step N; the old run is left as it was.
+    were before step N, and runs to its end; the old run is left as it was.
 
     Example: flowrun fork latest --from-step 3 --workflow fixed.yaml
     """
@@ -387,9 +417,10 @@ def prune(
     db: opt.Db = None,
     json_out: opt.Json = False,
 ) -> None:
-    """Delete old runs with all their rows, then reclaim the space (VACUUM).
+    """Delete old runs and reclaim their space.
 
-    A run whose lease is live is never deleted.
+    Each run goes with all its rows, then the file is compacted (VACUUM). A run
+    whose lease is live is never deleted.
 
     Example: flowrun prune --older-than 7d --status succeeded --dry-run
     """
@@ -407,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     from flowrun.engine.errors import FlowrunError
 
+    from . import console
+
+    console.guard_streams()  # a reader that goes away never changes a run
     args = sys.argv[1:] if argv is None else list(argv)
     json_mode = "--json" in (args[: args.index("--")] if "--" in args else args)
 

@@ -1,7 +1,12 @@
-"""Everything a human sees on stderr. The only module that imports Rich.
+"""Everything flowrun writes for people, and the two streams it goes to. The only Rich importer.
 
-On a terminal (and without ``NO_COLOR``/``CI``) progress is a Rich live view;
-otherwise one plain line per event, which is what CI logs and pipes want.
+Reports (``runs``, ``show``, ``costs`` ...) go to stdout with :func:`out`; progress,
+warnings and errors go to stderr with :func:`err`. On a terminal (and without
+``NO_COLOR``/``CI``) progress is a Rich live view; otherwise one plain line per
+event, which is what CI logs and pipes want.
+
+A reader that goes away (``| head -1``, a log shipper that dies) never changes a
+run: :func:`guard_streams` makes both streams drop what can no longer be written.
 """
 
 from __future__ import annotations
@@ -11,21 +16,87 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import IO, Any
 
 from flowrun.engine import Observer
 
 
-def rich_ok() -> bool:
+class _Tolerant:
+    """A text stream whose writes never raise: once its reader is gone, output is dropped.
+
+    On the first failed write or flush (EPIPE, a closed descriptor, a full disk) the
+    descriptor is pointed at the null device, so that nothing written later, Python's
+    own flush at exit included, fails or complains ("Exception ignored ...").
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._drop()
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._drop()
+
+    def isatty(self) -> bool:
+        return not self.broken and self._stream.isatty()
+
+    def _drop(self) -> None:
+        self.broken = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_streams() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` tolerate a reader that went away (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Tolerant):
+            setattr(sys, name, _Tolerant(stream))
+
+
+def rich_ok(stream: IO[str] | None = None) -> bool:
+    """Rich formatting only for a terminal (stderr unless told), and never under NO_COLOR/CI."""
+    target = sys.stderr if stream is None else stream
     return (
-        sys.stderr.isatty()
+        target is not None
+        and target.isatty()
         and not os.environ.get("NO_COLOR")
         and not os.environ.get("CI")
         and os.environ.get("TERM") != "dumb"
     )
 
 
+def out(line: str) -> None:
+    """A line of a report, on stdout."""
+    print(line, file=sys.stdout, flush=True)
+
+
 def err(line: str) -> None:
+    """A line for the person watching: progress, warnings, errors, on stderr."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -39,7 +110,7 @@ def error_line(exc: Any) -> None:
         err(f"  hint: {exc.hint}")
 
 
-def _fmt_s(seconds: float) -> str:
+def fmt_s(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
@@ -88,7 +159,7 @@ class PlainView(Observer):
             self._line(f"step {step}  {label}  ok (saved result reused)")
         elif status == "ok":
             tries = f", {attempts} attempts" if attempts > 1 else ""
-            self._line(f"step {step}  {label}  ok  {_fmt_s(duration)}{tries}")
+            self._line(f"step {step}  {label}  ok  {fmt_s(duration)}{tries}")
         else:
             self._line(
                 f"step {step}  {label}  FAILED after {attempts} attempt(s): {error}", always=True
@@ -98,7 +169,7 @@ class PlainView(Observer):
         self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
     ) -> None:
         self._line(
-            f"step {step}  {node}  attempt {attempt} failed ({error}); retrying in {_fmt_s(delay)}"
+            f"step {step}  {node}  attempt {attempt} failed ({error}); retrying in {fmt_s(delay)}"
         )
 
     def run_finished(self, status: str, error: str | None) -> None:
@@ -166,7 +237,7 @@ class LiveView(PlainView):
             f", {unpriced} unpriced" if unpriced else ""
         )
         run = f"run {self.run_id} ({self.workflow})" if self.run_id else "starting"
-        head = Text(f"{run} · step {self.step} · {_fmt_s(now - self.started)} · spend {money}")
+        head = Text(f"{run} · step {self.step} · {fmt_s(now - self.started)} · spend {money}")
         t = Table(box=box.SIMPLE_HEAD, expand=False, pad_edge=False)
         for col in ("node", "running", "queued", "done", "failed", "retries"):
             t.add_column(col, justify="left" if col == "node" else "right")
@@ -180,7 +251,7 @@ class LiveView(PlainView):
                 str(c["retries"]),
             )
         shown = ", ".join(
-            f"{label} {_fmt_s(now - t0)}" for label, t0 in running[: self.SHOW_RUNNING]
+            f"{label} {fmt_s(now - t0)}" for label, t0 in running[: self.SHOW_RUNNING]
         )
         more = len(running) - self.SHOW_RUNNING
         tail = Text(f"running now: {shown or '-'}" + (f" (+{more} more)" if more > 0 else ""))
@@ -267,12 +338,12 @@ def final_summary(report: dict[str, Any], *, quiet: bool) -> None:
     status = report["status"]
     line = (
         f"run {report['run_id']} {status} after {report['steps']} step(s)"
-        f" in {_fmt_s(report['duration_s'])}"
+        f" in {fmt_s(report['duration_s'])}"
     )
     err(line)
 
 
-def _money(value: float) -> str:
+def money(value: float) -> str:
     from flowrun.engine.costs import usd
 
     return usd(value)
@@ -280,14 +351,20 @@ def _money(value: float) -> str:
 
 def _cost_cell(row: dict[str, Any]) -> str:
     cost = row["cost_usd"]
-    text = "unpriced" if cost is None else _money(cost)
+    text = "unpriced" if cost is None else money(cost)
     if cost is not None and (row.get("unpriced_calls") or row.get("unknown_usage_calls")):
         text += " + ?"  # some calls of the row could not be priced
     return text
 
 
-def cost_table(costs: dict[str, Any], *, by: str = "model") -> None:
-    """The cost table (SPEC §6) on stderr: Rich on a terminal, aligned plain text otherwise."""
+def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False) -> None:
+    """The cost table: Rich on a terminal, aligned plain text otherwise.
+
+    ``report``: it is what the command was asked for (``flowrun costs``), so it goes
+    to stdout; at the end of a run it goes to stderr with the rest of the progress.
+    """
+    stream = sys.stdout if report else sys.stderr
+    line = out if report else err
     rows = costs["by_node" if by == "node" else "by_model"]
     head = [by, "calls", "input", "cached", "output", "cost"]
     body = [
@@ -308,10 +385,10 @@ def cost_table(costs: dict[str, Any], *, by: str = "model") -> None:
         f"{costs['tokens_in']:,}",
         f"{costs['cached_tokens']:,}",
         f"{costs['tokens_out']:,}",
-        _money(costs["total_usd"]) + (" + ?" if lower_bound else ""),
+        money(costs["total_usd"]) + (" + ?" if lower_bound else ""),
     ]
     title = f"LLM costs of run {costs['run_id']}"
-    if rich_ok():
+    if rich_ok(stream):
         from rich.console import Console
         from rich.table import Table
 
@@ -321,7 +398,7 @@ def cost_table(costs: dict[str, Any], *, by: str = "model") -> None:
         for i, r in enumerate(body):
             t.add_row(*r, end_section=i == len(body) - 1)
         t.add_row(*total, style="bold")
-        Console(stderr=True).print(t)
+        Console(file=stream).print(t)
     else:
         widths = [max(len(line[i]) for line in [head, *body, total]) for i in range(len(head))]
 
@@ -331,11 +408,11 @@ def cost_table(costs: dict[str, Any], *, by: str = "model") -> None:
                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             ).rstrip()
 
-        err(title)
-        err(fmt(head))
+        line(title)
+        line(fmt(head))
         for r in body:
-            err(fmt(r))
-        err(fmt(total))
+            line(fmt(r))
+        line(fmt(total))
     if costs["unpriced_models"]:
         warn(
             f"no price for {', '.join(costs['unpriced_models'])}: shown as unpriced and left out"

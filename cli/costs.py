@@ -119,6 +119,6 @@ def do_costs(*, ref: str, by: str, db: str | None, json_out: bool, pricing: str 
         write_json(report)
         return
     if not calls:
-        console.err(f"run {run_id} made no LLM calls")
+        console.out(f"run {run_id} made no LLM calls")
         return
-    console.cost_table(report, by=by)
+    console.cost_table(report, by=by, report=True)

@@ -8,11 +8,19 @@ import time
 from typing import Any
 
 from flowrun.engine import ResumeRefused, UsageError, load_workflow
-from flowrun.engine.report import STATUS_EXIT, STATUSES, run_detail, run_summary
+from flowrun.engine.report import (
+    STATUS_EXIT,
+    STATUSES,
+    display_status,
+    list_summaries,
+    run_detail,
+)
 
 from . import console
 from .options import write_json
 from .running import open_store
+
+STATE_CUT = 200  # characters of a state value `show` prints unless --full
 
 
 def _out(data: Any) -> None:
@@ -23,30 +31,82 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns as wide as their widest cell; ``right`` holds the right-aligned ones."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in [head, *rows]
+    ]
+
+
+def _one_line(text: str | None, limit: int) -> str:
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
 def do_runs(*, status: str | None, limit: int, db: str | None, json_out: bool) -> None:
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     try:
         store = open_store(db, create=False)
     except ResumeRefused:  # no database yet: no runs, and none is made by looking
-        _out([]) if json_out else console.err("no runs")
+        _out([]) if json_out else console.out("no runs")
         return
     limit = min(limit, 2**62)  # SQLite integers are 64-bit
-    rows = [run_summary(r) for r in store.list_runs(status=status, limit=limit)]
+    rows = list_summaries(store, status=status, limit=limit)
     if json_out:
         _out(rows)
         return
     if not rows:
-        console.err("no runs")
+        console.out("no runs")
         return
-    for r in rows:
-        console.err(
-            f"{r['run_id']}  {r['status']:<11} {r['workflow']:<24} steps={r['steps']:<5}"
-            f" {_when(r['created_at'])}  {console._fmt_s(r['duration_s'])}"
-        )
+    head = ["run", "status", "workflow", "steps", "started", "duration", "error"]
+    body = [
+        [
+            r["run_id"],
+            display_status(r["status"], r["live"]),
+            r["workflow"],
+            str(r["steps"]),
+            _when(r["created_at"]),
+            console.fmt_s(r["duration_s"]),
+            _one_line(r["error"], 80),
+        ]
+        for r in rows
+    ]
+    for line in _table(head, body, right={3, 5}):
+        console.out(line)
 
 
-def do_show(*, ref: str, db: str | None, json_out: bool, events: bool) -> int:
+def _state_lines(state: dict[str, Any], full: bool) -> list[str]:
+    if full:
+        return json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    lines = []
+    width = max((len(k) for k in state), default=0)
+    for key in sorted(state):
+        text = json.dumps(state[key], sort_keys=True, ensure_ascii=False)
+        if len(text) > STATE_CUT:
+            text = f"{text[:STATE_CUT]}… ({len(text):,} characters; --full shows all)"
+        lines.append(f"  {key.ljust(width)}  {text}")
+    return lines
+
+
+def _cost_line(costs: dict[str, Any]) -> str:
+    if not costs["calls"]:
+        return "no LLM calls"
+    total = console.money(costs["total_usd"])
+    if costs["unpriced_models"] or costs.get("unknown_usage_calls"):
+        total += " + ? (some calls unpriced)"
+    return (
+        f"{total} in {costs['calls']:,} LLM call(s),"
+        f" {costs['tokens_in']:,} tokens in, {costs['tokens_out']:,} out"
+    )
+
+
+def do_show(*, ref: str, db: str | None, json_out: bool, events: bool, full: bool = False) -> int:
     store = open_store(db, create=False)
     run_id = store.resolve_run_id(ref)
     detail = run_detail(store, run_id)
@@ -55,42 +115,74 @@ def do_show(*, ref: str, db: str | None, json_out: bool, events: bool) -> int:
     if json_out:
         _out(detail)
     else:
-        console.err(f"run       {detail['run_id']}")
-        console.err(f"workflow  {detail['workflow']}")
-        if detail["forked_from"]:
-            parent = detail["forked_from"]
-            console.err(f"forked    from {parent['run_id']} at step {parent['step']}")
-        console.err(
-            f"status    {detail['status']}" + (f": {detail['error']}" if detail["error"] else "")
-        )
-        if detail["status"] == "running" and not detail["live"]:
-            console.err(
-                f"          (no process is executing it: it crashed or was killed;"
-                f" `flowrun resume {detail['run_id']}` continues it)"
-            )
-        console.err(f"steps     {detail['steps']}")
-        console.err(f"duration  {console._fmt_s(detail['duration_s'])}")
-        console.err("nodes:")
-        for name, n in detail["nodes"].items():
-            console.err(
-                f"  {name:<20} tasks={n['tasks']} ok={n['ok']} failed={n['failed']}"
-                f" attempts={n['attempts']} time={console._fmt_s(n['duration_s'])}"
-            )
-            for e in n["errors"][-3:]:
-                console.err(f"    step {e['step']}: {e['error']}")
-        if events:
-            console.err("events:")
-            for e in detail["events"]:
-                console.err(
-                    f"  {e['event_id']}  step={e['step']}  {e['type']:<15} {e['node'] or ''}"
-                    f"{'  ' + e['error'] if e['error'] else ''}"
-                )
-        console.err("state:")
-        console.err(json.dumps(detail["state"], indent=2, sort_keys=True, ensure_ascii=False))
+        _show_text(detail, events=events, full=full)
     code = STATUS_EXIT.get(detail["status"], 1)
     if code:
         sys.exit(code)
     return 0
+
+
+def _show_text(detail: dict[str, Any], *, events: bool, full: bool) -> None:
+    out = console.out
+    fmt = console.fmt_s
+    out(f"run       {detail['run_id']}")
+    out(f"workflow  {detail['workflow']}")
+    if detail["forked_from"]:
+        parent = detail["forked_from"]
+        out(f"forked    from {parent['run_id']} at step {parent['step']}")
+    status = display_status(detail["status"], detail["live"])
+    out(f"status    {status}" + (f": {detail['error']}" if detail["error"] else ""))
+    if status == "crashed":
+        out(
+            f"          (no process is executing it: it crashed or was killed;"
+            f" `flowrun resume {detail['run_id']}` continues it)"
+        )
+    out(f"started   {_when(detail['created_at'])}")
+    out(f"finished  {_when(detail['finished_at'])}")
+    total, in_steps = detail["duration_s"], detail["steps_duration_s"]
+    out(
+        f"duration  {fmt(total)}: {detail['steps']} committed step(s) {fmt(in_steps)},"
+        f" outside them {fmt(max(0.0, total - in_steps))}"
+    )
+    out(f"costs     {_cost_line(detail['costs'])}")
+    out("nodes     (busy: each task from its first attempt to its last, summed)")
+    head = ["node", "tasks", "ok", "failed", "attempts", "busy"]
+    names = list(detail["nodes"])
+    body = [
+        [
+            f"  {name}",
+            str(n["tasks"]),
+            str(n["ok"]),
+            str(n["failed"]),
+            str(n["attempts"]),
+            fmt(n["duration_s"]),
+        ]
+        for name, n in detail["nodes"].items()
+    ]
+    lines = _table([f"  {head[0]}", *head[1:]], body, right={1, 2, 3, 4, 5})
+    out(lines[0])
+    for name, line in zip(names, lines[1:], strict=True):
+        out(line)
+        n = detail["nodes"][name]
+        for r in n["retries"][-3:]:
+            where = f"step {r['step']}" + (f" [{r['index']}]" if r["index"] is not None else "")
+            out(
+                f"      {where}: attempt {r['attempt']} failed after {fmt(r['duration_s'])}:"
+                f" {_one_line(r['error'], 100)}"
+            )
+        for e in n["errors"][-3:]:
+            where = f"step {e['step']}" + (f" [{e['index']}]" if e["index"] is not None else "")
+            out(f"      {where}: failed after {e['attempt']} attempt(s): {e['error']}")
+    if events:
+        out("events:")
+        for e in detail["events"]:
+            out(
+                f"  {e['event_id']}  step={e['step']}  {e['type']:<15} {e['node'] or ''}"
+                f"{'  ' + e['error'] if e['error'] else ''}"
+            )
+    out("state:")
+    for line in _state_lines(detail["state"], full):
+        out(line)
 
 
 def do_validate(*, file: str, json_out: bool) -> None:
@@ -98,7 +190,7 @@ def do_validate(*, file: str, json_out: bool) -> None:
     if json_out:
         _out({"valid": True, "name": wf.name, "nodes": list(wf.nodes), "digest": wf.digest})
     else:
-        console.err(f"{file}: ok ({wf.name}: {len(wf.nodes)} nodes, {len(wf.state)} state keys)")
+        console.out(f"{file}: ok ({wf.name}: {len(wf.nodes)} nodes, {len(wf.state)} state keys)")
 
 
 def do_graph(*, file: str, fmt: str) -> None:
@@ -135,7 +227,7 @@ def do_graph(*, file: str, fmt: str) -> None:
             for n in node.needs:
                 lines.append(f'  "{n}" -> "{name}" [style=dashed];')
         lines.append("}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    console.out("\n".join(lines))
 
 
 def do_schema() -> None:

@@ -144,14 +144,14 @@ def do_prune(
         return
     if dry_run:
         for r in result.runs:
-            console.err(f"would delete {r.run_id}  {r.status:<11} {r.workflow_name}")
+            console.out(f"would delete {r.run_id}  {r.status:<11} {r.workflow_name}")
     n = len(result.runs)
     runs = f"{n} run{'s' if n != 1 else ''}"
     kept = f"; kept {len(result.skipped_live)} with a live lease" if result.skipped_live else ""
     if dry_run:
-        console.err(f"dry run: would delete {runs}{kept}")
+        console.out(f"dry run: would delete {runs}{kept}")
     else:
-        console.err(f"deleted {runs}, reclaimed {_fmt_bytes(result.bytes_reclaimed)}{kept}")
+        console.out(f"deleted {runs}, reclaimed {_fmt_bytes(result.bytes_reclaimed)}{kept}")
 
 
 def _fmt_bytes(n: int) -> str:

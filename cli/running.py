@@ -198,7 +198,7 @@ def _drive(
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
-    with _Signals(engine), stdout_to_stderr(json_out), view:
+    with _Signals(engine), stdout_to_stderr(True), view:  # stdout holds only --json
         try:
             result = go(engine)
             run_id = result.run_id

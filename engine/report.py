@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from .costs import cost_report
 from .store.base import RunRecord, Store
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")  # every status a run can have
@@ -27,6 +28,21 @@ def run_summary(rec: RunRecord) -> dict[str, Any]:
     }
 
 
+def display_status(status: str, live: bool) -> str:
+    """The status a person should read: a ``running`` run that no process holds crashed."""
+    return "crashed" if status == "running" and not live else status
+
+
+def list_summaries(store: Store, *, status: str | None, limit: int) -> list[dict[str, Any]]:
+    """``flowrun runs``: the newest runs, each with ``live`` (a process is executing it now)."""
+    rows = []
+    for rec in store.list_runs(status=status, limit=limit):
+        row = run_summary(rec)
+        row["live"] = rec.status == "running" and store.run_is_live(rec.run_id)
+        rows.append(row)
+    return rows
+
+
 def run_result(store: Store, run_id: str) -> dict[str, Any]:
     """The ``--json`` object of run/resume: summary plus the whole state."""
     rec = store.get_run(run_id)
@@ -37,10 +53,24 @@ def run_result(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def run_detail(store: Store, run_id: str) -> dict[str, Any]:
-    """Everything ``flowrun show`` prints: status, steps, per-node attempts and errors, state."""
+    """Everything ``flowrun show`` prints: status, steps, per-node attempts and errors, state.
+
+    Durations are wall times: ``duration_s`` the run's, each ``step_log`` entry's
+    ``duration_s`` its step's (their sum is ``steps_duration_s``); a node's
+    ``duration_s`` sums its tasks, each from its first attempt's start to its last's
+    end (retry waits included), and ``retries`` lists each failed attempt with its own.
+    """
     out = run_result(store, run_id)
     nodes: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"tasks": 0, "ok": 0, "failed": 0, "attempts": 0, "duration_s": 0.0, "errors": []}
+        lambda: {
+            "tasks": 0,
+            "ok": 0,
+            "failed": 0,
+            "attempts": 0,
+            "duration_s": 0.0,
+            "errors": [],
+            "retries": [],
+        }
     )
     for r in store.task_results(run_id):
         n = nodes[r.node]
@@ -58,7 +88,25 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
                     "stderr": (r.stderr or "")[-500:] or None,
                 }
             )
+    step_s: dict[int, float] = {}
+    for e in store.events(run_id):
+        if e.type == "step_committed" and e.step is not None:
+            step_s[e.step] = e.duration or 0.0
+        elif e.type == "task_retried" and e.node is not None:
+            nodes[e.node]["retries"].append(
+                {
+                    "step": e.step,
+                    "index": (e.data or {}).get("index"),
+                    "attempt": e.attempt,
+                    "duration_s": round(e.duration or 0.0, 6),
+                    "error": e.error,
+                }
+            )
     out["nodes"] = dict(nodes)
     out["live"] = store.run_is_live(run_id)  # a "running" run that is not live has crashed
-    out["step_log"] = store.steps(run_id)
+    out["step_log"] = [
+        {**s, "duration_s": round(step_s.get(s["step"], 0.0), 6)} for s in store.steps(run_id)
+    ]
+    out["steps_duration_s"] = round(sum(step_s.values()), 6)
+    out["costs"] = cost_report(run_id, store.llm_calls(run_id))
     return out

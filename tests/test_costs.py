@@ -166,15 +166,15 @@ def test_flowrun_costs_for_a_run_with_two_models_in_table_and_json(
     assert sum(m["cost_usd"] for m in data["by_model"]) == pytest.approx(want, abs=1e-12)
 
     t = flowrun("costs", "two", "--db", str(db), cwd=tmp_path, env=clean_env())
-    assert t.returncode == 0 and t.stdout == ""
-    lines = t.stderr.splitlines()
+    assert t.returncode == 0 and t.stderr == ""  # the report is on stdout
+    lines = t.stdout.splitlines()
     assert lines[0] == "LLM costs of run two"
     assert lines[1].split() == ["model", "calls", "input", "cached", "output", "cost"]
     rows = {ln.split()[0]: ln.split() for ln in lines[2:5]}
     assert rows["gpt-4o-mini"][1] == "2" and rows["claude-3-5-haiku"][1] == "1"
     assert rows["Total"][1] == "3" and rows["Total"][2] == f"{data['tokens_in']:,}"
     assert rows["Total"][5] == f"${data['total_usd']:.6f}"
-    assert p.stderr.endswith(t.stderr)  # the same table closed the run itself
+    assert p.stderr.endswith(t.stdout)  # the same table closed the run itself, on stderr
 
     n = flowrun(
         "costs", "two", "--db", str(db), "--by", "node", "--json", cwd=tmp_path, env=clean_env()

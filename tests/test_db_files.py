@@ -28,7 +28,7 @@ def test_read_only_commands_never_create_a_database(tmp_path: Path) -> None:
     assert json.loads(runs.stdout) == []
     default = flowrun("runs", cwd=tmp_path)
     assert default.returncode == 0
-    assert "no runs" in default.stderr
+    assert "no runs" in default.stdout
     assert not typo.exists()
     assert not (tmp_path / ".flowrun").exists()
 

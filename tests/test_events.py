@@ -140,8 +140,8 @@ def test_show_events_lists_the_stream(write: Write, tmp_path: Path) -> None:
     assert evs[2]["attempt"] == 2 and evs[2]["duration"] >= 0
     human = flowrun("show", "s1", "--db", "f.db", "--events", cwd=tmp_path)
     assert human.returncode == 0
-    assert "s1:2  step=0  task_retried" in human.stderr
-    assert "RuntimeError: first try fails" in human.stderr
+    assert "s1:2  step=0  task_retried" in human.stdout
+    assert "RuntimeError: first try fails" in human.stdout
     # without --events the list is not shown
     assert "events" not in json.loads(
         flowrun("show", "s1", "--db", "f.db", "--json", cwd=tmp_path).stdout

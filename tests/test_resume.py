@@ -201,4 +201,4 @@ def test_show_tells_a_crashed_run_from_a_live_one(
     detail = json.loads(dead.stdout)
     assert detail["status"] == "running" and detail["live"] is False
     human = flowrun("show", "c1", "--db", db, cwd=tmp_path)
-    assert "flowrun resume c1" in human.stderr
+    assert "flowrun resume c1" in human.stdout

@@ -858,7 +858,7 @@ def test_run_validates_before_anything_runs(
     assert r.out == ""
 
 
-def test_valid_file_is_one_line_on_stderr(cli: Cli, tmp_path: Path) -> None:
+def test_valid_file_is_one_line_on_stdout(cli: Cli, tmp_path: Path) -> None:
     name = put(
         tmp_path,
         """
@@ -900,8 +900,8 @@ def test_valid_file_is_one_line_on_stderr(cli: Cli, tmp_path: Path) -> None:
     )
     r = cli("validate", name)
     assert r.code == 0, r.err
-    assert r.out == ""
-    assert r.err.splitlines() == [f"{name}: ok (digest: 5 nodes, 4 state keys)"]
+    assert r.err == ""  # the result line is the report: stdout
+    assert r.out.splitlines() == [f"{name}: ok (digest: 5 nodes, 4 state keys)"]
 
 
 def test_yaml_words_as_keys_are_node_names_not_booleans(cli: Cli, tmp_path: Path) -> None:
@@ -1374,7 +1374,7 @@ def test_llm_settings_from_templates_and_valid_literals_pass(cli: Cli, tmp_path:
     )
     r = cli("validate", name)
     assert r.code == 0, r.err
-    assert "ok" in r.err
+    assert "ok" in r.out
 
 
 def test_run_with_a_bad_llm_setting_fails_before_any_run_exists(cli: Cli, tmp_path: Path) -> None:
