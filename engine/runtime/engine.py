@@ -26,6 +26,7 @@ from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
+from ..store.leases import stale_after
 from . import frontier as fr
 from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
@@ -33,7 +34,7 @@ from .orphans import ProcLog, reap_orphans
 from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 
-HEARTBEAT_S = 5.0
+HEARTBEAT_PER_WINDOW = 6  # heartbeats per staleness window (every 5 s of 30 s)
 
 
 def new_run_id() -> str:
@@ -360,7 +361,8 @@ class Engine:
         return nxt
 
     def _heartbeat(self, run_id: str, token: int, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_S):
+        every = stale_after() / HEARTBEAT_PER_WINDOW
+        while not stop.wait(every):
             try:
                 if not self.store.heartbeat(run_id, token):
                     return

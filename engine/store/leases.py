@@ -10,8 +10,24 @@ from __future__ import annotations
 import os
 import socket
 
-LEASE_STALE_S = 30.0
+from ..errors import UsageError
+
+LEASE_STALE_S = 30.0  # the default; FLOWRUN_LEASE_STALE_S overrides it
 HOST = socket.gethostname()
+
+
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a lease counts as abandoned."""
+    raw = os.environ.get("FLOWRUN_LEASE_STALE_S")
+    if raw is None:
+        return LEASE_STALE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UsageError(f"FLOWRUN_LEASE_STALE_S={raw!r} is not a number of seconds > 0")
+    return value
 
 
 def pid_alive(pid: int) -> bool:
@@ -31,6 +47,6 @@ def pid_alive(pid: int) -> bool:
 
 def lease_live(host: str | None, pid: int | None, beat: float | None, now: float) -> bool:
     """A lease whose holder still heartbeats (and, on this host, still exists)."""
-    if host is None or beat is None or now - beat >= LEASE_STALE_S:
+    if host is None or beat is None or now - beat >= stale_after():
         return False
     return host != HOST or (pid is not None and pid_alive(pid))

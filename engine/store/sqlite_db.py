@@ -22,7 +22,21 @@ from typing import Any
 from ..errors import LeaseLost, StoreError, UsageError
 from .migrations import MIGRATIONS
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
+
+
+def busy_timeout_ms() -> int:
+    """How long a write waits for another process's write lock before it fails."""
+    raw = os.environ.get("FLOWRUN_BUSY_TIMEOUT")
+    if raw is None:
+        return BUSY_TIMEOUT_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"FLOWRUN_BUSY_TIMEOUT={raw!r} is not a number of seconds ≥ 0")
+    return int(value * 1000)
 
 
 class SQLiteDB:
@@ -42,14 +56,15 @@ class SQLiteDB:
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
+        busy_ms = busy_timeout_ms()
         try:
             conn = sqlite3.connect(
                 self.path,
                 isolation_level=None,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=busy_ms / 1000,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             sync = "FULL" if self.durability == "full" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {sync}")
