@@ -30,7 +30,7 @@ from ..store.leases import stale_after
 from . import frontier as fr
 from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
-from .orphans import ProcLog, reap_orphans
+from .orphans import ProcLog, take_over
 from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 
@@ -151,8 +151,8 @@ class Engine:
     # the loop -------------------------------------------------------------------
     def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
         store = self.store
-        token = store.acquire_lease(run_id, force=force)
-        reap_orphans(store, run_id, token)  # commands a dead owner left running die first
+        # a forced-out owner, and commands a dead owner left running, die first
+        token = take_over(store, run_id, force=force)
         t_start = time.perf_counter()
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
