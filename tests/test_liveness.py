@@ -16,12 +16,13 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from flowrun.engine.errors import ResumeRefused
+from flowrun.engine.errors import ResumeRefused, StoreError
 from flowrun.engine.runtime.orphans import start_time
 from flowrun.engine.store import SQLiteStore
 from flowrun.engine.store.leases import HOST
@@ -281,3 +282,57 @@ def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
     finally:
         live.kill()
         live.wait()
+
+
+HOLDER = """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+open(sys.argv[2], "w").close()
+time.sleep(120)
+"""
+
+
+def test_a_write_blocked_by_a_stopped_writer_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
+    (tmp_path / "fast").touch()
+    env = dict(os.environ, NO_COLOR="1")
+    done = subprocess.run(
+        [FLOWRUN, "run", "wf.yaml", "--db", "f.db", "--run-id", "r", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "f.db"), str(ready)])
+    try:
+        wait_until(ready.exists)
+        holder.send_signal(signal.SIGSTOP)
+        p = subprocess.run(
+            [FLOWRUN, "resume", "r", "--db", "f.db"],
+            cwd=tmp_path,
+            env=dict(env, FLOWRUN_BUSY_TIMEOUT="0.2"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 1, p.stderr
+        assert "database is locked" in p.stderr
+        assert f"pid {holder.pid}" in p.stderr and "stopped" in p.stderr
+        assert "Traceback" not in p.stderr
+
+        # the library says the same, as a StoreError with a hint
+        monkeypatch.setenv("FLOWRUN_BUSY_TIMEOUT", "0.2")
+        blocked = SQLiteStore(tmp_path / "f.db")
+        with pytest.raises(StoreError, match=f"pid {holder.pid}") as exc:
+            blocked.acquire_lease("r")
+        assert exc.value.hint and f"kill -CONT {holder.pid}" in exc.value.hint
+        blocked.close()
+    finally:
+        holder.kill()
+        holder.wait()

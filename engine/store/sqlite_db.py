@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LeaseLost, StoreError, UsageError
+from .lockers import locked_message
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
@@ -56,7 +57,7 @@ class SQLiteDB:
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
-        busy_ms = busy_timeout_ms()
+        busy_ms = self._busy_ms = busy_timeout_ms()
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -91,6 +92,9 @@ class SQLiteDB:
                         self.conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:  # locked for too long, disk full, I/O
+                if "locked" in str(exc):  # waited busy_timeout: say who holds the lock
+                    message, hint = locked_message(self.path, self._busy_ms / 1000)
+                    raise StoreError(message, hint=hint) from exc
                 raise StoreError(
                     f"cannot write to {self.path}: {exc}",
                     hint="nothing of the failed write was kept; fix the cause, then"
