@@ -147,7 +147,12 @@ def resume(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Take over a run whose lease looks live.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Take over a run whose owner is alive (on this host: kill it and its"
+            " commands first).",
+        ),
     ] = False,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,

@@ -213,6 +213,44 @@ def test_a_python_node_starving_the_heartbeat_keeps_its_run_from_a_plain_resume(
     assert owner.poll() is None
 
 
+def test_force_kills_an_owner_whose_heartbeat_a_gil_holding_node_starves(
+    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+) -> None:
+    (tmp_path / "hoglib.py").write_text(HOG_PY)
+    (tmp_path / "hog.yaml").write_text(HOG_YAML)
+    owner = start_run(tmp_path, "hog.yaml", env, owners)
+    wait_until(lambda: (tmp_path / "started").exists(), owner)
+    wait_until(lambda: heartbeat_stale(tmp_path / "f.db"), owner)
+    (tmp_path / "fast").touch()
+    p = resume(tmp_path, env, "--force")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["state"] == {"out": "fast"}
+    assert owner.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_force_on_a_running_owner_kills_its_command_before_the_node_runs_again(
+    tmp_path: Path, owners: list[subprocess.Popen[bytes]]
+) -> None:
+    env = dict(os.environ, NO_COLOR="1")  # the 30 s window: the owner heartbeats all along
+    (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
+    owner = start_run(tmp_path, "wf.yaml", env, owners)
+    pids = tmp_path / "pids"
+    wait_until(lambda: pids.exists() and pids.read_text().strip() != "", owner)
+    command = int(pids.read_text())
+    try:
+        wait_until(lambda: lease(tmp_path / "f.db")[0] == owner.pid, owner)
+        (tmp_path / "fast").touch()
+        p = resume(tmp_path, env, "--force")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["state"] == {"slow": "fast"}
+        assert not (tmp_path / "overlap").exists()  # its command was gone before the rerun
+        assert owner.wait(timeout=60) == 1  # fenced out at its next write
+        assert "was taken over by another process" in (tmp_path / "owner-stderr.txt").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command, signal.SIGKILL)
+
+
 # the store's rule, with lease rows written as other processes would -----------------
 
 

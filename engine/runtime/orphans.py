@@ -26,7 +26,7 @@ import time
 from ..errors import FlowrunError
 from ..nodes.base import Context, TaskError
 from ..store.base import LeaseOwner, ProcRecord, Store
-from ..store.leases import me, owner_alive, proc_stat, running_as, start_time
+from ..store.leases import me, owner_alive, proc_stat, running_as, stale_after, start_time
 
 __all__ = ["KILL_WAIT_S", "ProcLog", "reap_orphans", "start_time", "stop_owner", "take_over"]
 
@@ -99,29 +99,37 @@ def take_over(store: Store, run_id: str, *, force: bool = False) -> int:
     """Take ``run_id``'s lease; stop whatever its old owner still runs; return the token.
 
     Refused (``ResumeRefused``) while the owner lives, unless ``force``: then a live
-    owner on this host is killed (:func:`stop_owner`) before its commands are.
+    owner on this host that is stalled is killed (:func:`stop_owner`), and the
+    commands of a displaced live owner are killed like those of a dead one.
     """
     taken = store.take_lease(run_id, force=force)
-    if taken.previous is not None:
-        stop_owner(taken.previous)
-    reap_orphans(store, run_id, taken.token)
+    displaced = None
+    if taken.previous is not None and owner_alive(taken.previous):
+        displaced = taken.previous
+        stop_owner(displaced, taken.previous_beat)
+    reap_orphans(store, run_id, taken.token, displaced=displaced)
     return taken.token
 
 
-def stop_owner(owner: LeaseOwner) -> bool:
-    """SIGKILL ``owner`` if it is a live process on this host; True once it is gone.
+def stop_owner(owner: LeaseOwner, beat: float | None) -> bool:
+    """SIGKILL a displaced live ``owner`` on this host if it is stalled; True if killed.
 
-    Only for an owner displaced by ``--force`` (the lease is no longer its own, so
-    its commits are refused already); a stopped owner dies all the same.
+    Stalled: stopped (SIGSTOP, it could act on nothing gentler), or silent for longer
+    than the heartbeat window (a C call holding the GIL, say). A running owner is
+    left to stop at its next write, which the new lease token refuses (LeaseLost).
     """
-    if owner.start is None or owner == me() or not owner_alive(owner):
+    stat = proc_stat(owner.pid)
+    if owner.start is None or owner == me() or stat is None or not owner_alive(owner):
+        return False
+    silent = beat is None or time.time() - beat >= stale_after()
+    if stat[0] not in ("T", "t") and not silent:
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(owner.pid, signal.SIGKILL)
     deadline = time.monotonic() + KILL_WAIT_S
     while running_as(owner.pid, owner.start) and time.monotonic() < deadline:
         time.sleep(0.01)
-    return not running_as(owner.pid, owner.start)
+    return True
 
 
 def _ours_to_judge(r: ProcRecord) -> bool:
@@ -132,12 +140,15 @@ def _ours_to_judge(r: ProcRecord) -> bool:
     return r.pidns is None or (r.pidns, r.boot) == (here.pidns, here.boot)
 
 
-def reap_orphans(store: Store, run_id: str, token: int) -> list[ProcRecord]:
-    """Kill the process groups a dead owner of ``run_id`` (on this host) left running.
+def reap_orphans(
+    store: Store, run_id: str, token: int, *, displaced: LeaseOwner | None = None
+) -> list[ProcRecord]:
+    """Kill the process groups a dead (or ``displaced``) owner of ``run_id`` left running.
 
-    Call it right after taking the lease (``token``). Rows of owners on other hosts
-    or still alive are left alone; the rows of dead owners are deleted. Returns the
-    groups that were killed, once they are gone (or after ``KILL_WAIT_S``).
+    Call it right after taking the lease (``token``). Rows of owners on other hosts,
+    in other pid namespaces, or alive and not displaced are left alone; the others
+    are deleted. Returns the groups that were killed, once they are gone (or after
+    ``KILL_WAIT_S``).
     """
     rows = store.procs(run_id)
     if not rows:
@@ -145,8 +156,14 @@ def reap_orphans(store: Store, run_id: str, token: int) -> list[ProcRecord]:
     handled: list[int] = []
     killed: list[ProcRecord] = []
     for r in rows:
-        if not _ours_to_judge(r) or running_as(r.owner_pid, r.owner_start):
-            continue  # not ours to judge, or its owner still runs it
+        if not _ours_to_judge(r):
+            continue  # another host's or another container's
+        forced_out = displaced is not None and (r.owner_pid, r.owner_start) == (
+            displaced.pid,
+            displaced.start,
+        )
+        if not forced_out and running_as(r.owner_pid, r.owner_start):
+            continue  # its owner still runs it
         handled.append(r.id)
         stat = proc_stat(r.pid)
         # the leader itself (a zombie leader too: its group id cannot have been reused)

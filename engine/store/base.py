@@ -139,10 +139,12 @@ class LeaseOwner:
 
 @dataclass(frozen=True, slots=True)
 class TakenLease:
-    """What ``take_lease`` returns: the new token, and whom it displaced (None: nobody)."""
+    """What ``take_lease`` returns: the new token, whom it displaced (None: nobody) and
+    that owner's last heartbeat (``time.time()``)."""
 
     token: int
     previous: LeaseOwner | None = None
+    previous_beat: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

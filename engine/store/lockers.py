@@ -34,7 +34,7 @@ def _command(pid: int) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(w.decode(errors="replace") for w in words if w)
+    text = " ".join(" ".join(w.decode(errors="replace") for w in words).split())
     return text if len(text) <= 80 else text[:79] + "…"
 
 

@@ -115,7 +115,7 @@ class SQLiteRuns(SQLiteEvents):
                 " lease_boot = ?, lease_heartbeat = ?, lease_token = ? WHERE run_id = ?",
                 (me.host, me.pid, me.start, me.pidns, me.boot, now, token, run_id),
             )
-            return TakenLease(token, owner)
+            return TakenLease(token, owner, beat)
 
     def run_is_live(self, run_id: str) -> bool:
         """True while a process holds the run's lease (it is being executed right now)."""
