@@ -150,8 +150,8 @@ def resume(
         bool,
         typer.Option(
             "--force",
-            help="Take over a run whose owner is alive (on this host: kill it and its"
-            " commands first).",
+            help="Take over a run whose owner is alive (on this host its commands are"
+            " killed first, and the owner too if it is stopped or silent).",
         ),
     ] = False,
     db: opt.Db = None,

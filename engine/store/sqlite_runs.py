@@ -102,7 +102,7 @@ class SQLiteRuns(SQLiteEvents):
             elif not force and leases.lease_live(owner, beat, now):
                 assert owner is not None
                 if leases.checkable(owner):
-                    hint = "wait for it, or pass --force to kill it and its commands and take over"
+                    hint = "wait for it, or pass --force to kill its commands and take over"
                 else:
                     hint = "wait for it, or pass --force if you know it is dead"
                 raise ResumeRefused(
