@@ -171,7 +171,12 @@ def resume(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Take over a run whose lease looks live.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Take over a run whose owner is alive (on this host its commands are"
+            " killed first, and the owner too if it is stopped or silent).",
+        ),
     ] = False,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,

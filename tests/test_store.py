@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError
 from flowrun.engine.store.base import Event, StepCommit, TaskResult
+from flowrun.engine.store.leases import start_time
 from flowrun.engine.store.migrations import MIGRATIONS
 from flowrun.engine.store.sqlite import LEASE_STALE_S, SQLiteStore
 
@@ -312,33 +313,39 @@ def test_a_store_whose_lease_was_taken_over_cannot_commit(db: Path) -> None:
     b.close()
 
 
-def set_lease(db: Path, pid: int, beat: float) -> None:
+def set_lease(db: Path, pid: int, started: int | None, beat: float) -> None:
+    """Make ``pid`` (started at ``started``) the lease's owner, as its acquire_lease would."""
     c = sqlite3.connect(db)
-    c.execute("UPDATE runs SET lease_pid = ?, lease_heartbeat = ?", (pid, beat))
+    c.execute(
+        "UPDATE runs SET lease_pid = ?, lease_start = ?, lease_heartbeat = ?", (pid, started, beat)
+    )
     c.commit()
     c.close()
 
 
-def test_a_live_lease_is_refused_and_a_dead_or_stale_one_taken_over(
+def test_a_live_owner_is_refused_even_when_silent_and_a_dead_one_taken_over(
     store: SQLiteStore, db: Path
 ) -> None:
     token = new_run(store)
     store.release_lease("r1", token)
     store.acquire_lease("r1")
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = start_time(live.pid)
     try:
-        set_lease(db, live.pid, time.time())
+        set_lease(db, live.pid, started, time.time())
         with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}") as exc:
             store.acquire_lease("r1")
         assert exc.value.exit_code == 3 and exc.value.hint and "--force" in exc.value.hint
         assert store.acquire_lease("r1", force=True) > token
 
-        set_lease(db, live.pid, time.time() - LEASE_STALE_S - 1)  # no heartbeat for too long
-        store.acquire_lease("r1")
+        # no heartbeat for too long, but the owner is alive on this host: still its run
+        set_lease(db, live.pid, started, time.time() - LEASE_STALE_S - 1)
+        with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}"):
+            store.acquire_lease("r1")
     finally:
         live.kill()
         live.wait()
-    set_lease(db, live.pid, time.time())  # a fresh heartbeat, but the process is gone
+    set_lease(db, live.pid, started, time.time())  # a fresh heartbeat, but the process is gone
     store.acquire_lease("r1")
     with pytest.raises(ResumeRefused, match="no run"):
         store.acquire_lease("nope")

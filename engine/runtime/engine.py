@@ -26,14 +26,15 @@ from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
+from ..store.leases import stale_after
 from . import frontier as fr
 from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
-from .orphans import ProcLog, reap_orphans
+from .orphans import ProcLog, take_over
 from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 
-HEARTBEAT_S = 5.0
+HEARTBEAT_PER_WINDOW = 6  # heartbeats per staleness window (every 5 s of 30 s)
 
 
 def new_run_id() -> str:
@@ -150,8 +151,8 @@ class Engine:
     # the loop -------------------------------------------------------------------
     def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
         store = self.store
-        token = store.acquire_lease(run_id, force=force)
-        reap_orphans(store, run_id, token)  # commands a dead owner left running die first
+        # a forced-out owner, and commands a dead owner left running, die first
+        token = take_over(store, run_id, force=force)
         t_start = time.perf_counter()
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
@@ -360,7 +361,8 @@ class Engine:
         return nxt
 
     def _heartbeat(self, run_id: str, token: int, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_S):
+        every = stale_after() / HEARTBEAT_PER_WINDOW
+        while not stop.wait(every):
             try:
                 if not self.store.heartbeat(run_id, token):
                     return

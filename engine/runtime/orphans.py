@@ -1,15 +1,19 @@
-"""Commands a crashed flowrun left running: noted as they start, killed on takeover.
+"""Taking a run over: stop its old owner's commands (and, forced, the owner) first.
 
 ``run:``/``shell:`` commands start in their own session, so a timeout can kill the
 whole process group; the price is that ``kill -9`` of flowrun leaves them running.
 Each command's group is noted in the store as it starts (:class:`ProcLog`) and
-forgotten as it ends. A process that takes over a run whose owner died on this
-host kills the groups still running (:func:`reap_orphans`) before it runs their
-nodes again, so two copies of a command never run at once.
+forgotten as it ends. A process that takes over a run (:func:`take_over`) first
+kills the old owner itself if ``--force`` displaced a live owner on this host
+(SIGKILL: a stopped owner cannot act on anything gentler; its commits are already
+fenced by the new lease token), then kills the groups a dead owner left running
+(:func:`reap_orphans`), and only then runs their nodes again: two copies of a
+command never run at once.
 
-A group is killed only if its leader still exists with the start time recorded
+A process is killed only if it still exists with the start time recorded
 (``/proc/<pid>/stat`` field 22): a reused pid is never killed. An owner counts as
 dead when its pid is gone, a zombie, or another process (another start time).
+Rows written in another pid namespace (another container) are not ours to judge.
 """
 
 from __future__ import annotations
@@ -21,31 +25,12 @@ import time
 
 from ..errors import FlowrunError
 from ..nodes.base import Context, TaskError
-from ..store.base import ProcRecord, Store
-from ..store.leases import HOST
+from ..store.base import LeaseOwner, ProcRecord, Store
+from ..store.leases import me, owner_alive, proc_stat, running_as, stale_after, start_time
 
-KILL_WAIT_S = 5.0  # how long a takeover waits for killed groups to be gone
+__all__ = ["KILL_WAIT_S", "ProcLog", "reap_orphans", "start_time", "stop_owner", "take_over"]
 
-
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgid, start time) of ``pid`` from ``/proc``, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[0].decode(), int(fields[2]), int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def start_time(pid: int) -> int | None:
-    stat = proc_stat(pid)
-    return None if stat is None else stat[2]
-
-
-def _running_as(pid: int, started: int) -> bool:
-    """True if ``pid`` is the very process that started at ``started`` and is not a zombie."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[2] == started
+KILL_WAIT_S = 5.0  # how long a takeover waits for killed processes to be gone
 
 
 def _group_running(pgid: int) -> bool:
@@ -73,12 +58,13 @@ class ProcLog:
         self.store = store
         self.run_id = run_id
         self.token = token
-        self.owner_start = start_time(os.getpid())
+        self.owner = me()
 
     def started(self, ctx: Context, pid: int) -> int | None:
         """Note the group ``pid`` leads; return the row id, or None if nothing was noted."""
         started = start_time(pid)
-        if started is None or self.owner_start is None:
+        owner = self.owner
+        if started is None or owner.start is None:
             return None  # no /proc: a takeover could not tell this process from another
         try:
             return self.store.record_proc(
@@ -86,15 +72,17 @@ class ProcLog:
                 self.token,
                 ProcRecord(
                     run_id=self.run_id,
-                    host=HOST,
-                    owner_pid=os.getpid(),
-                    owner_start=self.owner_start,
+                    host=owner.host,
+                    owner_pid=owner.pid,
+                    owner_start=owner.start,
                     pid=pid,
                     pgid=pid,  # started with start_new_session: it leads its group
                     start_time=started,
                     step=ctx.step,
                     node=ctx.node,
                     started_at=time.time(),
+                    pidns=owner.pidns,
+                    boot=owner.boot,
                 ),
             )
         except FlowrunError as exc:
@@ -107,12 +95,60 @@ class ProcLog:
             raise TaskError(exc.message, retryable=False, reason="store") from None
 
 
-def reap_orphans(store: Store, run_id: str, token: int) -> list[ProcRecord]:
-    """Kill the process groups a dead owner of ``run_id`` (on this host) left running.
+def take_over(store: Store, run_id: str, *, force: bool = False) -> int:
+    """Take ``run_id``'s lease; stop whatever its old owner still runs; return the token.
 
-    Call it right after taking the lease (``token``). Rows of owners on other hosts
-    or still alive are left alone; the rows of dead owners are deleted. Returns the
-    groups that were killed, once they are gone (or after ``KILL_WAIT_S``).
+    Refused (``ResumeRefused``) while the owner lives, unless ``force``: then a live
+    owner on this host that is stalled is killed (:func:`stop_owner`), and the
+    commands of a displaced live owner are killed like those of a dead one.
+    """
+    taken = store.take_lease(run_id, force=force)
+    displaced = None
+    if taken.previous is not None and owner_alive(taken.previous):
+        displaced = taken.previous
+        stop_owner(displaced, taken.previous_beat)
+    reap_orphans(store, run_id, taken.token, displaced=displaced)
+    return taken.token
+
+
+def stop_owner(owner: LeaseOwner, beat: float | None) -> bool:
+    """SIGKILL a displaced live ``owner`` on this host if it is stalled; True if killed.
+
+    Stalled: stopped (SIGSTOP, it could act on nothing gentler), or silent for longer
+    than the heartbeat window (a C call holding the GIL, say). A running owner is
+    left to stop at its next write, which the new lease token refuses (LeaseLost).
+    """
+    stat = proc_stat(owner.pid)
+    if owner.start is None or owner == me() or stat is None or not owner_alive(owner):
+        return False
+    silent = beat is None or time.time() - beat >= stale_after()
+    if stat[0] not in ("T", "t") and not silent:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(owner.pid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while running_as(owner.pid, owner.start) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return True
+
+
+def _ours_to_judge(r: ProcRecord) -> bool:
+    """A row written on this host, boot and pid namespace (or by a flowrun before schema 6)."""
+    here = me()
+    if r.host != here.host:
+        return False
+    return r.pidns is None or (r.pidns, r.boot) == (here.pidns, here.boot)
+
+
+def reap_orphans(
+    store: Store, run_id: str, token: int, *, displaced: LeaseOwner | None = None
+) -> list[ProcRecord]:
+    """Kill the process groups a dead (or ``displaced``) owner of ``run_id`` left running.
+
+    Call it right after taking the lease (``token``). Rows of owners on other hosts,
+    in other pid namespaces, or alive and not displaced are left alone; the others
+    are deleted. Returns the groups that were killed, once they are gone (or after
+    ``KILL_WAIT_S``).
     """
     rows = store.procs(run_id)
     if not rows:
@@ -120,8 +156,14 @@ def reap_orphans(store: Store, run_id: str, token: int) -> list[ProcRecord]:
     handled: list[int] = []
     killed: list[ProcRecord] = []
     for r in rows:
-        if r.host != HOST or _running_as(r.owner_pid, r.owner_start):
-            continue  # not ours to judge, or its owner still runs it
+        if not _ours_to_judge(r):
+            continue  # another host's or another container's
+        forced_out = displaced is not None and (r.owner_pid, r.owner_start) == (
+            displaced.pid,
+            displaced.start,
+        )
+        if not forced_out and running_as(r.owner_pid, r.owner_start):
+            continue  # its owner still runs it
         handled.append(r.id)
         stat = proc_stat(r.pid)
         # the leader itself (a zombie leader too: its group id cannot have been reused)

@@ -121,6 +121,33 @@ class LLMCall:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseOwner:
+    """The process that holds (or held) a run's lease.
+
+    ``start`` is ``/proc/<pid>/stat`` field 22, ``pidns`` the target of
+    ``/proc/self/ns/pid`` and ``boot`` the kernel's boot id: with them a process on
+    the same host and in the same pid namespace can tell whether the owner still
+    exists. ``None``: unknown (no ``/proc``, or a lease taken by an older flowrun).
+    """
+
+    host: str
+    pid: int
+    start: int | None = None
+    pidns: str | None = None
+    boot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TakenLease:
+    """What ``take_lease`` returns: the new token, whom it displaced (None: nobody) and
+    that owner's last heartbeat (``time.time()``)."""
+
+    token: int
+    previous: LeaseOwner | None = None
+    previous_beat: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProcRecord:
     """A ``run:``/``shell:`` process group in flight, and the flowrun process that started it.
 
@@ -140,6 +167,8 @@ class ProcRecord:
     node: str
     started_at: float = 0.0
     id: int = 0  # assigned by the store
+    pidns: str | None = None  # the owner's pid namespace and boot id (None: an older row)
+    boot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +219,8 @@ class Store(Protocol):
     ) -> None: ...
 
     def acquire_lease(self, run_id: str, *, force: bool = False) -> int: ...
+
+    def take_lease(self, run_id: str, *, force: bool = False) -> TakenLease: ...
 
     def heartbeat(self, run_id: str, token: int) -> bool: ...
 

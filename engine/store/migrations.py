@@ -137,4 +137,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE llm_calls ADD COLUMN cache_write_1h_tokens INTEGER;
     """,
+    # 6: who holds a lease, exactly: the owner's /proc start time, pid namespace and boot
+    # id, so a live owner on this host is never taken for dead (and a reused pid or one
+    # in another container never for alive); the same for the owners of commands
+    """
+    ALTER TABLE runs ADD COLUMN lease_start INTEGER;
+    ALTER TABLE runs ADD COLUMN lease_pidns TEXT;
+    ALTER TABLE runs ADD COLUMN lease_boot TEXT;
+    ALTER TABLE procs ADD COLUMN pidns TEXT;
+    ALTER TABLE procs ADD COLUMN boot TEXT;
+    """,
 ]

@@ -20,9 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LeaseLost, StoreError, UsageError
+from .lockers import locked_message
 from .migrations import MIGRATIONS
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
+
+
+def busy_timeout_ms() -> int:
+    """How long a write waits for another process's write lock before it fails."""
+    raw = os.environ.get("FLOWRUN_BUSY_TIMEOUT")
+    if raw is None:
+        return BUSY_TIMEOUT_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"FLOWRUN_BUSY_TIMEOUT={raw!r} is not a number of seconds ≥ 0")
+    return int(value * 1000)
 
 
 class SQLiteDB:
@@ -42,14 +57,15 @@ class SQLiteDB:
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
+        busy_ms = self._busy_ms = busy_timeout_ms()
         try:
             conn = sqlite3.connect(
                 self.path,
                 isolation_level=None,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=busy_ms / 1000,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             sync = "FULL" if self.durability == "full" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {sync}")
@@ -76,6 +92,9 @@ class SQLiteDB:
                         self.conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:  # locked for too long, disk full, I/O
+                if "locked" in str(exc):  # waited busy_timeout: say who holds the lock
+                    message, hint = locked_message(self.path, self._busy_ms / 1000)
+                    raise StoreError(message, hint=hint) from exc
                 raise StoreError(
                     f"cannot write to {self.path}: {exc}",
                     hint="nothing of the failed write was kept; fix the cause, then"

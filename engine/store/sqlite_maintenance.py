@@ -92,7 +92,7 @@ class SQLiteMaintenance(SQLiteRuns):
         anything went, ``VACUUM`` returns the pages to the file system.
         """
         sql = (
-            f"SELECT {self._RUN_COLS}, lease_host, lease_pid, lease_heartbeat FROM runs"
+            f"SELECT {self._RUN_COLS}, {self._LEASE_COLS} FROM runs"
             " WHERE max(created_at, updated_at, coalesce(finished_at, 0)) < ?"
         )
         args: tuple[Any, ...] = (before,)
@@ -104,11 +104,10 @@ class SQLiteMaintenance(SQLiteRuns):
             doomed, live = [], []
             now = time.time()
             for r in c.execute(sql, args).fetchall():
-                host, pid, beat = r[-3:]
-                if lease_live(host, pid, beat, now):
+                if lease_live(*self._owner(r[-6:]), now):
                     live.append(str(r[0]))
                 else:
-                    doomed.append(self._run(r[:-3]))
+                    doomed.append(self._run(r[:-6]))
             return doomed, live
 
         size = self._file_bytes()

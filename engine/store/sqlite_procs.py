@@ -3,7 +3,7 @@
 A row is written as a command starts and deleted as it ends, each in one small
 fenced transaction. What a crashed owner leaves behind names the process groups
 that may still be running, so the next holder of the run can kill them before it
-runs the node again (``engine/nodes/orphans.py``).
+runs the node again (``engine/runtime/orphans.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class SQLiteProcs(SQLiteDB):
             self._fence(c, run_id, token)
             cur = c.execute(
                 "INSERT INTO procs (run_id, host, owner_pid, owner_start, pid, pgid, start_time,"
-                " step, node, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " step, node, started_at, pidns, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     proc.host,
@@ -33,6 +33,8 @@ class SQLiteProcs(SQLiteDB):
                     proc.step,
                     proc.node,
                     proc.started_at,
+                    proc.pidns,
+                    proc.boot,
                 ),
             )
             return int(cur.lastrowid or 0)
@@ -49,7 +51,7 @@ class SQLiteProcs(SQLiteDB):
         with self._lock:
             rows = self.conn.execute(
                 "SELECT host, owner_pid, owner_start, pid, pgid, start_time, step, node,"
-                " started_at, id FROM procs WHERE run_id = ? ORDER BY id",
+                " started_at, id, pidns, boot FROM procs WHERE run_id = ? ORDER BY id",
                 (run_id,),
             ).fetchall()
         return [ProcRecord(run_id, *r) for r in rows]

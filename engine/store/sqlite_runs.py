@@ -1,21 +1,21 @@
 """Runs in SQLite: creating one, its lease (take, heartbeat, release), its status, finding it.
 
-A run row carries its lease (host, pid, heartbeat, token); :func:`.leases.lease_live`
-decides whether a holder may be displaced. Every lease change is one ``_tx``.
+A run row carries its lease (its owner: host, pid, start time, pid namespace, boot id;
+its heartbeat and token); :func:`.leases.lease_live` decides whether a holder may be
+displaced. Every lease change is one ``_tx``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from typing import Any
 
 from ..errors import ResumeRefused
 from ..jsonvalue import dumps
-from .base import Event, RunRecord
-from .leases import HOST, lease_live
+from . import leases
+from .base import Event, LeaseOwner, RunRecord, TakenLease
 from .sqlite_events import SQLiteEvents
 
 
@@ -73,36 +73,56 @@ class SQLiteRuns(SQLiteEvents):
                 hint=f"use `flowrun resume {run_id}` or pick another --run-id",
             ) from None
 
+    # the lease columns, in the order of :meth:`_owner`, then the heartbeat
+    _LEASE_COLS = "lease_host, lease_pid, lease_start, lease_pidns, lease_boot, lease_heartbeat"
+
+    @staticmethod
+    def _owner(cols: Any) -> tuple[LeaseOwner | None, float | None]:
+        """The owner and heartbeat from the :attr:`_LEASE_COLS` of a row."""
+        host, pid, start, pidns, boot, beat = cols
+        if host is None or pid is None:
+            return None, beat
+        return LeaseOwner(host, pid, start, pidns, boot), beat
+
     def acquire_lease(self, run_id: str, *, force: bool = False) -> int:
+        return self.take_lease(run_id, force=force).token
+
+    def take_lease(self, run_id: str, *, force: bool = False) -> TakenLease:
+        me = leases.me()
         with self._tx() as c:
             row = c.execute(
-                "SELECT lease_host, lease_pid, lease_heartbeat, lease_token FROM runs"
-                " WHERE run_id = ?",
-                (run_id,),
+                f"SELECT {self._LEASE_COLS}, lease_token FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if row is None:
                 raise ResumeRefused(f"no run {run_id!r}")
-            host, pid, beat, token = row
-            mine = host == HOST and pid == os.getpid()
-            if not force and not mine and lease_live(host, pid, beat, time.time()):
+            owner, beat = self._owner(row[:6])
+            now = time.time()
+            if owner == me:
+                owner = None  # this very process took it before: nobody is displaced
+            elif not force and leases.lease_live(owner, beat, now):
+                assert owner is not None
+                if leases.checkable(owner):
+                    hint = "wait for it, or pass --force to kill its commands and take over"
+                else:
+                    hint = "wait for it, or pass --force if you know it is dead"
                 raise ResumeRefused(
-                    f"run {run_id} is being executed by pid {pid} on {host}",
-                    hint="wait for it, or pass --force if you know it is dead",
+                    f"run {run_id} is being executed by {leases.describe(owner, beat, now)}",
+                    hint=hint,
                 )
-            token += 1
+            token = int(row[6]) + 1
             c.execute(
-                "UPDATE runs SET lease_host = ?, lease_pid = ?, lease_heartbeat = ?,"
-                " lease_token = ? WHERE run_id = ?",
-                (HOST, os.getpid(), time.time(), token, run_id),
+                "UPDATE runs SET lease_host = ?, lease_pid = ?, lease_start = ?, lease_pidns = ?,"
+                " lease_boot = ?, lease_heartbeat = ?, lease_token = ? WHERE run_id = ?",
+                (me.host, me.pid, me.start, me.pidns, me.boot, now, token, run_id),
             )
-            return int(token)
+            return TakenLease(token, owner, beat)
 
     def run_is_live(self, run_id: str) -> bool:
         """True while a process holds the run's lease (it is being executed right now)."""
         row = self.conn.execute(
-            "SELECT lease_host, lease_pid, lease_heartbeat FROM runs WHERE run_id = ?", (run_id,)
+            f"SELECT {self._LEASE_COLS} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return row is not None and lease_live(row[0], row[1], row[2], time.time())
+        return row is not None and leases.lease_live(*self._owner(row), time.time())
 
     def heartbeat(self, run_id: str, token: int) -> bool:
         with self._tx() as c:
@@ -115,7 +135,8 @@ class SQLiteRuns(SQLiteEvents):
     def release_lease(self, run_id: str, token: int) -> None:
         with self._tx() as c:
             c.execute(
-                "UPDATE runs SET lease_host = NULL, lease_pid = NULL, lease_heartbeat = NULL"
+                "UPDATE runs SET lease_host = NULL, lease_pid = NULL, lease_start = NULL,"
+                " lease_pidns = NULL, lease_boot = NULL, lease_heartbeat = NULL"
                 " WHERE run_id = ? AND lease_token = ?",
                 (run_id, token),
             )

@@ -1,0 +1,376 @@
+"""A run whose owner is alive on this host is never taken over without ``--force``.
+
+The owner of a lease is a process: host, pid namespace, pid and its start time.
+While it exists (stopped by SIGSTOP, or with its heartbeat starved by a long C
+call) a plain resume is refused; ``--force`` kills it and its commands before
+anything runs again. A heartbeat only decides for owners this host cannot check
+(another host, another pid namespace). A write blocked by another process's write
+lock names that process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flowrun.engine.errors import ResumeRefused, StoreError
+from flowrun.engine.runtime.orphans import start_time
+from flowrun.engine.store import SQLiteStore
+from flowrun.engine.store.leases import HOST
+
+from .conftest import FLOWRUN
+
+# Each copy of the command notes its pid, and first notes any earlier copy still running.
+OVERLAP_YAML = """
+name: overlap
+state:
+  slow: {default: null}
+nodes:
+  slow:
+    shell: |
+      for p in $(cat pids 2>/dev/null); do
+        s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)
+        if [ -n "$s" ] && [ "$s" != Z ]; then echo $p >> overlap; fi
+      done
+      echo $$ >> pids
+      if [ -f fast ]; then echo fast; else sleep 60; fi
+    save: slow
+"""
+
+HOG_PY = """
+import os
+
+
+def hog(state, ctx):
+    if os.path.exists("fast"):
+        return {"out": "fast"}
+    open("started", "w").close()
+    sum(range(10**12))  # one C call that never lets go of the GIL
+    return {"out": "slow"}
+"""
+
+HOG_YAML = """
+name: hog
+state:
+  out: {default: null}
+nodes:
+  hog:
+    python: hoglib:hog
+"""
+
+STALE_S = 1.0  # FLOWRUN_LEASE_STALE_S for these tests
+
+
+def lease(db: Path) -> tuple[int | None, float | None]:
+    """(pid, heartbeat) of the lease of the one run in ``db`` (None, None before it exists)."""
+    if not db.exists():
+        return None, None
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = c.execute("SELECT lease_pid, lease_heartbeat FROM runs").fetchone()
+    except sqlite3.OperationalError:
+        return None, None
+    finally:
+        c.close()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def heartbeat_stale(db: Path) -> bool:
+    beat = lease(db)[1]
+    return beat is not None and time.time() - beat > 2 * STALE_S
+
+
+def wait_until(cond: Callable[[], bool], proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while not cond():
+        assert proc is None or proc.poll() is None, f"flowrun exited early: {proc.returncode}"
+        assert time.monotonic() < deadline, "it never got there"
+        time.sleep(0.02)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return dict(os.environ, NO_COLOR="1", FLOWRUN_LEASE_STALE_S=str(STALE_S))
+
+
+@pytest.fixture
+def owners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """flowrun processes a test starts; killed (and their command groups) at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.wait()
+
+
+def start_run(
+    tmp_path: Path, wf: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    err = open(tmp_path / "owner-stderr.txt", "ab")  # noqa: SIM115 - a file, never a full pipe
+    p = subprocess.Popen(
+        [FLOWRUN, "run", wf, "--db", "f.db", "--run-id", "r"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    err.close()
+    owners.append(p)
+    return p
+
+
+def resume(tmp_path: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLOWRUN, "resume", "r", "--db", "f.db", "--json", "-q", *flags],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def stopped_owner(
+    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A run SIGSTOPped inside its command, past the heartbeat window: (owner, command pid)."""
+    (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
+    owner = start_run(tmp_path, "wf.yaml", env, owners)
+    pids = tmp_path / "pids"
+    wait_until(lambda: pids.exists() and pids.read_text().strip() != "", owner)
+    command = int(pids.read_text())
+    wait_until(lambda: lease(tmp_path / "f.db")[0] == owner.pid, owner)
+    owner.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: heartbeat_stale(tmp_path / "f.db"))
+        yield owner, command
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(owner.pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command, signal.SIGKILL)
+
+
+def test_a_stopped_owner_past_the_heartbeat_window_keeps_its_run_from_a_plain_resume(
+    tmp_path: Path, env: dict[str, str], stopped_owner: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    owner, command = stopped_owner
+    (tmp_path / "fast").touch()  # a rerun would be quick: only the refusal keeps it out
+    p = resume(tmp_path, env)
+    assert p.returncode == 3, p.stderr
+    assert f"pid {owner.pid}" in p.stderr and "--force" in p.stderr
+    assert running(owner.pid) and running(command)  # a refusal touches nothing
+    assert (tmp_path / "pids").read_text().split() == [str(command)]  # ran once
+    assert not (tmp_path / "overlap").exists()
+
+
+def test_force_kills_a_stopped_owner_and_its_command_before_the_node_runs_again(
+    tmp_path: Path, env: dict[str, str], stopped_owner: tuple[subprocess.Popen[bytes], int]
+) -> None:
+    owner, command = stopped_owner
+    (tmp_path / "fast").touch()
+    p = resume(tmp_path, env, "--force")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["state"] == {"slow": "fast"}
+    assert owner.wait(timeout=30) == -signal.SIGKILL  # the stalled owner itself was stopped
+    assert not running(command)
+    assert len((tmp_path / "pids").read_text().split()) == 2  # the node ran again
+    assert not (tmp_path / "overlap").exists()  # ... once the first copy was gone
+
+
+def test_a_python_node_starving_the_heartbeat_keeps_its_run_from_a_plain_resume(
+    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+) -> None:
+    (tmp_path / "hoglib.py").write_text(HOG_PY)
+    (tmp_path / "hog.yaml").write_text(HOG_YAML)
+    owner = start_run(tmp_path, "hog.yaml", env, owners)
+    wait_until(lambda: (tmp_path / "started").exists(), owner)
+    wait_until(lambda: heartbeat_stale(tmp_path / "f.db"), owner)  # the GIL starves it
+    (tmp_path / "fast").touch()
+    p = resume(tmp_path, env)
+    assert p.returncode == 3, p.stderr
+    assert f"pid {owner.pid}" in p.stderr and "--force" in p.stderr
+    assert owner.poll() is None
+
+
+def test_force_kills_an_owner_whose_heartbeat_a_gil_holding_node_starves(
+    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+) -> None:
+    (tmp_path / "hoglib.py").write_text(HOG_PY)
+    (tmp_path / "hog.yaml").write_text(HOG_YAML)
+    owner = start_run(tmp_path, "hog.yaml", env, owners)
+    wait_until(lambda: (tmp_path / "started").exists(), owner)
+    wait_until(lambda: heartbeat_stale(tmp_path / "f.db"), owner)
+    (tmp_path / "fast").touch()
+    p = resume(tmp_path, env, "--force")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["state"] == {"out": "fast"}
+    assert owner.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_force_on_a_running_owner_kills_its_command_before_the_node_runs_again(
+    tmp_path: Path, owners: list[subprocess.Popen[bytes]]
+) -> None:
+    env = dict(os.environ, NO_COLOR="1")  # the 30 s window: the owner heartbeats all along
+    (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
+    owner = start_run(tmp_path, "wf.yaml", env, owners)
+    pids = tmp_path / "pids"
+    wait_until(lambda: pids.exists() and pids.read_text().strip() != "", owner)
+    command = int(pids.read_text())
+    try:
+        wait_until(lambda: lease(tmp_path / "f.db")[0] == owner.pid, owner)
+        (tmp_path / "fast").touch()
+        p = resume(tmp_path, env, "--force")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["state"] == {"slow": "fast"}
+        assert not (tmp_path / "overlap").exists()  # its command was gone before the rerun
+        assert owner.wait(timeout=60) == 1  # fenced out at its next write
+        assert "was taken over by another process" in (tmp_path / "owner-stderr.txt").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command, signal.SIGKILL)
+
+
+# the store's rule, with lease rows written as other processes would -----------------
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteStore]:
+    monkeypatch.setenv("FLOWRUN_LEASE_STALE_S", str(STALE_S))
+    s = SQLiteStore(tmp_path / "f.db")
+    s.create_run(
+        "r",
+        workflow_name="w",
+        workflow_path="w.yaml",
+        workflow_text="name: w",
+        workflow_digest="d",
+        state={},
+        frontier={"entries": [], "held": []},
+        inputs={},
+    )
+    yield s
+    s.close()
+
+
+def set_owner(db: Path, **cols: object) -> None:
+    """Write lease columns as another process's ``acquire_lease`` would have."""
+    c = sqlite3.connect(db)
+    c.execute(f"UPDATE runs SET {', '.join(f'lease_{k} = ?' for k in cols)}", tuple(cols.values()))
+    c.commit()
+    c.close()
+
+
+def my_pidns() -> str:
+    return os.readlink("/proc/self/ns/pid")
+
+
+def test_an_owner_in_another_pid_namespace_is_judged_by_its_heartbeat_alone(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    store.acquire_lease("r")
+    # pid 1 in a sibling container with our hostname: our pid number, another namespace
+    me = start_time(os.getpid())
+    db = tmp_path / "f.db"
+    set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=time.time())
+    with pytest.raises(ResumeRefused, match=f"pid {os.getpid()}") as exc:
+        store.acquire_lease("r")
+    assert exc.value.hint and "--force" in exc.value.hint
+    set_owner(db, heartbeat=time.time() - 2 * STALE_S)  # silent for too long: abandoned
+    store.acquire_lease("r")
+
+
+def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    db = tmp_path / "f.db"
+    store.acquire_lease("r")
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        started = start_time(live.pid)
+        assert started is not None
+        stale = time.time() - 2 * STALE_S
+        set_owner(db, pid=live.pid, start=started, pidns=my_pidns(), heartbeat=stale)
+        with pytest.raises(ResumeRefused, match=f"pid {live.pid}"):
+            store.acquire_lease("r")  # alive: a stale heartbeat does not matter
+        assert store.run_is_live("r")
+        # the same pid number with another start time: the owner died, its pid was reused
+        set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=time.time())
+        assert not store.run_is_live("r")
+        store.acquire_lease("r")
+    finally:
+        live.kill()
+        live.wait()
+
+
+HOLDER = """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+open(sys.argv[2], "w").close()
+time.sleep(120)
+"""
+
+
+def test_a_write_blocked_by_a_stopped_writer_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
+    (tmp_path / "fast").touch()
+    env = dict(os.environ, NO_COLOR="1")
+    done = subprocess.run(
+        [FLOWRUN, "run", "wf.yaml", "--db", "f.db", "--run-id", "r", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "f.db"), str(ready)])
+    try:
+        wait_until(ready.exists)
+        holder.send_signal(signal.SIGSTOP)
+        p = subprocess.run(
+            [FLOWRUN, "resume", "r", "--db", "f.db"],
+            cwd=tmp_path,
+            env=dict(env, FLOWRUN_BUSY_TIMEOUT="0.2"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 1, p.stderr
+        assert "database is locked" in p.stderr
+        assert f"pid {holder.pid}" in p.stderr and "stopped" in p.stderr
+        assert "Traceback" not in p.stderr
+
+        # the library says the same, as a StoreError with a hint
+        monkeypatch.setenv("FLOWRUN_BUSY_TIMEOUT", "0.2")
+        blocked = SQLiteStore(tmp_path / "f.db")
+        with pytest.raises(StoreError, match=f"pid {holder.pid}") as exc:
+            blocked.acquire_lease("r")
+        assert exc.value.hint and f"kill -CONT {holder.pid}" in exc.value.hint
+        blocked.close()
+    finally:
+        holder.kill()
+        holder.wait()
