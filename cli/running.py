@@ -211,6 +211,12 @@ def _drive(
             run_id = engine.run_id or run_id
     if run_id is None:
         raise error or RunFailed("the run did not start")
+    for sink in sinks:
+        if isinstance(sink, JsonlSink) and sink.error is not None:
+            console.warn(
+                f"cannot write events to {sink.path}: {sink.error.strerror or sink.error};"
+                f" the rest stay pending: `flowrun resume {run_id} --events FILE` delivers them"
+            )
     report = run_result(store, run_id)
     report["costs"] = run_costs(store, run_id)
     console.final_summary(report, quiet=quiet)
