@@ -114,13 +114,13 @@ def stdout_to_stderr(active: bool) -> Iterator[None]:
 def open_sqlite(db: str, make: Callable[[], T]) -> T:
     """``make()`` the store at ``db``; a path that cannot be a database is a usage error."""
     from flowrun.engine import UsageError
-    from flowrun.engine.errors import StoreError
+    from flowrun.engine.errors import DatabaseRefused, StoreError
 
     existed = os.path.lexists(db)
     try:
         return make()
     except StoreError as exc:
-        if existed:
+        if existed or isinstance(exc, DatabaseRefused):
             raise
         raise UsageError(
             exc.message, hint="pick a --db (or FLOWRUN_DB) in a folder you can write to"

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LeaseLost, ResumeRefused, StoreError, UsageError
+from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError
 from .migrations import MIGRATIONS
 from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
@@ -139,7 +139,7 @@ class SQLiteDB:
                 if version >= len(MIGRATIONS):
                     break
                 if version == 0 and c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-                    raise UsageError(
+                    raise DatabaseRefused(
                         f"{self.path} is another application's SQLite database",
                         hint="flowrun adds no tables to it: pick another --db (or FLOWRUN_DB)",
                     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import StoreError, UsageError
+from ..errors import DatabaseRefused, StoreError
 from .migrations import APP_ID_VERSION, FLOWRUN_APP_ID, MIGRATIONS
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -51,7 +51,7 @@ def read_only_uri(path: Path) -> str:
 
 
 def examine(path: Path) -> DbFile:
-    """The path as a database: a :class:`UsageError` (exit 2) if it cannot be flowrun's."""
+    """The path as a database: a :class:`DatabaseRefused` (exit 2) if it cannot be flowrun's."""
     _check_path(path)
     if not path.exists():
         return DbFile(path, exists=False, fresh=True)
@@ -59,11 +59,11 @@ def examine(path: Path) -> DbFile:
         with path.open("rb") as f:
             head = f.read(len(SQLITE_MAGIC))
     except OSError as exc:
-        raise UsageError(f"database {path}: {exc.strerror}") from None
+        raise DatabaseRefused(f"database {path}: {exc.strerror}") from None
     if not head and not os.path.exists(f"{path}-wal"):
         return DbFile(path, exists=True, fresh=True)
     if head and head != SQLITE_MAGIC:
-        raise UsageError(
+        raise DatabaseRefused(
             f"database {path}: not an SQLite database",
             hint="point --db (or FLOWRUN_DB) at a flowrun database, or at a new file",
         )
@@ -84,7 +84,7 @@ def examine(path: Path) -> DbFile:
         return DbFile(path, exists=True, fresh=True)
     if app_id == 0 and 0 < version < APP_ID_VERSION and tables == legacy_tables(version):
         return DbFile(path, exists=True, fresh=False)  # made before flowrun set application_id
-    raise UsageError(
+    raise DatabaseRefused(
         f"{path} is another application's SQLite database",
         hint="flowrun neither reads nor changes it: pick another --db (or FLOWRUN_DB)",
     )
@@ -92,24 +92,24 @@ def examine(path: Path) -> DbFile:
 
 def _check_path(path: Path) -> None:
     if os.path.islink(path) and not path.exists():
-        raise UsageError(
+        raise DatabaseRefused(
             f"database {path}: a symbolic link to {os.readlink(path)}, which does not exist",
             hint="fix or remove the link, or point --db (or FLOWRUN_DB) elsewhere",
         )
     if path.is_dir():
-        raise UsageError(
+        raise DatabaseRefused(
             f"database {path}: is a folder, not a file",
             hint=f"e.g. --db {path / 'flowrun.db'} (or set FLOWRUN_DB)",
         )
     if path.exists() and not path.is_file():
-        raise UsageError(
+        raise DatabaseRefused(
             f"database {path}: not a regular file",
             hint="point --db (or FLOWRUN_DB) at a flowrun database, or at a new file",
         )
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(
+                raise DatabaseRefused(
                     f"database {path}: {parent} is a file, not a folder",
                     hint="point --db (or FLOWRUN_DB) at a file in a folder",
                 )
