@@ -109,7 +109,7 @@ def do_costs(*, ref: str, by: str, db: str | None, json_out: bool, pricing: str 
 
     if by not in ("model", "node"):
         raise UsageError(f"--by must be model or node, not {by!r}")
-    store = open_store(db, create=False)
+    store = open_store(db, create=False, readonly=True)
     run_id = store.resolve_run_id(ref)
     calls = store.llm_calls(run_id)
     if pricing:  # price what was unpriced when it ran; stored prices stay as they were

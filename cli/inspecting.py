@@ -52,7 +52,7 @@ def do_runs(*, status: str | None, limit: int, db: str | None, json_out: bool) -
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     try:
-        store = open_store(db, create=False)
+        store = open_store(db, create=False, readonly=True)
     except ResumeRefused:  # no database yet: no runs, and none is made by looking
         _out([]) if json_out else console.out("no runs")
         return
@@ -107,7 +107,7 @@ def _cost_line(costs: dict[str, Any]) -> str:
 
 
 def do_show(*, ref: str, db: str | None, json_out: bool, events: bool, full: bool = False) -> int:
-    store = open_store(db, create=False)
+    store = open_store(db, create=False, readonly=True)
     run_id = store.resolve_run_id(ref)
     detail = run_detail(store, run_id)
     if events:

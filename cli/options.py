@@ -7,7 +7,6 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -49,7 +48,6 @@ WorkflowFile = Annotated[str, typer.Argument(metavar="FILE", help="The workflow 
 T = TypeVar("T")
 
 DEFAULT_DB = ".flowrun/flowrun.db"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _json_written = False  # main() prints an error object only if nothing was printed yet
 
@@ -113,41 +111,16 @@ def stdout_to_stderr(active: bool) -> Iterator[None]:
             os.close(saved)
 
 
-def check_db_path(db: str) -> None:
-    """Refuse a ``--db`` that is a folder or some other kind of file (exit 2)."""
-    from flowrun.engine import UsageError
-
-    path = Path(db)
-    if path.is_dir():
-        raise UsageError(
-            f"database {db}: is a folder, not a file",
-            hint=f"e.g. --db {path / 'flowrun.db'} (or set FLOWRUN_DB)",
-        )
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return  # created on first use
-    except OSError as exc:
-        raise UsageError(f"database {db}: {exc.strerror}") from None
-    if head and head != SQLITE_MAGIC:
-        raise UsageError(
-            f"database {db}: not an SQLite database",
-            hint="point --db (or FLOWRUN_DB) at a flowrun database, or at a new file",
-        )
-
-
 def open_sqlite(db: str, make: Callable[[], T]) -> T:
     """``make()`` the store at ``db``; a path that cannot be a database is a usage error."""
     from flowrun.engine import UsageError
-    from flowrun.engine.errors import StoreError
+    from flowrun.engine.errors import DatabaseRefused, StoreError
 
-    check_db_path(db)
     existed = os.path.lexists(db)
     try:
         return make()
     except StoreError as exc:
-        if existed:
+        if existed or isinstance(exc, DatabaseRefused):
             raise
         raise UsageError(
             exc.message, hint="pick a --db (or FLOWRUN_DB) in a folder you can write to"

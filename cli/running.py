@@ -32,23 +32,27 @@ from flowrun.engine.errors import WorkflowError
 from flowrun.engine.events import EventSink
 from flowrun.engine.metrics import Exporter, ExportOptions, exporter_for
 from flowrun.engine.report import run_result
+from flowrun.engine.store.sqlite_file import examine
 
 from . import console
 from .costs import LLMOptions, run_costs
 from .options import DEFAULT_DB, check_run_id, open_sqlite, stdout_to_stderr, write_json
 
 
-def open_store(db: str | None, durability: str = "normal", *, create: bool = True) -> SQLiteStore:
-    """The run database; read-only commands pass ``create=False`` and never make one."""
+def open_store(
+    db: str | None, durability: str = "normal", *, create: bool = True, readonly: bool = False
+) -> SQLiteStore:
+    """The run database; ``create=False`` never makes one, ``readonly=True`` never writes."""
     if durability not in ("normal", "full"):
         raise UsageError(f"--durability must be normal or full, not {durability!r}")
     path = db or DEFAULT_DB
-    if not create and not os.path.exists(path):
+    if not (create or os.path.lexists(path)):
+        examine(Path(path))  # a path no file can be at (under a file, say) is a usage error
         raise ResumeRefused(
             f"no flowrun database at {path}",
             hint="run a workflow here first, or point --db (or FLOWRUN_DB) at its database",
         )
-    return open_sqlite(path, lambda: SQLiteStore(path, durability=durability))
+    return open_sqlite(path, lambda: SQLiteStore(path, durability=durability, readonly=readonly))
 
 
 _BARE_CONSTANTS = ("NaN", "Infinity", "-Infinity")  # not JSON: bare words, kept as strings
@@ -207,6 +211,12 @@ def _drive(
             run_id = engine.run_id or run_id
     if run_id is None:
         raise error or RunFailed("the run did not start")
+    for sink in sinks:
+        if isinstance(sink, JsonlSink) and sink.error is not None:
+            console.warn(
+                f"cannot write events to {sink.path}: {sink.error.strerror or sink.error};"
+                f" the rest stay pending: `flowrun resume {run_id} --events FILE` delivers them"
+            )
     report = run_result(store, run_id)
     report["costs"] = run_costs(store, run_id)
     console.final_summary(report, quiet=quiet)

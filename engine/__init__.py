@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BudgetExceeded,
+    DatabaseRefused,
     FlowrunError,
     Interrupted,
     LeaseLost,
@@ -59,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BudgetExceeded",
+    "DatabaseRefused",
     "Engine",
     "EventSink",
     "Fanout",

@@ -10,6 +10,8 @@ The tree::
     │   └── BudgetExceeded       exit 1  the cost ledger passed --max-cost
     ├── Interrupted              exit 130 SIGINT/SIGTERM
     └── StoreError               exit 1  the database cannot be used
+        ├── DatabaseRefused      exit 2  --db is no flowrun database (a folder, another
+        │                                application's file): left exactly as it was
         ├── LeaseLost            exit 1  another process took the run over
         └── StepAlreadyCommitted exit 1  a step's idempotency key was seen before
 
@@ -83,6 +85,10 @@ class Interrupted(FlowrunError):
 
 class StoreError(FlowrunError):
     exit_code = 1
+
+
+class DatabaseRefused(StoreError):
+    exit_code = 2
 
 
 class LeaseLost(StoreError):

@@ -4,6 +4,12 @@ Delivery is at least once and in order: events are written in the step's own
 transaction, handed to every sink after the commit, and marked emitted in
 batches; on resume, events not yet marked are delivered again first. A sink sees
 each event's ``event_id`` (``run_id:seq``) so it can drop a repeat.
+
+Only a ``durable`` sink (an events file) marks events emitted: a run or resume
+with no ``--events`` leaves them pending for the next one that has it, so the file
+has no gap. A sink whose write fails (disk full, broken pipe, I/O error) is given
+nothing more and marks nothing more; the run goes on, and its events from the
+failure on stay pending until a later ``resume --events`` delivers them.
 """
 
 from __future__ import annotations
@@ -18,15 +24,24 @@ from .store.base import Event, Store
 
 
 class EventSink(Protocol):
+    durable: bool  # keeps what it took: only such sinks mark events emitted
+
     def emit(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
 
 
 class JsonlSink:
-    """``--events FILE.jsonl``: one JSON object per line, appended, flushed per event."""
+    """``--events FILE.jsonl``: one JSON object per line, appended, flushed per event.
+
+    A failed write is kept in ``error`` and raised; the outbox then drops the sink.
+    """
+
+    durable = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.error: OSError | None = None
         self._f: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._lock = threading.Lock()
         # a line cut short by a crash: start ours on a fresh line (a pipe has no past)
@@ -39,11 +54,18 @@ class JsonlSink:
     def emit(self, event: Event) -> None:
         line = dumps(event.to_json(), sort_keys=False)
         with self._lock:
-            self._f.write(line + "\n")
-            self._f.flush()
+            try:
+                self._f.write(line + "\n")
+                self._f.flush()
+            except OSError as exc:
+                self.error = self.error or exc
+                raise
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as exc:  # what a failed write left in the buffer: still pending
+            self.error = self.error or exc
 
 
 class Outbox:
@@ -54,9 +76,10 @@ class Outbox:
     def __init__(self, store: Store, run_id: str, sinks: list[EventSink]) -> None:
         self.store = store
         self.run_id = run_id
-        self.sinks = sinks
+        self.sinks = list(sinks)
         self.seq = store.next_event_seq(run_id) - 1
         self._delivered = 0
+        self._marks = any(s.durable for s in sinks)  # no events file: nothing is delivered
         self._marked_at = time.monotonic()
 
     def make(
@@ -87,9 +110,14 @@ class Outbox:
 
     def deliver(self, events: list[Event]) -> None:
         for e in events:
-            for s in self.sinks:
-                s.emit(e)
-            self._delivered = max(self._delivered, e.seq)
+            for s in list(self.sinks):
+                try:
+                    s.emit(e)
+                except OSError:
+                    self.sinks.remove(s)  # in order or not at all: it gets nothing more
+                    self._marks = self._marks and not s.durable
+            if self._marks:
+                self._delivered = max(self._delivered, e.seq)
         if events and time.monotonic() - self._marked_at > self.MARK_EVERY_S:
             self.flush()
 

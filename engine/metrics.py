@@ -190,6 +190,8 @@ class RunMetrics(Observer):
         self.queued.set(0)
 
     # event sink -----------------------------------------------------------------
+    durable = False  # counts events, keeps none: delivery is the events file's to mark
+
     def emit(self, event: Event) -> None:
         self.events.labels(event.type).inc()
 

@@ -178,3 +178,50 @@ def test_events_option_on_an_unwritable_path_is_a_usage_error(write: Write, tmp_
     r = flowrun("run", "loop.yaml", "--db", "f.db", "--events", "no/dir/e.jsonl", cwd=tmp_path)
     assert r.returncode == 2
     assert "--events no/dir/e.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def event_ids(path: Path) -> list[str]:
+    return [e["event_id"] for e in read_jsonl(path)]
+
+
+def stored_event_ids(run_id: str, cwd: Path) -> list[str]:
+    show = flowrun("show", run_id, "--db", "f.db", "--events", "--json", cwd=cwd)
+    return [e["event_id"] for e in json.loads(show.stdout)["events"]]
+
+
+def test_a_full_disk_events_file_keeps_the_outcome_and_leaves_events_pending(
+    write: Write, tmp_path: Path
+) -> None:
+    write("lib.py", LIB)
+    write("loop.yaml", LOOP)
+    r = flowrun("run", "loop.yaml", "--db", "f.db", "--events", "/dev/full", "--json", cwd=tmp_path)
+    assert "internal error" not in r.stderr
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    assert "cannot write events to /dev/full: No space left on device" in r.stderr
+    show = flowrun("show", run_id, "--db", "f.db", "--json", cwd=tmp_path)
+    assert json.loads(show.stdout)["status"] == "succeeded"
+    ev = tmp_path / "ev.jsonl"
+    r = flowrun("resume", run_id, "--db", "f.db", "--events", str(ev), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert event_ids(ev) == stored_event_ids(run_id, tmp_path)  # every event, in order
+    assert read_jsonl(ev)[-1]["type"] == "run_succeeded"
+
+
+GATE = "name: gate\nnodes:\n  a: {shell: 'test -f ok', next: b}\n  b: {shell: 'true'}\n"
+
+
+def test_a_resume_without_events_leaves_them_for_the_next_events_file(
+    write: Write, tmp_path: Path
+) -> None:
+    write("wf.yaml", GATE)
+    ev = tmp_path / "ev.jsonl"
+    r = flowrun("run", "wf.yaml", "--db", "f.db", "--events", str(ev), "--json", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    (tmp_path / "ok").write_text("")
+    assert flowrun("resume", run_id, "--db", "f.db", cwd=tmp_path).returncode == 0
+    r = flowrun("resume", run_id, "--db", "f.db", "--events", str(ev), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert event_ids(ev) == stored_event_ids(run_id, tmp_path)  # no gap where no sink was
+    assert [e["type"] for e in read_jsonl(ev)].count("run_resumed") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+FLOWRUN_APP_ID = 0x666C6F77  # "flow": PRAGMA application_id of every flowrun database
+
 MIGRATIONS: list[str] = [
     # 1: runs, steps, per-key state versions, task results, event outbox, checkpoints
     """
@@ -147,4 +149,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE procs ADD COLUMN pidns TEXT;
     ALTER TABLE procs ADD COLUMN boot TEXT;
     """,
+    # 7: mark the file as flowrun's (``sqlite_file.examine`` recognises it by this id;
+    # older files by the exact table set of their user_version)
+    f"""
+    PRAGMA application_id = {FLOWRUN_APP_ID};
+    """,
 ]
+
+# the schema version from which every flowrun database carries FLOWRUN_APP_ID
+APP_ID_VERSION = next(i + 1 for i, m in enumerate(MIGRATIONS) if "application_id" in m)

@@ -23,8 +23,14 @@ lease was taken over can never commit.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from .leases import HOST, LEASE_STALE_S, lease_live, pid_alive
 from .sqlite_db import BUSY_TIMEOUT_MS, SQLiteDB
+from .sqlite_file import damage_error
 from .sqlite_ledger import SQLiteLedger
 from .sqlite_maintenance import SQLiteMaintenance
 from .sqlite_procs import SQLiteProcs
@@ -41,6 +47,35 @@ __all__ = [
 ]
 
 
+C = TypeVar("C", bound=type)
+
+
+def _store_boundary(cls: C) -> C:
+    """Every public method: an SQLite failure leaves it as a StoreError naming the file.
+
+    A damaged page surfaces as ``sqlite3.DatabaseError`` (or undecodable text) from
+    whichever read or write meets it first; :func:`~.sqlite_file.damage_error` runs
+    ``PRAGMA quick_check`` then and reports the damage instead of an internal error.
+    """
+
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def guarded(self: SQLiteDB, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise damage_error(self.path, exc) from exc
+
+        return guarded
+
+    for name in dir(cls):
+        attr = getattr(cls, name)
+        if not name.startswith("_") and callable(attr) and not isinstance(attr, type):
+            setattr(cls, name, guard(attr))
+    return cls
+
+
+@_store_boundary
 class SQLiteStore(SQLiteMaintenance, SQLiteSteps, SQLiteLedger, SQLiteProcs):
     """The :class:`~.base.Store` on one SQLite file (``SQLiteStore(path, durability=...)``).
 

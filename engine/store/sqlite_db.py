@@ -5,7 +5,9 @@ Connections run in autocommit mode (``isolation_level=None``); every write is a
 writer lock is taken up front and ``busy_timeout`` handles other processes.
 Every write made on behalf of a run checks the run's lease token inside its
 transaction (:meth:`SQLiteDB._fence`): a process whose lease was taken over can
-never commit. The schema is brought up to date on open (``migrations.py``).
+never commit. The schema is brought up to date on open (``migrations.py``), once
+``sqlite_file.examine`` has found the file to be flowrun's; ``readonly=True``
+opens it ``mode=ro`` and never writes or creates anything.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import LeaseLost, StoreError, UsageError
+from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
 from .lockers import locked_message
 from .migrations import MIGRATIONS
+from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
 BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
 
@@ -43,38 +46,75 @@ def busy_timeout_ms() -> int:
 class SQLiteDB:
     """One database file and one shared connection: open, migrate, transact, fence."""
 
-    def __init__(self, path: str | os.PathLike[str], *, durability: str = "normal") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, durability: str = "normal", readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.durability = durability
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
+        self.readonly = readonly
+        found = examine(self.path)  # nothing is written to a file not known to be flowrun's
         self._lock = threading.RLock()  # the heartbeat thread shares the connection
-        self.conn = self._connect()
-        self._migrate()
+        if readonly and found.fresh:
+            raise ResumeRefused(
+                f"no flowrun database at {self.path}",
+                hint="run a workflow here first, or point --db (or FLOWRUN_DB) at its database",
+            )
+        if not readonly:
+            self._check_writable(found.exists)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not found.exists:
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise StoreError(f"cannot create database {self.path}: {exc.strerror}") from None
+        self.conn = self._connect(read_only_uri(self.path) if readonly else None)
+        try:
+            if not found.fresh:  # damage is found on open, before any write (~0.05 s per 50 MB)
+                (first,) = self.conn.execute("PRAGMA quick_check(1)").fetchone()
+                if first != "ok":
+                    raise damaged(self.path, first)
+            if readonly:
+                self._check_version()
+            else:
+                self._migrate()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise damage_error(self.path, exc) from None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _check_writable(self, exists: bool) -> None:
+        """SQLite's WAL makes and removes ``-wal``/``-shm`` files next to the database."""
+        folder = self.path.parent
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"cannot write to {self.path}: folder {folder} is read-only",
+                hint="reading works (`flowrun show`, `runs`, `costs`); to run, copy the"
+                " database to a writable folder and pass --db",
+            )
+        if exists and not os.access(self.path, os.W_OK):
+            raise StoreError(
+                f"cannot write to {self.path}: the file is read-only",
+                hint="reading works (`flowrun show`, `runs`, `costs`); make it writable to run",
+            )
+
+    def _connect(self, uri: str | None = None) -> sqlite3.Connection:
         busy_ms = self._busy_ms = busy_timeout_ms()
         try:
             conn = sqlite3.connect(
-                self.path,
+                uri or self.path,
                 isolation_level=None,
                 timeout=busy_ms / 1000,
                 check_same_thread=False,
+                uri=uri is not None,
             )
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            sync = "FULL" if self.durability == "full" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous = {sync}")
+            if uri is None:
+                conn.execute("PRAGMA journal_mode = WAL")
+                sync = "FULL" if self.durability == "full" else "NORMAL"
+                conn.execute(f"PRAGMA synchronous = {sync}")
+            else:
+                conn.execute("PRAGMA query_only = ON")
             conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"cannot open database {self.path}: {exc}",
-                hint="is it a flowrun database? use --db to pick another file",
-            ) from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise damage_error(self.path, exc) from None
         return conn
 
     @contextmanager
@@ -101,20 +141,24 @@ class SQLiteDB:
                     " `flowrun resume` continues from the last committed step",
                 ) from exc
 
-    def _migrate(self) -> None:
+    def _check_version(self) -> int:
         (version,) = self.conn.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"database {self.path} has schema version {version}, newer than this flowrun",
                 hint="upgrade flowrun",
             )
+        return int(version)
+
+    def _migrate(self) -> None:
+        version = self._check_version()
         while version < len(MIGRATIONS):
             with self._tx() as c:
                 (version,) = c.execute("PRAGMA user_version").fetchone()
                 if version >= len(MIGRATIONS):
                     break
                 if version == 0 and c.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-                    raise UsageError(
+                    raise DatabaseRefused(
                         f"{self.path} is another application's SQLite database",
                         hint="flowrun adds no tables to it: pick another --db (or FLOWRUN_DB)",
                     )
