@@ -38,6 +38,10 @@ _MAPPING_METHODS = frozenset({"get", "keys", "values", "items"})
 class TemplateError(Exception):
     """A template that does not compile or fails to render."""
 
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
 
 def _tojson(value: Any) -> str:
     return dumps(value, ensure_ascii=True)
@@ -168,9 +172,9 @@ def _make_env(finalize: Any) -> _Env:
 
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
-    for what, count in (("lipsum paragraphs", n), ("lipsum words", max)):
+    for what, count in ((f"lipsum({n})", n), (f"lipsum(max={max})", max)):
         if isinstance(count, int) and count * 20 > MAX_SIZE:
-            raise jinja2.exceptions.SecurityError(f"{what} {count} is above the template limit")
+            raise bounds.too_big(what)
     return str(jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max))
 
 
@@ -204,9 +208,9 @@ def _parse(env: _Env, source: str) -> nodes.Template:
         nesting.check_tree(tree)
         return tree
     except nesting.NestingError as exc:
-        raise TemplateError(f"{exc}; {nesting.HINT}") from None
+        raise TemplateError(str(exc), hint=nesting.HINT) from None
     except RecursionError:  # pragma: no cover - the checks above come first
-        raise TemplateError(f"template nested too deeply; {nesting.HINT}") from None
+        raise TemplateError("template nested too deeply", hint=nesting.HINT) from None
 
 
 def _condition_source(text: str) -> str:
@@ -221,14 +225,14 @@ def compile_template(text: str, *, shell: bool = False) -> Compiled:
     try:
         m = _SINGLE.match(text)
         if m and not shell and "{{" not in m.group("expr") and "}}" not in m.group("expr"):
-            _parse(env, text)
+            rewrite.rewrite(_parse(env, text), shell=False)  # its checks
             return Compiled(text, env.compile_expression(m.group("expr").strip(), False), None)
         tree = rewrite.rewrite(_parse(env, text), shell=shell)
         return Compiled(text, None, env.from_string(tree))
     except jinja2.TemplateSyntaxError as exc:
         raise _syntax(exc) from None
     except (RecursionError, SyntaxError):  # pragma: no cover - nesting.py refuses these first
-        raise TemplateError(f"template too complex to compile; {nesting.HINT}") from None
+        raise TemplateError("template too complex to compile", hint=nesting.HINT) from None
     except rewrite.RewriteError as exc:
         raise TemplateError(str(exc)) from None
 
@@ -236,10 +240,12 @@ def compile_template(text: str, *, shell: bool = False) -> Compiled:
 @lru_cache(maxsize=4096)
 def compile_condition(text: str) -> Any:
     try:
-        _parse(_ENV, _condition_source(text))
+        rewrite.rewrite(_parse(_ENV, _condition_source(text)), shell=False)  # its checks
         return _ENV.compile_expression(_condition_source(text)[3:-3], False)
     except jinja2.TemplateSyntaxError as exc:
         raise _syntax(exc, "condition") from None
+    except rewrite.RewriteError as exc:
+        raise TemplateError(str(exc)) from None
 
 
 def _failed(exc: Exception, text: str) -> TemplateError:
