@@ -32,6 +32,7 @@ MAX_EXPONENT = 1000
 # printf-style conversions: %[(key)][flags][width][.precision]type
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?")
 _WIDE_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+_CONTEXT_PARAMETERS = frozenset({"eval_ctx", "context", "environment", "env"})
 
 
 def too_big(what: str) -> SecurityError:
@@ -173,11 +174,14 @@ def bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
         return _bounded_join(f)
     pre = _PRECHECKS.get(name)
     signature = inspect.signature(f)
+    # An async-variant filter receives the eval context its signature does not show.
+    first = next(iter(signature.parameters), "")
+    skip = int(hasattr(f, "jinja_pass_arg") and first not in _CONTEXT_PARAMETERS)
 
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         if pre is not None:
-            pre(signature.bind(*args, **kwargs).arguments)
+            pre(signature.bind(*args[skip:], **kwargs).arguments)
         result = f(*args, **kwargs)
         if isinstance(result, Iterator) and not isinstance(result, str):
             return _bounded_items(result, name)

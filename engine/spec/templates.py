@@ -130,7 +130,8 @@ def _unwrap(text: str, values: list[_shell.Value]) -> str:
     return _shell.PLACEHOLDER.sub(back, text)
 
 
-def _finalize(value: Any) -> str:
+@jinja2.pass_context  # a finalize that needs the context is never run at compile time
+def _finalize(context: Any, value: Any) -> str:
     return bounds.emitted(_text(value))
 
 
