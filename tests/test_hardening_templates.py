@@ -352,7 +352,7 @@ def _nest(open_: str, close: str, depth: int, inner: str) -> str:
         "{{ state.x" + " + 1" * 38 + " }}",
         "{{ " + "not " * 38 + "state.x }}",
         "{{ " + _nest("state.get(", ", 1)", 19, "'x'") + " }}",
-        _nest("{% for i in [1, 2] %}{{ loop.index }}", "{% else %}e{% endfor %}", 16, "x"),
+        _nest("{% for i in [1] %}{{ loop.index }}", "{% else %}e{% endfor %}", 16, "x"),
         _nest("{% if state.x %}", "{% else %}n{% endif %}", 16, "x"),
         _nest("{% macro m() %}{{ caller() }}", "{% endmacro %}", 8, "")
         + _nest("{% call m() %}", "{% endcall %}", 8, "x"),
