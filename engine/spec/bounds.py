@@ -173,14 +173,14 @@ def bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     if name == "join":
         return _bounded_join(f)
     pre = _PRECHECKS.get(name)
-    signature = inspect.signature(f)
+    signature = inspect.signature(f) if pre is not None else None
     # An async-variant filter receives the eval context its signature does not show.
-    first = next(iter(signature.parameters), "")
+    first = next(iter(signature.parameters), "") if signature is not None else ""
     skip = int(hasattr(f, "jinja_pass_arg") and first not in _CONTEXT_PARAMETERS)
 
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        if pre is not None:
+        if pre is not None and signature is not None:
             pre(signature.bind(*args[skip:], **kwargs).arguments)
         result = f(*args, **kwargs)
         if isinstance(result, Iterator) and not isinstance(result, str):
