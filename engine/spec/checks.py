@@ -156,7 +156,9 @@ class Checker:
         try:
             names, keys = templates.check(value, shell=shell, condition=condition)
         except templates.TemplateError as exc:
-            hint = "templates are Jinja2: {{ state.key }}" if "syntax" in str(exc) else None
+            hint = exc.hint
+            if hint is None and "syntax" in str(exc):
+                hint = "templates are Jinja2: {{ state.key }}"
             unknown = re.search(r"No (filter|test) named '(\w+)'", str(exc))
             if unknown:
                 known = templates.FILTERS if unknown[1] == "filter" else templates.TESTS

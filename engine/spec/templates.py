@@ -22,20 +22,25 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..jsonvalue import dumps
+from . import bounds, nesting, rewrite
 from . import shell as _shell
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 NAMES = frozenset({"state", "item", "index", "run", "node"})
-MAX_SIZE = 1_000_000  # the longest string or list `*` may build; the largest `**` exponent
+MAX_SIZE = bounds.MAX_SIZE
 _MAPPING_METHODS = frozenset({"get", "keys", "values", "items"})
-_FORMAT_WIDTH = re.compile(r"%[-+ #0]*(\d{5,}|\*)")
 
 
 class TemplateError(Exception):
     """A template that does not compile or fails to render."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def _tojson(value: Any) -> str:
@@ -58,10 +63,28 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-class _Env(ImmutableSandboxedEnvironment):
-    """The sandbox, with mapping items before attributes and bounded ``*``, ``**``, ``%``."""
+class _Template(jinja2.Template):
+    """A compiled template whose ``~`` is bounded like every other way to build text."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    @classmethod
+    def _from_namespace(cls, environment: Any, namespace: Any, globals: Any) -> jinja2.Template:
+        namespace["str_join"] = bounds.str_join
+        namespace["markup_join"] = _markup_join
+        return super()._from_namespace(environment, namespace, globals)
+
+
+def _markup_join(seq: Any) -> Any:
+    items = list(seq)
+    bounds.str_join(items)
+    return jinja2.runtime.markup_join(items)
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    """The sandbox: mapping items before attributes, every value bounded (:mod:`.bounds`)."""
+
+    template_class = _Template
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    concat = staticmethod(bounds.concat)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -72,22 +95,25 @@ class _Env(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(times, int)
-                    and len(seq) * times > MAX_SIZE
-                ):
-                    raise jinja2.exceptions.SecurityError(
-                        f"`*` would build more than {MAX_SIZE} items"
-                    )
-        elif operator == "**":
-            if isinstance(right, int | float) and abs(right) > 1000 and left not in (0, 1, -1):
-                raise jinja2.exceptions.SecurityError("exponent too large")
-        elif operator == "%" and isinstance(left, str) and _FORMAT_WIDTH.search(left):
-            raise jinja2.exceptions.SecurityError("format width too large")
-        return super().call_binop(context, operator, left, right)
+        bounds.check_binop(operator, left, right)
+        return bounds.checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        bounds.step()
+        bounds.check_method(__obj, args, kwargs)
+        return bounds.checked(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Any:
+        format_ = super().wrap_str_format(value)
+        if format_ is None:
+            return None
+        template = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            bounds.check_format_string(template)
+            return bounds.checked(format_(*args, **kwargs))
+
+        return bounded
 
 
 # Values collected while a shell template renders (one list per render, per thread).
@@ -95,14 +121,24 @@ _SHELL_VALUES: ContextVar[list[_shell.Value] | None] = ContextVar("flowrun_shell
 
 
 def _unwrap(text: str, values: list[_shell.Value]) -> str:
-    """Put the text of earlier placeholders back (a `{% set %}` block captured them)."""
-    return _shell.PLACEHOLDER.sub(lambda m: values[int(m.group(1))][0], text)
+    """Put the text of earlier placeholders back (a block captured them)."""
+
+    def back(m: re.Match[str]) -> str:
+        n = int(m.group(1))
+        return values[n][0] if n < len(values) else m.group(0)
+
+    return _shell.PLACEHOLDER.sub(back, text)
+
+
+@jinja2.pass_context  # a finalize that needs the context is never run at compile time
+def _finalize(context: Any, value: Any) -> str:
+    return bounds.emitted(_text(value))
 
 
 @jinja2.pass_context
 def _collect(context: Any, value: Any) -> str:
     values = _SHELL_VALUES.get()
-    text = _text(value)
+    text = bounds.emitted(_text(value))
     if values is None:  # rendered outside render_shell: plain text
         return text
     words = None
@@ -112,22 +148,41 @@ def _collect(context: Any, value: Any) -> str:
     return f"\x00{len(values) - 1}\x00"
 
 
+def _block_text(value: Any) -> str:
+    """A captured block's text with its values' text put back (see :mod:`.rewrite`)."""
+    values = _SHELL_VALUES.get()
+    text = str(value)
+    return text if values is None else _unwrap(text, values)
+
+
 def _make_env(finalize: Any) -> _Env:
     env = _Env(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         finalize=finalize,
+        optimized=False,  # constant folding is cubic in a filter chain and runs filters early
     )
     env.filters["tojson"] = _tojson
     env.filters["json"] = _tojson
+    env.filters = {name: bounds.bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters[rewrite.TEXT] = _block_text
+    env.filters[rewrite.STEPS] = bounds.steps
+    env.globals["lipsum"] = _lipsum
     return env
 
 
-_ENV = _make_env(_text)
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    for what, count in ((f"lipsum({n})", n), (f"lipsum(max={max})", max)):
+        if isinstance(count, int) and count * 20 > MAX_SIZE:
+            raise bounds.too_big(what)
+    return str(jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max))
+
+
+_ENV = _make_env(_finalize)
 _SHELL_ENV = _make_env(_collect)
 _GLOBALS = frozenset(_ENV.globals)
-FILTERS = frozenset(_ENV.filters)
+FILTERS = frozenset(f for f in _ENV.filters if not f.startswith(rewrite.HIDDEN))
 TESTS = frozenset(_ENV.tests)
 
 
@@ -146,26 +201,52 @@ def _syntax(exc: jinja2.TemplateSyntaxError, what: str = "template") -> Template
     return TemplateError(f"{what} syntax error: {exc.message}")
 
 
+def _parse(env: _Env, source: str) -> nodes.Template:
+    """Parse ``source`` after checking how deep it nests, and check the tree too."""
+    try:
+        nesting.check_tokens(env.lexer.tokeniter(source, None))
+        tree = env.parse(source)
+        nesting.check_tree(tree)
+        return tree
+    except nesting.NestingError as exc:
+        raise TemplateError(str(exc), hint=nesting.HINT) from None
+    except RecursionError:  # pragma: no cover - the checks above come first
+        raise TemplateError("template nested too deeply", hint=nesting.HINT) from None
+
+
+def _condition_source(text: str) -> str:
+    m = _SINGLE.match(text)
+    expr = m.group("expr") if m else text
+    return "{{ " + expr.strip() + " }}"
+
+
 @lru_cache(maxsize=4096)
 def compile_template(text: str, *, shell: bool = False) -> Compiled:
     env = _SHELL_ENV if shell else _ENV
     try:
         m = _SINGLE.match(text)
         if m and not shell and "{{" not in m.group("expr") and "}}" not in m.group("expr"):
+            rewrite.rewrite(_parse(env, text), shell=False)  # its checks
             return Compiled(text, env.compile_expression(m.group("expr").strip(), False), None)
-        return Compiled(text, None, env.from_string(text))
+        tree = rewrite.rewrite(_parse(env, text), shell=shell)
+        return Compiled(text, None, env.from_string(tree))
     except jinja2.TemplateSyntaxError as exc:
         raise _syntax(exc) from None
+    except (RecursionError, SyntaxError):  # pragma: no cover - nesting.py refuses these first
+        raise TemplateError("template too complex to compile", hint=nesting.HINT) from None
+    except rewrite.RewriteError as exc:
+        raise TemplateError(str(exc)) from None
 
 
 @lru_cache(maxsize=4096)
 def compile_condition(text: str) -> Any:
-    m = _SINGLE.match(text)
-    expr = m.group("expr") if m else text
     try:
-        return _ENV.compile_expression(expr.strip(), False)
+        rewrite.rewrite(_parse(_ENV, _condition_source(text)), shell=False)  # its checks
+        return _ENV.compile_expression(_condition_source(text)[3:-3], False)
     except jinja2.TemplateSyntaxError as exc:
         raise _syntax(exc, "condition") from None
+    except rewrite.RewriteError as exc:
+        raise TemplateError(str(exc)) from None
 
 
 def _failed(exc: Exception, text: str) -> TemplateError:
@@ -189,13 +270,14 @@ def render(text: str, scope: Mapping[str, Any], *, shell: bool = False) -> Any:
         return text
     c = compile_template(text)
     try:
-        if c.expr is not None:
-            value = c.expr(**scope)
-            if isinstance(value, jinja2.Undefined):
-                str(value)  # raises UndefinedError
-            return value
-        assert c.template is not None
-        return c.template.render(**scope)
+        with bounds.rendering():
+            if c.expr is not None:
+                value = c.expr(**scope)
+                if isinstance(value, jinja2.Undefined):
+                    str(value)  # raises UndefinedError
+                return value
+            assert c.template is not None
+            return c.template.render(**scope)
     except Exception as exc:
         raise _failed(exc, text) from None
 
@@ -211,7 +293,8 @@ def render_shell(text: str, scope: Mapping[str, Any]) -> str:
     values: list[_shell.Value] = []
     token = _SHELL_VALUES.set(values)
     try:
-        script = c.template.render(**scope)
+        with bounds.rendering():
+            script = c.template.render(**scope)
         return _shell.substitute(script, values)
     except Exception as exc:
         raise _failed(exc, text) from None
@@ -225,10 +308,11 @@ def render_text(text: str, scope: Mapping[str, Any]) -> str:
 
 def evaluate(condition: str, scope: Mapping[str, Any]) -> bool:
     try:
-        value = compile_condition(condition)(**scope)
-        if isinstance(value, jinja2.Undefined):
-            str(value)
-        return bool(value)
+        with bounds.rendering():
+            value = compile_condition(condition)(**scope)
+            if isinstance(value, jinja2.Undefined):
+                str(value)
+            return bool(value)
     except TemplateError:
         raise
     except jinja2.UndefinedError as exc:
@@ -237,12 +321,20 @@ def evaluate(condition: str, scope: Mapping[str, Any]) -> bool:
         raise TemplateError(f"{type(exc).__name__}: {exc} in condition {condition!r}") from None
 
 
-def _ast(text: str, *, condition: bool) -> nodes.Template:
-    if condition:
-        m = _SINGLE.match(text)
-        expr = m.group("expr") if m else text
-        return _ENV.parse("{{ " + expr.strip() + " }}")
-    return _ENV.parse(text)
+class _Tracker(meta.TrackingCodeGenerator):
+    """Jinja2's introspection, without its constant folding (cubic in a filter chain)."""
+
+    def __init__(self, environment: jinja2.Environment) -> None:
+        CodeGenerator.__init__(
+            self, environment, "<introspection>", "<introspection>", optimized=False
+        )
+        self.undeclared_identifiers: set[str] = set()
+
+
+def _undeclared(tree: nodes.Template) -> set[str]:
+    tracker = _Tracker(_ENV)
+    tracker.visit(tree)
+    return tracker.undeclared_identifiers
 
 
 def references(text: str, *, condition: bool = False) -> tuple[set[str], set[str]]:
@@ -251,8 +343,8 @@ def references(text: str, *, condition: bool = False) -> tuple[set[str], set[str
     Raises :class:`TemplateError` on a syntax error.
     """
     try:
-        ast = _ast(text, condition=condition)
-        names = set(meta.find_undeclared_variables(ast)) - _GLOBALS
+        ast = _parse(_ENV, _condition_source(text) if condition else text)
+        names = _undeclared(ast) - _GLOBALS
     except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError too: unknown filter
         raise _syntax(exc, "condition" if condition else "template") from None
     callees = {id(call.node) for call in ast.find_all(nodes.Call)}
