@@ -35,9 +35,9 @@ MetricsLinger = Annotated[
     float,
     typer.Option(
         "--metrics-linger",
-        min=0,
         metavar="SECONDS",
-        help="Keep serving this many seconds after the run ends.",
+        help="Keep serving this many seconds after the run ends (at most 86400; inf: until"
+        " Ctrl-C or SIGTERM).",
     ),
 ]
 MetricsPush = Annotated[

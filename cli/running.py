@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -139,6 +141,20 @@ class _Signals:
             signal.signal(sig, prev)
 
 
+@contextlib.contextmanager
+def _signals_call(fn: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM call ``fn`` instead of ending the process."""
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: fn())
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
 def grace_seconds() -> float:
     """``FLOWRUN_GRACE``: how long running tasks may finish after SIGINT/SIGTERM."""
     raw = os.environ.get("FLOWRUN_GRACE", "10")
@@ -170,7 +186,10 @@ def _execute(
         _drive(store, json_out, quiet, events, max_concurrency, go, run_id_hint, view, exporter)
     finally:
         if exporter is not None:
-            exporter.close()  # final file/push, linger, then the port is closed
+            # final file/push, linger, then the port is closed; a signal only ends the
+            # linger, so the exit code stays the run's
+            with _signals_call(exporter.end_linger):
+                exporter.close()
 
 
 def _drive(

@@ -15,9 +15,11 @@ file write that fails only warns: observability never changes a run's outcome.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 PUSH_JOB = "flowrun"
 PUSH_TIMEOUT_S = 10.0
 POLL_S = 0.05  # how soon the HTTP loop notices shutdown
+LINGER_MAX_S = 86_400.0  # a finite --metrics-linger is at most a day; inf: until a signal
 
 
 class RunMetrics(Observer):
@@ -209,6 +212,17 @@ class ExportOptions:
     push_url: str | None = None
     file: str | None = None
 
+    def __post_init__(self) -> None:
+        # a plain value, checked as the options are made: every command rejects it up front
+        linger = self.linger_s
+        if math.isnan(linger) or linger < 0:
+            raise UsageError(f"--metrics-linger {linger:g}: must be a number of seconds ≥ 0")
+        if LINGER_MAX_S < linger < math.inf:
+            raise UsageError(
+                f"--metrics-linger {linger:g}: more than the maximum of {LINGER_MAX_S:g} seconds",
+                hint="--metrics-linger inf serves until Ctrl-C or SIGTERM",
+            )
+
     @property
     def wanted(self) -> bool:
         return self.port is not None or bool(self.push_url) or bool(self.file)
@@ -217,8 +231,6 @@ class ExportOptions:
         """Reject bad values before anything runs (exit 2)."""
         if self.port is not None and not 0 <= self.port <= 65535:
             raise UsageError(f"--metrics-port {self.port}: must be 0..65535 (0 picks a free one)")
-        if self.linger_s < 0:
-            raise UsageError(f"--metrics-linger {self.linger_s:g}: must be ≥ 0 seconds")
         if self.push_url:
             u = urlparse(self.push_url if "://" in self.push_url else f"http://{self.push_url}")
             if u.scheme not in ("http", "https") or not u.hostname:
@@ -256,6 +268,7 @@ class Exporter:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._linger_over = threading.Event()
 
     def start(self) -> str | None:
         """Validate the options and bind the HTTP endpoint; return its URL (None: no port)."""
@@ -359,10 +372,22 @@ class Exporter:
                 f"--metrics-push {url}: push failed ({cause}); the run's outcome is unaffected"
             )
 
+    def end_linger(self) -> None:
+        """Stop lingering now (safe from a signal handler); :meth:`close` then returns."""
+        self._linger_over.set()
+
     def _linger(self, seconds: float) -> None:
-        self.info(f"metrics stay up at {self.url} for {seconds:g}s (Ctrl-C to stop)")
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait(seconds)
+        if math.isinf(seconds):
+            self.info(f"metrics stay up at {self.url} until Ctrl-C or SIGTERM")
+        else:
+            self.info(f"metrics stay up at {self.url} for {seconds:g}s (Ctrl-C or SIGTERM ends it)")
+        end = time.monotonic() + seconds
+        with contextlib.suppress(KeyboardInterrupt):  # a caller without signal handlers
+            # short waits: a signal may land on another thread, and its Python handler
+            # runs only once this (main) thread wakes up
+            while (left := end - time.monotonic()) > 0:
+                if self._linger_over.wait(min(left, POLL_S)):
+                    break
 
 
 def _bind(addr: str, port: int, registry: Any) -> Any:

@@ -337,6 +337,73 @@ def test_linger_keeps_final_values_up_until_ctrl_c(fanout: Path, tmp_path: Path)
     assert port_closed(port)
 
 
+FAILS = """
+name: fails
+state: {}
+nodes:
+  bad:
+    python: lib:boom
+"""
+
+
+@pytest.mark.parametrize(
+    ("linger", "sig", "workflow", "run_code"),
+    [
+        ("60", signal.SIGTERM, "tiny.yaml", 0),
+        ("inf", signal.SIGTERM, "fails.yaml", 1),
+        ("inf", signal.SIGINT, "tiny.yaml", 0),
+    ],
+)
+def test_a_signal_while_lingering_ends_the_linger_and_exits_with_the_runs_code(
+    fanout: Path,
+    write: Write,
+    tmp_path: Path,
+    linger: str,
+    sig: signal.Signals,
+    workflow: str,
+    run_code: int,
+) -> None:
+    write("fails.yaml", FAILS)
+    args = ["run", workflow, "--db", "f.db", "--metrics-port", "0", "--metrics-linger", linger]
+    proc = Proc(args, tmp_path)
+    port = int(metrics_url(proc).rsplit(":", 1)[1].split("/")[0])
+    line = proc.wait_line("metrics stay up at ")
+    assert ("until Ctrl-C or SIGTERM" in line) == (linger == "inf"), line
+    assert not port_closed(port)  # still serving: lingering, not exited
+    proc.p.send_signal(sig)
+    code, _, err = proc.finish()
+    assert code == run_code, err  # the run's outcome, not 143/130: the signal ended the linger
+    assert "Traceback" not in err and "internal error" not in err
+    assert port_closed(port)
+
+
+@pytest.mark.parametrize(
+    ("linger", "needle"),
+    [
+        ("-1", "--metrics-linger -1: must be a number of seconds ≥ 0"),
+        ("nan", "--metrics-linger nan: must be a number of seconds ≥ 0"),
+        ("1e10", "--metrics-linger 1e+10: more than the maximum of 86400 seconds"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_bad_metrics_linger_is_a_usage_error_before_anything_runs(
+    fanout: Path, tmp_path: Path, linger: str, needle: str, command: str
+) -> None:
+    target = "tiny.yaml" if command == "run" else "latest"
+    args = [command, target, "--db", "f.db", "--metrics-port", "0", "--metrics-linger", linger]
+    p = subprocess.run(
+        [FLOWRUN, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stderr
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "f.db").exists()  # refused before the database was opened
+
+
 def test_busy_port_bad_addr_and_bad_options_are_usage_errors_before_the_run(
     fanout: Path, tmp_path: Path
 ) -> None:

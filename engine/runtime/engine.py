@@ -414,13 +414,16 @@ class Engine:
                 if out.status != "ok":
                     failed.append(out)
             results = [self._result(step, out) for out in finished]
-            # Results that finished together are saved in one transaction. The step's
-            # last results ride in the step's own commit (nothing runs in between).
+            # Results that finished together are saved in one transaction (a group
+            # commit); only then do their tasks leave the gate's window, which bounds
+            # the finished results a kill -9 can lose. The step's last results ride in
+            # the step's own commit (nothing is dispatched in between).
             over = self.scope.over_budget.is_set()
             if dispatched and not pending and not failed and not self.stop.is_set() and not over:
                 unsaved.extend(results)
             else:
                 store.save_task_results(run_id, self.token, results)
+            gate.settled(done)
             for out in finished:
                 self._finished(out)
 
@@ -467,6 +470,9 @@ class Engine:
                     wait_some()
                 if self.scope.over_budget.is_set():
                     break  # the budget ran out while we waited for room
+            done = gate.wait(0)  # EAGER
+            if done:
+                collect(done)
             self.observer.task_queued(step, t)
             f = gate.submit(
                 None if inline else executor,

@@ -10,7 +10,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,29 +91,32 @@ def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
 
 
 class StepGate:
-    """One step's dispatch window (SPEC §3, backpressure).
+    """One step's dispatch window (SPEC §3, backpressure; README, durability).
 
     The coordinator hands a task to the executor only while fewer than
     ``queue_depth`` (at least one) wait to start and fewer than ``max_running +
-    queue_depth`` are unfinished. Workers report starts and finishes here; finished
-    futures are handed back through :meth:`wait`, so waiting costs O(1) per task
-    however many are in flight.
+    queue_depth`` are unsettled: queued, running, or finished with a result the
+    coordinator has not committed yet (it calls :meth:`settled` once it has). So
+    a kill -9 loses the results of at most ``max_running + queue_depth`` finished
+    tasks, however fast tasks finish. Workers report starts and finishes here;
+    finished futures are handed back through :meth:`wait`, so waiting costs O(1)
+    per task however many are in flight.
     """
 
     def __init__(self, max_running: int, queue_depth: int) -> None:
         self.max_running = max(1, max_running)
         self.queue_depth = max(0, queue_depth)
         self._cond = threading.Condition()
-        self._submitted = self._started = self._finished = 0
+        self._submitted = self._started = self._settled = 0
         self._done: list[Future[TaskOutcome]] = []
         self._changed = False
 
     def full(self) -> bool:
         with self._cond:
             queued = self._submitted - self._started
-            unfinished = self._submitted - self._finished
+            unsettled = self._submitted - self._settled
         return queued >= max(1, self.queue_depth) or (
-            unfinished >= self.max_running + self.queue_depth
+            unsettled >= self.max_running + self.queue_depth
         )
 
     def submit(
@@ -152,15 +155,21 @@ class StepGate:
 
     def finished(self) -> None:
         with self._cond:
-            self._finished += 1
             self._changed = True
             self._cond.notify_all()
 
+    # called by the coordinator
+    def settled(self, done: Iterable[Future[TaskOutcome]]) -> None:
+        """Futures from :meth:`wait` are dealt with: their results are committed."""
+        n = sum(not f.cancelled() for f in done)  # a cancelled one settled as it completed
+        with self._cond:
+            self._settled += n
+
     def _completed(self, future: Future[TaskOutcome]) -> None:
         with self._cond:
-            if future.cancelled():  # it never reached run_task: it is not queued any more
+            if future.cancelled():  # it never reached run_task: nothing to run or commit
                 self._started += 1
-                self._finished += 1
+                self._settled += 1
             self._done.append(future)
             self._cond.notify_all()
 
