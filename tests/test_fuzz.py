@@ -142,7 +142,9 @@ def mangled_yaml(draw: st.DrawFn) -> str:
         piece = draw(
             st.one_of(
                 st.sampled_from(TAGS),
-                st.sampled_from(["\x00", "\x07", "\x7f", "\x90", "\ufeff", "\r", "\t", "&a ", "*a"]),
+                st.sampled_from(
+                    ["\x00", "\x07", "\x7f", "\x90", "\ufeff", "\r", "\t", "&a ", "*a"]
+                ),
                 st.sampled_from([": ", "- ", "{", "[", "'", '"', "\n  ", "<<: ", "? "]),
                 st.text(max_size=5),
             )
@@ -277,7 +279,13 @@ SHELL_SHAPES = [
 PAYLOADS = st.one_of(
     st.text(alphabet=string.printable, max_size=40),
     st.sampled_from(
-        ["$(touch PWNED)", "`touch PWNED`", "; touch PWNED", "'; touch PWNED; '", "\"$(touch PWNED)\""]
+        [
+            "$(touch PWNED)",
+            "`touch PWNED`",
+            "; touch PWNED",
+            "'; touch PWNED; '",
+            '"$(touch PWNED)"',
+        ]
     ),
 )
 
@@ -311,14 +319,26 @@ SET_VALUES = st.one_of(
     st.text(max_size=40),
     st.sampled_from(
         [
-            "1e999", "-1e999", "NaN", "Infinity", "-Infinity", '"\\ud800"', '"\\udfff"',
-            "[" * 3000 + "]" * 3000, '{"a": ' * 2000 + "1" + "}" * 2000, "1" * 5000,
-            '"\\u0000"', "[1e400]", '{"x": NaN}',
+            "1e999",
+            "-1e999",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            '"\\ud800"',
+            '"\\udfff"',
+            "[" * 3000 + "]" * 3000,
+            '{"a": ' * 2000 + "1" + "}" * 2000,
+            "1" * 5000,
+            '"\\u0000"',
+            "[1e400]",
+            '{"x": NaN}',
         ]
-    ),  # fmt: skip
+    ),
     st.recursive(
         st.one_of(st.integers(), st.floats(), st.text(max_size=5), st.none(), st.booleans()),
-        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
         max_leaves=10,
     ).map(lambda v: json.dumps(v, allow_nan=True)),
 )
@@ -370,4 +390,3 @@ def test_corpus_set_value_is_strict_json_or_refused(path: Path) -> None:
     test_a_set_value_is_strict_json_or_refused.hypothesis.inner_test(  # type: ignore[attr-defined]
         raw=path.read_text(encoding="utf-8", errors="surrogatepass").rstrip("\n")
     )
-
