@@ -161,13 +161,25 @@ def _execute(
     run_id_hint: str | None,
     wf: Workflow,
     metrics: ExportOptions,
+    output_limit: int | None = None,
 ) -> None:
     view = console.progress_view(quiet=quiet)
     exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
     if exporter is not None:
         view.metrics_url = exporter.start()  # before the first step; raises UsageError (exit 2)
     try:
-        _drive(store, json_out, quiet, events, max_concurrency, go, run_id_hint, view, exporter)
+        _drive(
+            store,
+            json_out,
+            quiet,
+            events,
+            max_concurrency,
+            go,
+            run_id_hint,
+            view,
+            exporter,
+            output_limit,
+        )
     finally:
         if exporter is not None:
             exporter.close()  # final file/push, linger, then the port is closed
@@ -183,6 +195,7 @@ def _drive(
     run_id_hint: str | None,
     view: console.PlainView,
     exporter: Exporter | None,
+    output_limit: int | None,
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -194,9 +207,12 @@ def _drive(
     if exporter is not None:
         observer = Fanout(view, exporter.metrics)
         sinks.append(exporter.metrics)
+    settings = Settings(max_concurrency=max_concurrency, grace_s=grace_seconds())
+    if output_limit is not None:
+        settings.output_limit = output_limit
     engine = Engine(
         store,
-        settings=Settings(max_concurrency=max_concurrency, grace_s=grace_seconds()),
+        settings=settings,
         observer=observer,
         sinks=sinks,
     )
@@ -245,6 +261,7 @@ def do_run(
     events: str | None,
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
+    output_limit: int | None = None,
 ) -> None:
     check_run_id(run_id)
     wf = load_workflow(file)
@@ -263,7 +280,16 @@ def do_run(
         return engine.start(wf, run_id=run_id, inputs=inputs)
 
     _execute(
-        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+        store,
+        json_out,
+        quiet,
+        events,
+        max_concurrency,
+        go,
+        run_id,
+        wf,
+        metrics or ExportOptions(),
+        output_limit,
     )
 
 
@@ -292,6 +318,7 @@ def do_resume(
     events: str | None,
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
+    output_limit: int | None = None,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -303,5 +330,14 @@ def do_resume(
         return engine.resume(wf, run_id, force=force)
 
     _execute(
-        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+        store,
+        json_out,
+        quiet,
+        events,
+        max_concurrency,
+        go,
+        run_id,
+        wf,
+        metrics or ExportOptions(),
+        output_limit,
     )

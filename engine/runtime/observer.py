@@ -34,6 +34,11 @@ class Observer:
         self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
     ) -> None: ...
 
+    def task_output(
+        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+    ) -> None:
+        """Complete lines a running task printed to ``stream`` (``stdout``/``stderr``)."""
+
     def backpressure(self) -> None: ...
 
     def merge_conflict(self, key: str, nodes: tuple[str, str]) -> None: ...

@@ -2,7 +2,8 @@
 
 Results of a step that has not committed yet let a resumed run skip the tasks
 that already succeeded; ``task_results`` joins them with the task events for
-``flowrun show``.
+``flowrun show``. What each attempt printed (``task_output``) is written with its
+result, in the same transaction, and read back in task order for ``flowrun logs``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from ..jsonvalue import dumps
-from .base import TaskResult
+from .base import TaskOutput, TaskResult
 from .sqlite_events import SQLiteEvents
 
 
@@ -50,6 +51,24 @@ class SQLiteTaskResults(SQLiteEvents):
                 result.stderr,
             ),
         )
+        if result.outputs:
+            c.executemany(
+                "INSERT INTO task_output (run_id, step, order_key, node, idx, attempt, cut,"
+                " chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        o.step,
+                        o.order_key,
+                        o.node,
+                        o.index,
+                        o.attempt,
+                        o.cut,
+                        json.dumps(o.chunks, ensure_ascii=False, separators=(",", ":")),
+                    )
+                    for o in result.outputs
+                ],
+            )
 
     def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
         return [
@@ -116,3 +135,76 @@ class SQLiteTaskResults(SQLiteEvents):
             r for r in sorted(rows.values(), key=lambda r: r.started_at) if r.step >= current
         )
         return out
+
+    def task_outputs(
+        self,
+        run_id: str,
+        *,
+        node: str | None = None,
+        index: int | None = None,
+        attempt: int | None = None,
+    ) -> list[TaskOutput]:
+        """What the run's tasks printed, per attempt, in task order.
+
+        Task order is step by step, and within a step the order of its tasks (as
+        committed); the step a run stopped in keeps the order its tasks finished in.
+        A task's attempts come in the order they ran.
+        """
+        where: list[str] = ["run_id = ?"]
+        args: list[Any] = [run_id]
+        for column, value in (("node", node), ("idx", index), ("attempt", attempt)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self.conn.execute(
+            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+            f" WHERE {' AND '.join(where)} ORDER BY id",
+            args,
+        ).fetchall()
+        if not rows:
+            return []
+        position: dict[tuple[int, str], int] = {}
+        for step, tasks in self.conn.execute(
+            "SELECT step, tasks FROM steps WHERE run_id = ? AND step IN"
+            f" ({','.join('?' * len({r[1] for r in rows}))})",
+            [run_id, *sorted({r[1] for r in rows})],
+        ):
+            for i, t in enumerate(json.loads(tasks)):
+                position[(step, t["key"])] = i
+        first: dict[tuple[int, str], int] = {}  # a task's first row: its place, uncommitted
+        for r in rows:
+            first.setdefault((r[1], r[2]), r[0])
+        rows.sort(
+            key=lambda r: (
+                r[1],
+                position.get((r[1], r[2]), len(position)),
+                first[(r[1], r[2])],
+                r[0],
+            )
+        )
+        return [_output(r) for r in rows]
+
+    def task_output(
+        self, run_id: str, step: int, node: str, index: int | None, attempt: int
+    ) -> TaskOutput | None:
+        """What one attempt printed (the latest such attempt, if the step ran again)."""
+        row = self.conn.execute(
+            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+            " WHERE run_id = ? AND step = ? AND node = ? AND idx IS ? AND attempt = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (run_id, step, node, index, attempt),
+        ).fetchone()
+        return None if row is None else _output(row)
+
+
+def _output(row: tuple[Any, ...]) -> TaskOutput:
+    _, step, order_key, node, index, attempt, cut, chunks = row
+    return TaskOutput(
+        step=step,
+        order_key=order_key,
+        node=node,
+        index=index,
+        attempt=attempt,
+        chunks=tuple((str(s), str(t)) for s, t in json.loads(chunks)),
+        cut=cut,
+    )
