@@ -180,6 +180,9 @@ class PlainView(Observer):
             return
         self._output(output_lines(_label(task), lines))
 
+    def wants_output(self) -> bool:
+        return not self.quiet
+
     def _output(self, text: str) -> None:
         with self._lock:
             sys.stderr.write(text)

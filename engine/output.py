@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from .store.base import TaskOutput
 
 DEFAULT_LIMIT = 1 << 20  # bytes kept per attempt: the last 1 MiB
+BATCH = 256  # queued writes taken at once when nobody shows lines live
 CHUNK = 8192  # adjacent writes to one stream are joined into chunks of about this size
 LONG_LINE = 1 << 16  # an unended line longer than this is shown as it is
 TAIL = 4000  # characters of each stream a failed command's error keeps
@@ -84,34 +85,57 @@ class Capture:
         self._open_size = 0
         self._seq = 0
         self._partial = {"stdout": "", "stderr": ""}  # a line not ended yet, for on_lines
+        self._queue: deque[tuple[str, str]] = deque()  # writes not taken into the rings yet
         self._lock = threading.Lock()
         self._closed = False
 
     def write(self, stream: str, text: str) -> None:
-        """Add ``text``, written to ``stream`` (``stdout`` or ``stderr``)."""
-        if not text:
-            return
-        n = _size(text)
+        """Add ``text``, written to ``stream`` (``stdout`` or ``stderr``).
+
+        Writes are queued and taken in batches: a node printing line by line pays
+        for a deque append per write, not for the bookkeeping (unless its lines are
+        shown live, which hands each line on as it ends).
+        """
+        if text and not self._closed:  # closed: an abandoned call still printing
+            self._queue.append((stream, text))
+            if self.on_lines is not None or len(self._queue) >= BATCH:
+                self._take()
+
+    def _take(self) -> None:
+        """Move the queued writes into the rings (adjacent writes to a stream as one)."""
         with self._lock:
+            queue = self._queue
+            items = [queue.popleft() for _ in range(len(queue))]
             if self._closed:
-                return  # an abandoned call that is still printing: its attempt is over
-            self.written += n
-            if stream != self._open or self._open_size >= CHUNK:
-                self._seal()
-                self._open = stream
-            self._parts.append(text)
-            self._open_size += n
-            if self.on_lines is None:
                 return
-            if "\n" in text:
-                lines = (self._partial[stream] + text).split("\n")
-                self._partial[stream] = lines.pop()
-                self._emit(stream, lines)
-            else:
-                self._partial[stream] += text
-            if len(self._partial[stream]) > LONG_LINE:  # shown in pieces, not held forever
-                self._emit(stream, [self._partial[stream]])
-                self._partial[stream] = ""
+            i, n = 0, len(items)
+            while i < n:
+                stream, j = items[i][0], i + 1
+                while j < n and items[j][0] == stream:
+                    j += 1
+                text = items[i][1] if j == i + 1 else "".join(t for _, t in items[i:j])
+                self._add(stream, text)
+                i = j
+
+    def _add(self, stream: str, text: str) -> None:
+        n = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        self.written += n
+        if stream != self._open or self._open_size >= CHUNK:
+            self._seal()
+            self._open = stream
+        self._parts.append(text)
+        self._open_size += n
+        if self.on_lines is None:
+            return
+        if "\n" in text:
+            lines = (self._partial[stream] + text).split("\n")
+            self._partial[stream] = lines.pop()
+            self._emit(stream, lines)
+        else:
+            self._partial[stream] += text
+        if len(self._partial[stream]) > LONG_LINE:  # shown in pieces, not held forever
+            self._emit(stream, [self._partial[stream]])
+            self._partial[stream] = ""
 
     def _seal(self) -> None:
         if self._open is not None and self._parts:
@@ -131,6 +155,7 @@ class Capture:
 
     def close(self) -> None:
         """The attempt is over: hand on unended lines; later writes are ignored."""
+        self._take()
         with self._lock:
             if self._closed:
                 return
@@ -143,6 +168,7 @@ class Capture:
 
     def tail(self, stream: str, chars: int = TAIL) -> str:
         """The last ``chars`` characters written to ``stream``."""
+        self._take()
         with self._lock:
             self._seal()
             texts: list[str] = []

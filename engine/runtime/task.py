@@ -316,6 +316,8 @@ def _capture(
     scope: RunScope, observer: Observer, step: int, task: dict[str, Any], attempt: int
 ) -> Capture:
     """The attempt's output capture; complete lines go to the observer as they end."""
+    if not observer.wants_output():
+        return Capture(scope.output_limit)
 
     def on_lines(stream: str, lines: list[str]) -> None:
         observer.task_output(step, task, attempt, stream, lines)

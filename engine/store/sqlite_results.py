@@ -147,7 +147,7 @@ class SQLiteTaskResults(SQLiteEvents):
         """What the run's tasks printed, per attempt, in task order.
 
         Task order is step by step, and within a step the order of its tasks (as
-        committed); the step a run stopped in keeps the order its tasks finished in.
+        committed; the step a run stopped in by its frontier's nodes, then index).
         A task's attempts come in the order they ran.
         """
         where: list[str] = ["run_id = ?"]
@@ -163,25 +163,33 @@ class SQLiteTaskResults(SQLiteEvents):
         ).fetchall()
         if not rows:
             return []
-        position: dict[tuple[int, str], int] = {}
+        steps = sorted({r[1] for r in rows})
+        position: dict[tuple[int, str], tuple[int, int, int]] = {}
+        marks = ",".join("?" * len(steps))
         for step, tasks in self.conn.execute(
-            "SELECT step, tasks FROM steps WHERE run_id = ? AND step IN"
-            f" ({','.join('?' * len({r[1] for r in rows}))})",
-            [run_id, *sorted({r[1] for r in rows})],
+            f"SELECT step, tasks FROM steps WHERE run_id = ? AND step IN ({marks})",
+            [run_id, *steps],
         ):
             for i, t in enumerate(json.loads(tasks)):
-                position[(step, t["key"])] = i
-        first: dict[tuple[int, str], int] = {}  # a task's first row: its place, uncommitted
+                position[(step, t["key"])] = (i, 0, 0)
+        # the step the run stopped in has no task list yet: its frontier gives the order of
+        # its nodes, and a foreach node's tasks go by index
+        entries = self.conn.execute(
+            "SELECT frontier FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        nodes: dict[str, int] = {}
+        for i, e in enumerate(json.loads(entries[0]).get("entries", []) if entries else []):
+            nodes.setdefault(e["node"], i)
+        first: dict[tuple[int, str], int] = {}  # a task's first row
         for r in rows:
             first.setdefault((r[1], r[2]), r[0])
-        rows.sort(
-            key=lambda r: (
-                r[1],
-                position.get((r[1], r[2]), len(position)),
-                first[(r[1], r[2])],
-                r[0],
-            )
-        )
+
+        def place(r: tuple[Any, ...]) -> tuple[int, ...]:
+            task = (r[1], r[2])
+            at = position.get(task) or (len(position), nodes.get(r[3], len(nodes)), r[4] or 0)
+            return (r[1], *at, first[task], r[0])
+
+        rows.sort(key=place)
         return [_output(r) for r in rows]
 
     def task_output(
