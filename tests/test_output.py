@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -440,3 +441,14 @@ def test_live_lines_print_above_the_rich_live_view(
     # the display's last line to the next printed one): each line is whole, to its end
     for expected in ("fetch | one", "fetch | two", "greet[0] | py out 0", "greet[1] | py err 1"):
         assert re.search(rf"(^|-){re.escape(expected)}$", text, re.M), text[-3000:]
+
+
+def test_the_example_pipeline_shows_its_alert_line(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    work = tmp_path / "pipeline"
+    shutil.copytree(root / "workflows" / "pipeline", work, ignore=shutil.ignore_patterns("out"))
+    p = flowrun(tmp_path, "run", str(work / "pipeline.yaml"), "--db", str(tmp_path / "f.db"))
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert "alert | flagged reviews: 2, 4, 6" in lines
+    assert "report | wrote out/report.md" in lines
