@@ -18,8 +18,7 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .store.base import TaskOutput
@@ -79,12 +78,12 @@ class Capture:
         self.limit = max(0, limit)
         self.on_lines = on_lines
         self.written = 0  # bytes, both streams
-        self._rings = {"stdout": _Ring(self.limit), "stderr": _Ring(self.limit)}
+        self._rings: dict[str, _Ring] = {}  # by stream, made on its first write
         self._open: str | None = None  # the stream of the chunk being filled
         self._parts: list[str] = []
         self._open_size = 0
         self._seq = 0
-        self._partial = {"stdout": "", "stderr": ""}  # a line not ended yet, for on_lines
+        self._partial: dict[str, str] = {}  # by stream: a line not ended yet, for on_lines
         self._queue: deque[tuple[str, str]] = deque()  # writes not taken into the rings yet
         self._lock = threading.Lock()
         self._closed = False
@@ -128,11 +127,11 @@ class Capture:
         if self.on_lines is None:
             return
         if "\n" in text:
-            lines = (self._partial[stream] + text).split("\n")
+            lines = (self._partial.get(stream, "") + text).split("\n")
             self._partial[stream] = lines.pop()
             self._emit(stream, lines)
         else:
-            self._partial[stream] += text
+            self._partial[stream] = self._partial.get(stream, "") + text
         if len(self._partial[stream]) > LONG_LINE:  # shown in pieces, not held forever
             self._emit(stream, [self._partial[stream]])
             self._partial[stream] = ""
@@ -140,7 +139,10 @@ class Capture:
     def _seal(self) -> None:
         if self._open is not None and self._parts:
             self._seq += 1
-            self._rings[self._open].add(self._seq, "".join(self._parts), self._open_size)
+            ring = self._rings.get(self._open)
+            if ring is None:
+                ring = self._rings[self._open] = _Ring(self.limit)
+            ring.add(self._seq, "".join(self._parts), self._open_size)
         self._parts, self._open_size = [], 0
 
     def _emit(self, stream: str, lines: list[str]) -> None:
@@ -173,7 +175,8 @@ class Capture:
             self._seal()
             texts: list[str] = []
             got = 0
-            for _, text, _ in reversed(self._rings[stream].chunks):
+            ring = self._rings.get(stream)
+            for _, text, _ in reversed(ring.chunks if ring else ()):
                 texts.append(text)
                 got += len(text)
                 if got >= chars:
@@ -184,6 +187,9 @@ class Capture:
         self, step: int, order_key: str, node: str, index: int | None, attempt: int
     ) -> TaskOutput | None:
         """The stored form: chunks in write order within the limit; None if nothing."""
+        if not self._queue and not self.written:  # the usual case: it printed nothing
+            self._closed = True
+            return None
         self.close()
         if not self.written:
             return None
@@ -267,12 +273,17 @@ def install() -> None:
             sys.stderr = _Proxy("stderr", sys.stderr)
 
 
-@contextmanager
-def capturing(capture: Capture | None) -> Iterator[None]:
+class capturing:  # a context manager, named like contextlib's
     """While the block runs on this thread, its ``print``s go to ``capture``."""
-    install()
-    token = _current.set(capture)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_capture", "_token")
+
+    def __init__(self, capture: Capture | None) -> None:
+        self._capture = capture
+
+    def __enter__(self) -> None:
+        install()
+        self._token = _current.set(self._capture)
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
