@@ -117,7 +117,11 @@ class Capture:
                 i = j
 
     def _add(self, stream: str, text: str) -> None:
-        n = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        if text.isascii():
+            n = len(text)
+        else:  # what cannot be UTF-8 (a lone surrogate) is stored as "?"
+            data = text.encode("utf-8", "replace")
+            text, n = data.decode("utf-8"), len(data)
         self.written += n
         if stream != self._open or self._open_size >= CHUNK:
             self._seal()

@@ -452,3 +452,22 @@ def test_the_example_pipeline_shows_its_alert_line(tmp_path: Path) -> None:
     lines = p.stderr.splitlines()
     assert "alert | flagged reviews: 2, 4, 6" in lines
     assert "report | wrote out/report.md" in lines
+
+
+def test_text_that_is_not_utf8_is_kept_as_far_as_it_can_be(
+    write: Write, tmp_path: Path, elsewhere: Path, db: Path
+) -> None:
+    write("wf/odd.py", 'def odd(state, ctx):\n    print("caf\\u00e9 \\udc80 end")\n')
+    wf = write(
+        "wf/odd.yaml",
+        """
+        name: odd
+        nodes:
+          py: {python: "odd:odd", next: sh}
+          sh: {shell: "printf 'bad \\\\377 byte\\\\n'"}
+        """,
+    )
+    p = flowrun(elsewhere, "run", str(wf), "--db", str(db), "-q")
+    assert p.returncode == 0, p.stderr
+    texts = [(o["node"], [ln["text"] for ln in o["lines"]]) for o in logs_json(elsewhere, db)]
+    assert texts == [("py", ["café ? end"]), ("sh", ["bad \ufffd byte"])]
