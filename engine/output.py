@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from .store.base import TaskOutput
 
 DEFAULT_LIMIT = 1 << 20  # bytes kept per attempt: the last 1 MiB
-BATCH = 256  # queued writes taken at once when nobody shows lines live
+BATCH = 256  # small writes queued, then taken at once, when nobody shows lines live
 CHUNK = 8192  # adjacent writes to one stream are joined into chunks of about this size
 LONG_LINE = 1 << 16  # an unended line longer than this is shown as it is
 TAIL = 4000  # characters of each stream a failed command's error keeps
@@ -97,7 +97,7 @@ class Capture:
         """
         if text and not self._closed:  # closed: an abandoned call still printing
             self._queue.append((stream, text))
-            if self.on_lines is not None or len(self._queue) >= BATCH:
+            if self.on_lines is not None or len(self._queue) >= BATCH or len(text) >= CHUNK:
                 self._take()
 
     def _take(self) -> None:
