@@ -120,6 +120,7 @@ def run(
     quiet: opt.Quiet = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
+    output_limit: opt.OutputLimit = None,
     metrics_port: MetricsPort = None,
     metrics_addr: MetricsAddr = "127.0.0.1",
     metrics_linger: MetricsLinger = 0.0,
@@ -156,6 +157,7 @@ def run(
             metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
+        output_limit=opt.output_limit(output_limit),
     )
 
 
@@ -184,6 +186,7 @@ def resume(
     quiet: opt.Quiet = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
+    output_limit: opt.OutputLimit = None,
     metrics_port: MetricsPort = None,
     metrics_addr: MetricsAddr = "127.0.0.1",
     metrics_linger: MetricsLinger = 0.0,
@@ -218,6 +221,7 @@ def resume(
             metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
+        output_limit=opt.output_limit(output_limit),
     )
 
 
@@ -396,6 +400,36 @@ def fork(
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )
+
+
+@app.command()
+def logs(
+    run_id: opt.RunRef,
+    node: Annotated[
+        str | None, typer.Argument(metavar="[NODE]", help="Only this node's tasks.")
+    ] = None,
+    index: Annotated[
+        int | None, typer.Option("--index", metavar="N", help="Only the foreach task N.")
+    ] = None,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", min=1, metavar="N", help="Only attempt N.")
+    ] = None,
+    db: opt.Db = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON array of task attempts on stdout.")
+    ] = False,
+) -> None:
+    """Print what a run's tasks printed, every attempt, in task order.
+
+    Each line is labelled with its task: `score[3] | …` for stdout, `score[3] ! …`
+    for stderr; `… N bytes cut …` marks where an attempt's output was cut to the
+    --output-limit of the run.
+
+    Example: flowrun logs latest score --index 3
+    """
+    from .logs import do_logs
+
+    do_logs(ref=run_id, node=node, index=index, attempt=attempt, db=db, json_out=json_out)
 
 
 @app.command()

@@ -172,12 +172,33 @@ class PlainView(Observer):
             f"step {step}  {node}  attempt {attempt} failed ({error}); retrying in {fmt_s(delay)}"
         )
 
+    def task_output(
+        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+    ) -> None:
+        """What a task prints, as it prints it: ``label | line`` (``--quiet`` hides it)."""
+        if self.quiet:
+            return
+        self._output(output_lines(_label(task), lines))
+
+    def wants_output(self) -> bool:
+        return not self.quiet
+
+    def _output(self, text: str) -> None:
+        with self._lock:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
     def run_finished(self, status: str, error: str | None) -> None:
         pass
 
 
 def _label(task: dict[str, Any]) -> str:
     return str(task["node"]) + (f"[{task['index']}]" if task.get("index") is not None else "")
+
+
+def output_lines(label: str, lines: list[str], mark: str = "|") -> str:
+    """Lines a task printed, each prefixed ``label | `` (as docker compose does)."""
+    return "".join(f"{label} {mark} {line}\n" for line in lines)
 
 
 class LiveView(PlainView):
@@ -221,6 +242,9 @@ class LiveView(PlainView):
     def _line(self, text: str, *, always: bool = False) -> None:
         if always:
             self.console.print(text, markup=False, highlight=False)
+
+    def _output(self, text: str) -> None:  # printed above the live display
+        self.console.print(text.removesuffix("\n"), markup=False, highlight=False, soft_wrap=True)
 
     def _render(self) -> Any:
         from rich import box

@@ -40,6 +40,15 @@ Events = Annotated[
         "--events", metavar="FILE.jsonl", help="Append every event to this JSON-lines file."
     ),
 ]
+OutputLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--output-limit",
+        envvar="FLOWRUN_OUTPUT_LIMIT",
+        metavar="SIZE",
+        help="Keep this much of what each task attempt prints, its end (default 1MiB).",
+    ),
+]
 RunRef = Annotated[
     str, typer.Argument(metavar="RUN_ID", help="Run id, a unique prefix, or 'latest'.")
 ]
@@ -147,3 +156,16 @@ def check_run_id(run_id: str | None) -> None:
             " (at most 128, starting with a letter or digit)",
             hint='e.g. --run-id "$GITHUB_RUN_ID"',
         )
+
+
+def output_limit(text: str | None) -> int | None:
+    """``--output-limit`` in bytes (``512KiB``, ``1MiB``, ``65536``…); None: the default."""
+    from flowrun.engine import UsageError
+    from flowrun.engine.output import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--output-limit: {exc}") from None

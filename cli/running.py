@@ -177,13 +177,25 @@ def _execute(
     run_id_hint: str | None,
     wf: Workflow,
     metrics: ExportOptions,
+    output_limit: int | None = None,
 ) -> None:
     view = console.progress_view(quiet=quiet)
     exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
     if exporter is not None:
         view.metrics_url = exporter.start()  # before the first step; raises UsageError (exit 2)
     try:
-        _drive(store, json_out, quiet, events, max_concurrency, go, run_id_hint, view, exporter)
+        _drive(
+            store,
+            json_out,
+            quiet,
+            events,
+            max_concurrency,
+            go,
+            run_id_hint,
+            view,
+            exporter,
+            output_limit,
+        )
     finally:
         if exporter is not None:
             # final file/push, linger, then the port is closed; a signal only ends the
@@ -202,6 +214,7 @@ def _drive(
     run_id_hint: str | None,
     view: console.PlainView,
     exporter: Exporter | None,
+    output_limit: int | None,
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -213,9 +226,12 @@ def _drive(
     if exporter is not None:
         observer = Fanout(view, exporter.metrics)
         sinks.append(exporter.metrics)
+    settings = Settings(max_concurrency=max_concurrency, grace_s=grace_seconds())
+    if output_limit is not None:
+        settings.output_limit = output_limit
     engine = Engine(
         store,
-        settings=Settings(max_concurrency=max_concurrency, grace_s=grace_seconds()),
+        settings=settings,
         observer=observer,
         sinks=sinks,
     )
@@ -264,6 +280,7 @@ def do_run(
     events: str | None,
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
+    output_limit: int | None = None,
 ) -> None:
     check_run_id(run_id)
     wf = load_workflow(file)
@@ -282,7 +299,16 @@ def do_run(
         return engine.start(wf, run_id=run_id, inputs=inputs)
 
     _execute(
-        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+        store,
+        json_out,
+        quiet,
+        events,
+        max_concurrency,
+        go,
+        run_id,
+        wf,
+        metrics or ExportOptions(),
+        output_limit,
     )
 
 
@@ -311,6 +337,7 @@ def do_resume(
     events: str | None,
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
+    output_limit: int | None = None,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -322,5 +349,14 @@ def do_resume(
         return engine.resume(wf, run_id, force=force)
 
     _execute(
-        store, json_out, quiet, events, max_concurrency, go, run_id, wf, metrics or ExportOptions()
+        store,
+        json_out,
+        quiet,
+        events,
+        max_concurrency,
+        go,
+        run_id,
+        wf,
+        metrics or ExportOptions(),
+        output_limit,
     )

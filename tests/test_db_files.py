@@ -14,6 +14,7 @@ import pytest
 from flowrun.engine.errors import StoreError
 from flowrun.engine.store.migrations import APP_ID_VERSION, FLOWRUN_APP_ID
 from flowrun.engine.store.sqlite import SQLiteStore
+from flowrun.engine.store.sqlite_file import legacy_tables
 
 from .conftest import FLOWRUN
 
@@ -122,9 +123,12 @@ def test_a_flowrun_database_from_before_application_id_is_recognised(tmp_path: P
     db = tmp_path / "old.db"
     (tmp_path / "wf.yaml").write_text(WF)
     assert flowrun("run", "wf.yaml", "--db", str(db), cwd=tmp_path).returncode == 0
-    conn = sqlite3.connect(db)  # as an older flowrun left it: schema 5, no application_id
+    conn = sqlite3.connect(db)  # as an older flowrun left it: no application_id
     conn.execute("PRAGMA application_id = 0")
     conn.execute(f"PRAGMA user_version = {APP_ID_VERSION - 1}")
+    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for later in sorted(tables - legacy_tables(APP_ID_VERSION - 1)):  # made by migrations since
+        conn.execute(f"DROP TABLE {later}")
     conn.close()
     before = sha256(db)
     show = flowrun("show", "latest", "--db", str(db), cwd=tmp_path)

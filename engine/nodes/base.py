@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..output import DEFAULT_LIMIT, Capture
 from ..spec.model import Node
 
 
@@ -76,6 +77,7 @@ class RunScope:
         # started(Context, pid) -> row id | None, ended(row id); set by the engine
         self.proc_log: Any = None
         self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
+        self.output_limit = DEFAULT_LIMIT  # bytes of what an attempt printed that are kept
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -107,6 +109,12 @@ class Context:
     scope: RunScope
     cancelled: threading.Event = field(default_factory=threading.Event)
     usage: list[LLMUsage] = field(default_factory=list)
+    output: Capture | None = None  # what the attempt prints goes here
+
+    @property
+    def workflow_dir(self) -> Path:
+        """The workflow file's folder, which is also the working directory of the run."""
+        return self.scope.base_dir
 
     @property
     def logger(self) -> logging.Logger:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
+import selectors
 import signal
 import subprocess
 import time
@@ -12,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import jsonvalue
+from ..output import Capture
 from ..spec import templates
 from ..spec.model import Node
 from .base import Context, TaskError, TaskTimeout, template_scope
 
-TAIL = 4000
+READ_SIZE = 1 << 16
 POLL_S = 0.25  # how often a waiting task looks at the abort flag
 DRAIN_S = 2.0  # how long to read what a killed process group left in its pipes
 
@@ -26,61 +29,90 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _communicate(
-    proc: subprocess.Popen[bytes], ctx: Context, timeout: float | None
-) -> tuple[bytes, bytes]:
-    """Wait for the process and its output; past ``timeout`` or on abort, kill its group."""
+def _pump(
+    proc: subprocess.Popen[bytes],
+    ctx: Context,
+    capture: Capture,
+    keep: list[bytes] | None,
+    timeout: float | None,
+) -> None:
+    """Read both pipes into ``capture`` (and stdout into ``keep``) until the process ends.
+
+    Past ``timeout`` or on abort the process group is killed, what it left in the
+    pipes is read for a short while, and the failure raised. A descendant that left
+    the group (``setsid``, a daemon) may still hold the pipes open; the task does not
+    wait for it: after the drain the pipes are closed.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-        try:
-            return proc.communicate(timeout=left)
-        except subprocess.TimeoutExpired:
-            aborted = ctx.scope.abort.is_set()
-            if not aborted and (deadline is None or time.monotonic() < deadline):
-                continue
-        kill_group(proc)
-        out, err = _drain(proc)
-        e: TaskError
-        if aborted:
-            e = TaskError(
-                "interrupted; killed its process group", retryable=False, reason="interrupted"
-            )
-        else:
-            e = TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
-        e.stdout, e.stderr = _tail(out), _tail(err)
-        raise e
+    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+    decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in streams}
+    failure: TaskError | None = None
+    drain_until = 0.0
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if failure is None and (
+                ctx.scope.abort.is_set() or (deadline is not None and now >= deadline)
+            ):
+                kill_group(proc)
+                failure = _killed(ctx, timeout)
+                drain_until = now + DRAIN_S
+            elif failure is not None and now >= drain_until:
+                break
+            if failure is not None:
+                wait_s = max(0.0, min(POLL_S, drain_until - now))
+            else:
+                wait_s = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - now))
+            if not sel.get_map():  # both pipes are closed: wait for the exit itself
+                try:
+                    proc.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            for key, _ in sel.select(wait_s):
+                fd = key.fd
+                data = os.read(fd, READ_SIZE)
+                stream = streams[fd]
+                if not data:
+                    sel.unregister(fd)
+                    capture.write(stream, decoders[fd].decode(b"", final=True))
+                    continue
+                if keep is not None and stream == "stdout":
+                    keep.append(data)
+                capture.write(stream, decoders[fd].decode(data))
+    for pipe in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError):
+            pipe.close()
+    proc.wait()
+    if failure is not None:
+        failure.stdout, failure.stderr = capture.tail("stdout"), capture.tail("stderr")
+        raise failure
+
+
+def _killed(ctx: Context, timeout: float | None) -> TaskError:
+    if ctx.scope.abort.is_set():
+        return TaskError(
+            "interrupted; killed its process group", retryable=False, reason="interrupted"
+        )
+    return TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
 
 
 def _clip(line: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """The output of a process whose group was just killed.
-
-    A descendant that left the group (``setsid``, a daemon) may still hold the pipes
-    open; the task does not wait for it: after a short drain the pipes are closed.
-    """
-    try:
-        return proc.communicate(timeout=DRAIN_S)
-    except subprocess.TimeoutExpired as exc:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        proc.wait()
-        return _bytes(exc.stdout), _bytes(exc.stderr)
-
-
-def _bytes(data: str | bytes | None) -> bytes:
-    if data is None:
-        return b""
-    return data.encode() if isinstance(data, str) else data
-
-
-def _tail(data: bytes) -> str:
-    return data[-TAIL:].decode("utf-8", "replace")
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    """Reap a process whose group was just killed before its output was read."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=DRAIN_S)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    proc.wait()
 
 
 def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
@@ -130,29 +162,33 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         _drain(proc)
         ctx.scope.untrack(proc)
         raise
+    capture = ctx.output or Capture()
+    # stdout is kept whole only when it becomes the result; otherwise only its tail
+    keep: list[bytes] | None = [] if node.save or node.output == "json" else None
     try:
-        out, err = _communicate(proc, ctx, timeout)
+        _pump(proc, ctx, capture, keep, timeout)
     finally:
         ctx.scope.untrack(proc)
         if row is not None:
             log.ended(row)
+    out_tail, err_tail = capture.tail("stdout"), capture.tail("stderr")
     if proc.returncode != 0:
         if proc.returncode < 0:
             why = f"killed by signal {-proc.returncode}"
         else:
             why = f"exit code {proc.returncode}"
-        last = _tail(err).strip().splitlines()
+        last = err_tail.strip().splitlines()
         detail = f": {_clip(last[-1])}" if last else ""
         failure = TaskError(f"command failed ({why}){detail}", reason="exit")
-        failure.stdout, failure.stderr = _tail(out), _tail(err)
+        failure.stdout, failure.stderr = out_tail, err_tail
         raise failure
-    text = out.decode("utf-8", "replace")
+    text = "" if keep is None else b"".join(keep).decode("utf-8", "replace")
     try:
         result = _convert(node, text)
     except TaskError as exc:  # output it cannot use: keep the tails to show why
-        exc.stdout, exc.stderr = _tail(out), _tail(err)
+        exc.stdout, exc.stderr = out_tail, err_tail
         raise
-    return CommandResult(result, _tail(out), _tail(err))
+    return CommandResult(result, out_tail, err_tail)
 
 
 class CommandResult:

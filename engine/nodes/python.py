@@ -5,7 +5,8 @@ workflow in this process loaded from its own folder). ``state`` is read-only at 
 level: the top is a ``MappingProxyType`` and nested lists and dicts are frozen
 copies, so a task can never change the snapshot its step-mates read. The call runs
 on a daemon thread so a node past its timeout can be abandoned (``ctx.cancelled``
-is set) without keeping the process alive at exit.
+is set) without keeping the process alive at exit. What the call prints through
+``sys.stdout``/``sys.stderr`` is the task's output (``engine/output.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, NoReturn
 
+from ..output import capturing
 from ..spec.model import Node
 from .base import Context, RunScope, TaskError, TaskTimeout
 
@@ -221,7 +223,13 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
     fn = resolve(node.body, str(ctx.scope.base_dir))
     view = state_view(state, ctx.scope)
     ctx.item = freeze(ctx.item)
-    box, done = _Caller.call(lambda: fn(view, ctx))
+    capture = ctx.output
+
+    def call() -> Any:
+        with capturing(capture):  # on the caller thread: its prints are this task's
+            return fn(view, ctx)
+
+    box, done = _Caller.call(call)
     deadline = None if timeout is None else time.monotonic() + timeout
     stopped_at: float | None = None
     while not done.acquire(

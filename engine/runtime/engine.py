@@ -24,6 +24,7 @@ from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
 from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
+from ..output import DEFAULT_LIMIT
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
 from ..store.leases import stale_after
@@ -33,6 +34,7 @@ from .ordering import idempotency_key, state_digest, step_digest, task_label, va
 from .orphans import ProcLog, take_over
 from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
+from .workdir import workflow_dir
 
 HEARTBEAT_PER_WINDOW = 6  # heartbeats per staleness window (every 5 s of 30 s)
 
@@ -77,6 +79,7 @@ class Settings:
     conflict_policy: str | None = None
     grace_s: float = 10.0
     max_cost_usd: float | None = None  # overrides config.max_cost_usd
+    output_limit: int = DEFAULT_LIMIT  # bytes of each attempt's output kept (the last ones)
     prices: Any = None  # a costs.PriceSource; None: the built-in table
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -143,10 +146,12 @@ class Engine:
             frontier=fr.initial(workflow),
             inputs=dict(inputs or {}),
         )
-        return self._drive(workflow, run_id, resumed=False, force=False)
+        with workflow_dir(workflow.base_dir):
+            return self._drive(workflow, run_id, resumed=False, force=False)
 
     def resume(self, workflow: Workflow, run_id: str, *, force: bool = False) -> RunResult:
-        return self._drive(workflow, run_id, resumed=True, force=force)
+        with workflow_dir(workflow.base_dir):
+            return self._drive(workflow, run_id, resumed=True, force=force)
 
     # the loop -------------------------------------------------------------------
     def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
@@ -167,6 +172,7 @@ class Engine:
         )
         scope = RunScope(wf.base_dir, run_id, stop=self.stop, grace_s=self.settings.grace_s)
         scope.settings.update(self.settings.extra)
+        scope.output_limit = self.settings.output_limit
         self.scope = scope
         max_cost = self.settings.max_cost_usd
         if max_cost is None:
@@ -293,8 +299,8 @@ class Engine:
                         status="succeeded" if done else "running",
                         state_digest=sdig,
                         # the commit's events and state hold all of a successful result
-                        # but its output tails: only results with tails need a row
-                        results=[r for r in unsaved if r.stdout or r.stderr],
+                        # but what it printed: only results with output need a row
+                        results=[r for r in unsaved if r.stdout or r.stderr or r.outputs],
                         duration_s=prior_duration + time.perf_counter() - t_start,
                     ),
                 )
@@ -539,6 +545,7 @@ class Engine:
             error=out.error,
             stdout=out.stdout,
             stderr=out.stderr,
+            outputs=tuple(out.outputs),
         )
 
     def _finished(self, out: TaskOutcome) -> None:

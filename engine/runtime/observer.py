@@ -34,6 +34,15 @@ class Observer:
         self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
     ) -> None: ...
 
+    def task_output(
+        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+    ) -> None:
+        """Complete lines a running task printed to ``stream`` (``stdout``/``stderr``)."""
+
+    def wants_output(self) -> bool:
+        """Whether ``task_output`` shows anything: if not, tasks' lines are not split."""
+        return type(self).task_output is not Observer.task_output
+
     def backpressure(self) -> None: ...
 
     def merge_conflict(self, key: str, nodes: tuple[str, str]) -> None: ...
@@ -60,7 +69,7 @@ class Fanout(Observer):
         self.observers = [o for o in observers if o is not None]
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_") or name == "observers":
+        if name.startswith("_") or name in ("observers", "wants_output"):
             return object.__getattribute__(self, name)
         targets = [getattr(o, name) for o in object.__getattribute__(self, "observers")]
 
@@ -69,3 +78,6 @@ class Fanout(Observer):
                 t(*args, **kwargs)
 
         return call
+
+    def wants_output(self) -> bool:
+        return any(o.wants_output() for o in object.__getattribute__(self, "observers"))

@@ -18,7 +18,9 @@ from typing import Any
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
+from ..output import Capture
 from ..spec.model import Node, Workflow
+from ..store.base import TaskOutput
 from .observer import Observer
 
 
@@ -44,6 +46,7 @@ class TaskOutcome:
     stderr: str | None = None
     usage: list[LLMUsage] = field(default_factory=list)
     reused: bool = False
+    outputs: list[TaskOutput] = field(default_factory=list)  # what each attempt printed
 
 
 def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
@@ -235,6 +238,7 @@ def _attempts(
     rng: random.Random | None = None  # seeded on the first retry: most tasks never need it
     attempts: list[Attempt] = []
     usage: list[LLMUsage] = []
+    outputs: list[TaskOutput] = []
     attempt = 0
     while True:
         attempt += 1
@@ -242,6 +246,8 @@ def _attempts(
         ctx = Context(
             scope.run_id, step, node.name, attempt, task.get("item"), task.get("index"), scope
         )
+        if node.kind in ("run", "shell", "python"):  # the kinds that can print
+            ctx.output = _capture(scope, observer, step, task, attempt)
         a0 = time.perf_counter()
         a_start = time.time()
         try:
@@ -250,6 +256,7 @@ def _attempts(
                 stdout, stderr, raw = raw.stdout, raw.stderr, raw.value
             delta = to_delta(workflow, node, raw)
             usage.extend(ctx.usage)
+            _keep_output(ctx, task, outputs)
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, None, None))
             return TaskOutcome(
                 task,
@@ -262,6 +269,7 @@ def _attempts(
                 stdout,
                 stderr,
                 usage,
+                outputs=outputs,
             )
         except Exception as caught:
             exc = (
@@ -270,6 +278,7 @@ def _attempts(
                 else TaskError(f"{type(caught).__name__}: {caught}")
             )
             usage.extend(ctx.usage)
+            _keep_output(ctx, task, outputs)
             if exc.stdout is not None or exc.stderr is not None:
                 stdout, stderr = exc.stdout, exc.stderr  # else a result the delta refused
             err = str(exc)
@@ -288,6 +297,7 @@ def _attempts(
                     stdout,
                     stderr,
                     usage,
+                    outputs=outputs,
                 )
             if rng is None:
                 rng = random.Random(f"{scope.run_id}:{task['key']}")
@@ -307,4 +317,26 @@ def _attempts(
                     stdout,
                     stderr,
                     usage,
+                    outputs=outputs,
                 )
+
+
+def _capture(
+    scope: RunScope, observer: Observer, step: int, task: dict[str, Any], attempt: int
+) -> Capture:
+    """The attempt's output capture; complete lines go to the observer as they end."""
+    if not observer.wants_output():
+        return Capture(scope.output_limit)
+
+    def on_lines(stream: str, lines: list[str]) -> None:
+        observer.task_output(step, task, attempt, stream, lines)
+
+    return Capture(scope.output_limit, on_lines)
+
+
+def _keep_output(ctx: Context, task: dict[str, Any], outputs: list[TaskOutput]) -> None:
+    if ctx.output is None:
+        return
+    frozen = ctx.output.freeze(ctx.step, task["key"], ctx.node, ctx.index, ctx.attempt)
+    if frozen is not None:
+        outputs.append(frozen)

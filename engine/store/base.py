@@ -45,6 +45,45 @@ class TaskResult:
     error: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    outputs: tuple[TaskOutput, ...] = ()  # what each attempt printed, saved with the result
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """What one attempt of a task printed: the last bytes of it, each chunk tagged.
+
+    ``chunks`` are ``(stream, text)`` pairs in the order they were written, stream
+    ``"stdout"`` or ``"stderr"``, adjacent writes to one stream joined. ``cut`` counts
+    the bytes dropped from the start to keep within the run's output limit.
+    """
+
+    step: int
+    order_key: str
+    node: str
+    index: int | None
+    attempt: int
+    chunks: tuple[tuple[str, str], ...]
+    cut: int = 0
+
+    @property
+    def label(self) -> str:
+        """How output lines name their task: ``node``, or ``node[index]`` under ``foreach``."""
+        return self.node if self.index is None else f"{self.node}[{self.index}]"
+
+    def lines(self) -> list[tuple[str, str]]:
+        """``(stream, line)`` pairs, without the line ends; a last unended line counts."""
+        out: list[tuple[str, str]] = []
+        open_stream: str | None = None  # the stream whose last line has no end yet
+        for stream, text in self.chunks:
+            parts = text.split("\n")
+            if open_stream == stream and out:
+                out[-1] = (stream, out[-1][1] + parts.pop(0))
+            ended = parts[-1] == ""
+            if ended:
+                parts.pop()
+            out.extend((stream, p) for p in parts)
+            open_stream = None if ended else stream
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +319,19 @@ class Store(Protocol):
     def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]: ...
 
     def task_results(self, run_id: str) -> list[TaskResult]: ...
+
+    def task_outputs(
+        self,
+        run_id: str,
+        *,
+        node: str | None = None,
+        index: int | None = None,
+        attempt: int | None = None,
+    ) -> list[TaskOutput]: ...
+
+    def task_output(
+        self, run_id: str, step: int, node: str, index: int | None, attempt: int
+    ) -> TaskOutput | None: ...
 
     def record_llm_call(self, call: LLMCall) -> None: ...
 

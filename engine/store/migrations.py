@@ -154,6 +154,24 @@ MIGRATIONS: list[str] = [
     f"""
     PRAGMA application_id = {FLOWRUN_APP_ID};
     """,
+    # 8: what tasks printed, one row per attempt, saved in the transaction that saves the
+    # task's result: chunks is a JSON array of [stream, text] in the order written, cut
+    # the bytes dropped from its start to keep within the run's output limit. Rows are
+    # never replaced: a step run again after a failure adds its attempts after the old.
+    """
+    CREATE TABLE task_output (
+        id        INTEGER PRIMARY KEY,
+        run_id    TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step      INTEGER NOT NULL,
+        order_key TEXT NOT NULL,
+        node      TEXT NOT NULL,
+        idx       INTEGER,
+        attempt   INTEGER NOT NULL,
+        cut       INTEGER NOT NULL DEFAULT 0,
+        chunks    TEXT NOT NULL
+    );
+    CREATE INDEX task_output_run ON task_output (run_id, node, id);
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

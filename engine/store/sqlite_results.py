@@ -2,7 +2,8 @@
 
 Results of a step that has not committed yet let a resumed run skip the tasks
 that already succeeded; ``task_results`` joins them with the task events for
-``flowrun show``.
+``flowrun show``. What each attempt printed (``task_output``) is written with its
+result, in the same transaction, and read back in task order for ``flowrun logs``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from ..jsonvalue import dumps
-from .base import TaskResult
+from .base import TaskOutput, TaskResult
 from .sqlite_events import SQLiteEvents
 
 
@@ -50,6 +51,24 @@ class SQLiteTaskResults(SQLiteEvents):
                 result.stderr,
             ),
         )
+        if result.outputs:
+            c.executemany(
+                "INSERT INTO task_output (run_id, step, order_key, node, idx, attempt, cut,"
+                " chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        o.step,
+                        o.order_key,
+                        o.node,
+                        o.index,
+                        o.attempt,
+                        o.cut,
+                        json.dumps(o.chunks, ensure_ascii=False, separators=(",", ":")),
+                    )
+                    for o in result.outputs
+                ],
+            )
 
     def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
         return [
@@ -116,3 +135,84 @@ class SQLiteTaskResults(SQLiteEvents):
             r for r in sorted(rows.values(), key=lambda r: r.started_at) if r.step >= current
         )
         return out
+
+    def task_outputs(
+        self,
+        run_id: str,
+        *,
+        node: str | None = None,
+        index: int | None = None,
+        attempt: int | None = None,
+    ) -> list[TaskOutput]:
+        """What the run's tasks printed, per attempt, in task order.
+
+        Task order is step by step, and within a step the order of its tasks (as
+        committed; the step a run stopped in by its frontier's nodes, then index).
+        A task's attempts come in the order they ran.
+        """
+        where: list[str] = ["run_id = ?"]
+        args: list[Any] = [run_id]
+        for column, value in (("node", node), ("idx", index), ("attempt", attempt)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self.conn.execute(
+            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+            f" WHERE {' AND '.join(where)} ORDER BY id",
+            args,
+        ).fetchall()
+        if not rows:
+            return []
+        steps = sorted({r[1] for r in rows})
+        position: dict[tuple[int, str], tuple[int, int, int]] = {}
+        marks = ",".join("?" * len(steps))
+        for step, tasks in self.conn.execute(
+            f"SELECT step, tasks FROM steps WHERE run_id = ? AND step IN ({marks})",
+            [run_id, *steps],
+        ):
+            for i, t in enumerate(json.loads(tasks)):
+                position[(step, t["key"])] = (i, 0, 0)
+        # the step the run stopped in has no task list yet: its frontier gives the order of
+        # its nodes, and a foreach node's tasks go by index
+        entries = self.conn.execute(
+            "SELECT frontier FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        nodes: dict[str, int] = {}
+        for i, e in enumerate(json.loads(entries[0]).get("entries", []) if entries else []):
+            nodes.setdefault(e["node"], i)
+        first: dict[tuple[int, str], int] = {}  # a task's first row
+        for r in rows:
+            first.setdefault((r[1], r[2]), r[0])
+
+        def place(r: tuple[Any, ...]) -> tuple[int, ...]:
+            task = (r[1], r[2])
+            at = position.get(task) or (len(position), nodes.get(r[3], len(nodes)), r[4] or 0)
+            return (r[1], *at, first[task], r[0])
+
+        rows.sort(key=place)
+        return [_output(r) for r in rows]
+
+    def task_output(
+        self, run_id: str, step: int, node: str, index: int | None, attempt: int
+    ) -> TaskOutput | None:
+        """What one attempt printed (the latest such attempt, if the step ran again)."""
+        row = self.conn.execute(
+            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+            " WHERE run_id = ? AND step = ? AND node = ? AND idx IS ? AND attempt = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (run_id, step, node, index, attempt),
+        ).fetchone()
+        return None if row is None else _output(row)
+
+
+def _output(row: tuple[Any, ...]) -> TaskOutput:
+    _, step, order_key, node, index, attempt, cut, chunks = row
+    return TaskOutput(
+        step=step,
+        order_key=order_key,
+        node=node,
+        index=index,
+        attempt=attempt,
+        chunks=tuple((str(s), str(t)) for s, t in json.loads(chunks)),
+        cut=cut,
+    )

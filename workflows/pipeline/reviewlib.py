@@ -42,4 +42,5 @@ def report(state, ctx):
     out = pathlib.Path(__file__).parent / "out" / "report.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out.relative_to(pathlib.Path.cwd())}")  # shown as `report | wrote …`
     return {"report": str(out.relative_to(pathlib.Path(__file__).parent))}

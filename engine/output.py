@@ -1,0 +1,293 @@
+"""What tasks print: captured per attempt, handed on line by line, kept as a bounded tail.
+
+A :class:`Capture` takes one attempt's writes, tagged ``stdout`` or ``stderr``. Each
+stream keeps a ring of recent chunks within the byte limit, so a node that prints
+millions of lines costs the limit in memory, not its output; :meth:`Capture.freeze`
+merges the rings in write order and cuts the oldest bytes to the limit.
+
+Commands write into their capture from their pipes. Python nodes share the process's
+``sys.stdout``/``sys.stderr``, so :func:`install` puts a proxy in front of each that
+sends a write to the capture of the task running on the writing thread (a context
+variable set for the call by :func:`capturing`) and passes every other write through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .store.base import TaskOutput
+
+DEFAULT_LIMIT = 1 << 20  # bytes kept per attempt: the last 1 MiB
+BATCH = 256  # small writes queued, then taken at once, when nobody shows lines live
+CHUNK = 8192  # adjacent writes to one stream are joined into chunks of about this size
+LONG_LINE = 1 << 16  # an unended line longer than this is shown as it is
+TAIL = 4000  # characters of each stream a failed command's error keeps
+
+# called with (stream, complete lines without their ends), on the writing thread
+LineSink = Callable[[str, list[str]], None]
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|b|kb|kib|k|mb|mib|m|gb|gib|g)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6}
+_UNITS.update({"mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30})
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512KiB``, ``1MiB``, ``2MB``… in bytes; ``ValueError`` otherwise."""
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a size: {text!r} (e.g. 1MiB, 512KiB, 65536)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def cut_note(cut: int) -> str:
+    return f"… {cut:,} bytes cut …"
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+
+class _Ring:
+    """One stream's recent chunks, ``(seq, text, size)``, at most about ``limit`` bytes."""
+
+    __slots__ = ("chunks", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: deque[tuple[int, str, int]] = deque()
+        self.size = 0
+
+    def add(self, seq: int, text: str, size: int) -> None:
+        self.chunks.append((seq, text, size))
+        self.size += size
+        # drop the oldest chunk only while what is left still fills the limit
+        while len(self.chunks) > 1 and self.size - self.chunks[0][2] >= self.limit:
+            self.size -= self.chunks.popleft()[2]
+
+
+class Capture:
+    """One attempt's output. Thread-safe; ``on_lines`` hears complete lines as they end."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, on_lines: LineSink | None = None) -> None:
+        self.limit = max(0, limit)
+        self.on_lines = on_lines
+        self.written = 0  # bytes, both streams
+        self._rings: dict[str, _Ring] = {}  # by stream, made on its first write
+        self._open: str | None = None  # the stream of the chunk being filled
+        self._parts: list[str] = []
+        self._open_size = 0
+        self._seq = 0
+        self._partial: dict[str, str] = {}  # by stream: a line not ended yet, for on_lines
+        self._queue: deque[tuple[str, str]] = deque()  # writes not taken into the rings yet
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, stream: str, text: str) -> None:
+        """Add ``text``, written to ``stream`` (``stdout`` or ``stderr``).
+
+        Writes are queued and taken in batches: a node printing line by line pays
+        for a deque append per write, not for the bookkeeping (unless its lines are
+        shown live, which hands each line on as it ends).
+        """
+        if text and not self._closed:  # closed: an abandoned call still printing
+            self._queue.append((stream, text))
+            if self.on_lines is not None or len(self._queue) >= BATCH or len(text) >= CHUNK:
+                self._take()
+
+    def _take(self) -> None:
+        """Move the queued writes into the rings (adjacent writes to a stream as one)."""
+        with self._lock:
+            queue = self._queue
+            items = [queue.popleft() for _ in range(len(queue))]
+            if self._closed:
+                return
+            i, n = 0, len(items)
+            while i < n:
+                stream, j = items[i][0], i + 1
+                while j < n and items[j][0] == stream:
+                    j += 1
+                text = items[i][1] if j == i + 1 else "".join(t for _, t in items[i:j])
+                self._add(stream, text)
+                i = j
+
+    def _add(self, stream: str, text: str) -> None:
+        if text.isascii():
+            n = len(text)
+        else:  # what cannot be UTF-8 (a lone surrogate) is stored as "?"
+            data = text.encode("utf-8", "replace")
+            text, n = data.decode("utf-8"), len(data)
+        self.written += n
+        if stream != self._open or self._open_size >= CHUNK:
+            self._seal()
+            self._open = stream
+        self._parts.append(text)
+        self._open_size += n
+        if self.on_lines is None:
+            return
+        if "\n" in text:
+            lines = (self._partial.get(stream, "") + text).split("\n")
+            self._partial[stream] = lines.pop()
+            self._emit(stream, lines)
+        else:
+            self._partial[stream] = self._partial.get(stream, "") + text
+        if len(self._partial[stream]) > LONG_LINE:  # shown in pieces, not held forever
+            self._emit(stream, [self._partial[stream]])
+            self._partial[stream] = ""
+
+    def _seal(self) -> None:
+        if self._open is not None and self._parts:
+            self._seq += 1
+            ring = self._rings.get(self._open)
+            if ring is None:
+                ring = self._rings[self._open] = _Ring(self.limit)
+            ring.add(self._seq, "".join(self._parts), self._open_size)
+        self._parts, self._open_size = [], 0
+
+    def _emit(self, stream: str, lines: list[str]) -> None:
+        assert self.on_lines is not None
+        token = _current.set(None)  # what the sink prints is not this task's output
+        try:
+            self.on_lines(stream, lines)
+        except (OSError, ValueError):  # a closed stderr never changes a task's outcome
+            pass
+        finally:
+            _current.reset(token)
+
+    def close(self) -> None:
+        """The attempt is over: hand on unended lines; later writes are ignored."""
+        self._take()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._seal()
+            if self.on_lines is not None:
+                for stream, rest in self._partial.items():
+                    if rest:
+                        self._emit(stream, [rest])
+
+    def tail(self, stream: str, chars: int = TAIL) -> str:
+        """The last ``chars`` characters written to ``stream``."""
+        self._take()
+        with self._lock:
+            self._seal()
+            texts: list[str] = []
+            got = 0
+            ring = self._rings.get(stream)
+            for _, text, _ in reversed(ring.chunks if ring else ()):
+                texts.append(text)
+                got += len(text)
+                if got >= chars:
+                    break
+            return "".join(reversed(texts))[-chars:]
+
+    def freeze(
+        self, step: int, order_key: str, node: str, index: int | None, attempt: int
+    ) -> TaskOutput | None:
+        """The stored form: chunks in write order within the limit; None if nothing."""
+        if not self._queue and not self.written:  # the usual case: it printed nothing
+            self._closed = True
+            return None
+        self.close()
+        if not self.written:
+            return None
+        chunks = sorted(
+            (seq, stream, text, size)
+            for stream, ring in self._rings.items()
+            for seq, text, size in ring.chunks
+        )
+        kept: list[tuple[str, str]] = []
+        room = self.limit
+        for _, stream, text, size in reversed(chunks):
+            if size > room:
+                if room > 0:
+                    kept.append((stream, _last_bytes(text, room)))
+                break
+            kept.append((stream, text))
+            room -= size
+        kept.reverse()
+        merged: list[tuple[str, str]] = []
+        for stream, text in kept:
+            if merged and merged[-1][0] == stream:
+                merged[-1] = (stream, merged[-1][1] + text)
+            elif text:
+                merged.append((stream, text))
+        cut = self.written - sum(_size(t) for _, t in merged)
+        return TaskOutput(step, order_key, node, index, attempt, tuple(merged), cut)
+
+
+def _last_bytes(text: str, room: int) -> str:
+    """The end of ``text`` within ``room`` bytes, from the start of a line where one fits."""
+    data = text.encode("utf-8", "replace")[-room:]
+    tail = data.decode("utf-8", "ignore")  # a character cut in two is dropped
+    newline = tail.find("\n")
+    return tail[newline + 1 :] if 0 <= newline < len(tail) - 1 else tail
+
+
+# Python nodes ---------------------------------------------------------------------------
+
+_current: contextvars.ContextVar[Capture | None] = contextvars.ContextVar(
+    "flowrun_capture", default=None
+)
+_install_lock = threading.Lock()
+
+
+class _Proxy:
+    """``sys.stdout``/``sys.stderr`` for the process: a task's writes go to its capture."""
+
+    def __init__(self, stream: str, real: TextIO) -> None:
+        self._stream = stream
+        self._real = real
+
+    def write(self, text: str) -> int:
+        capture = _current.get()
+        if capture is None:
+            return self._real.write(text)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        capture.write(self._stream, text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._real.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, buffer…
+        return getattr(self._real, name)
+
+
+def install() -> None:
+    """Put the proxies in front of ``sys.stdout``/``sys.stderr`` (again if replaced)."""
+    if isinstance(sys.stdout, _Proxy) and isinstance(sys.stderr, _Proxy):
+        return
+    with _install_lock:
+        if not isinstance(sys.stdout, _Proxy) and sys.stdout is not None:
+            sys.stdout = _Proxy("stdout", sys.stdout)
+        if not isinstance(sys.stderr, _Proxy) and sys.stderr is not None:
+            sys.stderr = _Proxy("stderr", sys.stderr)
+
+
+class capturing:  # a context manager, named like contextlib's
+    """While the block runs on this thread, its ``print``s go to ``capture``."""
+
+    __slots__ = ("_capture", "_token")
+
+    def __init__(self, capture: Capture | None) -> None:
+        self._capture = capture
+
+    def __enter__(self) -> None:
+        install()
+        self._token = _current.set(self._capture)
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
