@@ -493,7 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
 
     try:
-        rv = app(args=args, prog_name="flowrun", standalone_mode=False)
+        try:
+            rv = app(args=args, prog_name="flowrun", standalone_mode=False)
+        finally:
+            opt.close_stores()  # SQLite folds the WAL back: no -wal/-shm left behind
     except FlowrunError as exc:
         fail(exc.message, exc.hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -127,13 +128,26 @@ def open_sqlite(db: str, make: Callable[[], T]) -> T:
 
     existed = os.path.lexists(db)
     try:
-        return make()
+        store = make()
     except StoreError as exc:
         if existed or isinstance(exc, DatabaseRefused):
             raise
         raise UsageError(
             exc.message, hint="pick a --db (or FLOWRUN_DB) in a folder you can write to"
         ) from None
+    _opened.append(store)
+    return store
+
+
+_opened: list[Any] = []  # stores this command opened, closed by close_stores()
+
+
+def close_stores() -> None:
+    """Close every store the command opened, so SQLite folds its WAL back into the file
+    and removes ``-wal``/``-shm`` (an interpreter exit does not close connections)."""
+    while _opened:
+        with contextlib.suppress(Exception):
+            _opened.pop().close()
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
