@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..secrets import Masker
 from ..spec.model import Node
 
 
@@ -76,6 +77,8 @@ class RunScope:
         # started(Context, pid) -> row id | None, ended(row id); set by the engine
         self.proc_log: Any = None
         self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
+        # masks the run's secrets in every text a task hands back; set by the engine
+        self.masker = Masker()
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:

@@ -1,4 +1,9 @@
-"""``run:`` (argv, no shell) and ``shell:`` (/bin/sh -c, values shell-quoted) nodes."""
+"""``run:`` (argv, no shell) and ``shell:`` (/bin/sh -c, values shell-quoted) nodes.
+
+Commands inherit the environment, provider keys included (scripts that call an
+API themselves rely on it). What they print is kept only as tails for ``flowrun
+show``, masked by the run's secrets masker before it is cut to length.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ def _communicate(
             )
         else:
             e = TaskTimeout(f"timed out after {timeout:g}s; killed its process group")
-        e.stdout, e.stderr = _tail(out), _tail(err)
+        e.stdout, e.stderr = _tail(out, ctx), _tail(err, ctx)
         raise e
 
 
@@ -79,7 +84,15 @@ def _bytes(data: str | bytes | None) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
-def _tail(data: bytes) -> str:
+def _tail(data: bytes, ctx: Context) -> str:
+    """The last ``TAIL`` bytes of a stream, its secrets masked before the cut.
+
+    All of it is masked (about 10 ms a megabyte): a secret that straddles the cut
+    would not be recognised in the tail alone.
+    """
+    masker = ctx.scope.masker
+    if masker:
+        data = masker.text(data.decode("utf-8", "replace")).encode("utf-8")
     return data[-TAIL:].decode("utf-8", "replace")
 
 
@@ -141,18 +154,19 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
             why = f"killed by signal {-proc.returncode}"
         else:
             why = f"exit code {proc.returncode}"
-        last = _tail(err).strip().splitlines()
+        stdout, stderr = _tail(out, ctx), _tail(err, ctx)
+        last = stderr.strip().splitlines()
         detail = f": {_clip(last[-1])}" if last else ""
         failure = TaskError(f"command failed ({why}){detail}", reason="exit")
-        failure.stdout, failure.stderr = _tail(out), _tail(err)
+        failure.stdout, failure.stderr = stdout, stderr
         raise failure
     text = out.decode("utf-8", "replace")
     try:
         result = _convert(node, text)
     except TaskError as exc:  # output it cannot use: keep the tails to show why
-        exc.stdout, exc.stderr = _tail(out), _tail(err)
+        exc.stdout, exc.stderr = _tail(out, ctx), _tail(err, ctx)
         raise
-    return CommandResult(result, _tail(out), _tail(err))
+    return CommandResult(result, _tail(out, ctx), _tail(err, ctx))
 
 
 class CommandResult:

@@ -24,6 +24,7 @@ from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
 from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
+from ..secrets import run_masker
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
 from ..store.leases import stale_after
@@ -118,6 +119,8 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
     ) -> RunResult:
         run_id = run_id or new_run_id()
+        masker = run_masker(workflow)  # a secret passed in as an input is not stored either
+        inputs = masker.value(dict(inputs or {}))
         state = workflow.initial_state()
         for k, v in (inputs or {}).items():
             if k not in workflow.state:
@@ -157,7 +160,8 @@ class Engine:
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
         prior_duration = rec.duration_s
-        outbox = Outbox(store, run_id, self.sinks)
+        masker = run_masker(wf)  # the secrets of this drive's environment
+        outbox = Outbox(store, run_id, self.sinks, masker)
         beat_stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat,
@@ -167,6 +171,7 @@ class Engine:
         )
         scope = RunScope(wf.base_dir, run_id, stop=self.stop, grace_s=self.settings.grace_s)
         scope.settings.update(self.settings.extra)
+        scope.masker = masker
         self.scope = scope
         max_cost = self.settings.max_cost_usd
         if max_cost is None:
@@ -332,6 +337,7 @@ class Engine:
                 s.close()
 
     def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
+        error = outbox.masker.text(error)
         ev = [*self._failure_events, outbox.make(f"run_{status}", error=error)]
         self._failure_events = []
         self.store.set_status(
