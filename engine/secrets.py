@@ -64,6 +64,7 @@ def variants(secret: str) -> set[str]:
                 json.dumps(s)[1:-1],
                 json.dumps(s, ensure_ascii=False)[1:-1],
                 json.dumps(s)[1:-1].replace("/", "\\/"),
+                json.dumps(json.dumps(s)[1:-1])[1:-1],  # JSON in a JSON string
                 repr(s)[1:-1],
                 repr(raw)[2:-1],  # as httpx quotes a header value: b'...'
                 raw.hex(),
