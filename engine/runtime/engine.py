@@ -120,7 +120,7 @@ class Engine:
     ) -> RunResult:
         run_id = run_id or new_run_id()
         masker = run_masker(workflow)  # a secret passed in as an input is not stored either
-        inputs = masker.value(dict(inputs or {}))
+        masked: dict[str, Any] = {}
         state = workflow.initial_state()
         for k, v in (inputs or {}).items():
             if k not in workflow.state:
@@ -130,7 +130,7 @@ class Engine:
                 )
             try:
                 check(v)
-                state[k] = json.loads(dumps(v))
+                state[k] = masked[k] = masker.value(json.loads(dumps(v)))
             except JSONValueError as exc:
                 at = where((k, *exc.path))
                 raise UsageError(f"input {at}: {exc.problem}", hint=exc.hint) from None
@@ -144,7 +144,7 @@ class Engine:
             workflow_digest=workflow.digest,
             state=state,
             frontier=fr.initial(workflow),
-            inputs=dict(inputs or {}),
+            inputs=masked,
         )
         return self._drive(workflow, run_id, resumed=False, force=False)
 
