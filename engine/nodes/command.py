@@ -87,7 +87,7 @@ def _bytes(data: str | bytes | None) -> bytes:
 def _tail(data: bytes, ctx: Context) -> str:
     """The last ``TAIL`` bytes of a stream, its secrets masked before the cut.
 
-    All of it is masked (about 10 ms a megabyte): a secret that straddles the cut
+    All of it is masked (10-50 ms a megabyte): a secret that straddles the cut
     would not be recognised in the tail alone.
     """
     masker = ctx.scope.masker
