@@ -3,7 +3,9 @@
 Delivery is at least once and in order: events are written in the step's own
 transaction, handed to every sink after the commit, and marked emitted in
 batches; on resume, events not yet marked are delivered again first. A sink sees
-each event's ``event_id`` (``run_id:seq``) so it can drop a repeat.
+each event's ``event_id`` (``run_id:seq``) so it can drop a repeat. An event's
+error and data are masked by the run's secrets masker as the event is made, so
+neither the outbox rows nor any sink ever hold a secret.
 
 Only a ``durable`` sink (an events file) marks events emitted: a run or resume
 with no ``--events`` leaves them pending for the next one that has it, so the file
@@ -20,6 +22,7 @@ import time
 from typing import IO, Any, Protocol
 
 from .jsonvalue import dumps
+from .secrets import Masker
 from .store.base import Event, Store
 
 
@@ -73,10 +76,13 @@ class Outbox:
 
     MARK_EVERY_S = 0.5
 
-    def __init__(self, store: Store, run_id: str, sinks: list[EventSink]) -> None:
+    def __init__(
+        self, store: Store, run_id: str, sinks: list[EventSink], masker: Masker | None = None
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.sinks = list(sinks)
+        self.masker = masker or Masker()
         self.seq = store.next_event_seq(run_id) - 1
         self._delivered = 0
         self._marks = any(s.durable for s in sinks)  # no events file: nothing is delivered
@@ -104,8 +110,8 @@ class Outbox:
             type,
             attempt,
             duration,
-            error,
-            data,
+            self.masker.optional(error),
+            self.masker.value(data),
         )
 
     def deliver(self, events: list[Event]) -> None:

@@ -29,8 +29,12 @@ CHUNK = 8192  # adjacent writes to one stream are joined into chunks of about th
 LONG_LINE = 1 << 16  # an unended line longer than this is shown as it is
 TAIL = 4000  # characters of each stream a failed command's error keeps
 
+MASK_MARGIN = 4096  # characters read before a tail's cut, so a secret across it is masked whole
+
 # called with (stream, complete lines without their ends), on the writing thread
 LineSink = Callable[[str, list[str]], None]
+# the run's secrets masker: text in, text with every secret replaced by *** out
+Mask = Callable[[str], str]
 
 _SIZE = re.compile(r"\s*(\d+)\s*(|b|kb|kib|k|mb|mib|m|gb|gib|g)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6}
@@ -71,12 +75,27 @@ class _Ring:
             self.size -= self.chunks.popleft()[2]
 
 
-class Capture:
-    """One attempt's output. Thread-safe; ``on_lines`` hears complete lines as they end."""
+def _unmasked(text: str) -> str:
+    return text
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, on_lines: LineSink | None = None) -> None:
+
+class Capture:
+    """One attempt's output. Thread-safe; ``on_lines`` hears complete lines as they end.
+
+    Everything that leaves a capture (lines handed on, tails, the stored form) has
+    passed ``mask`` first, whole lines or whole kept text, before any cut: the run's
+    secrets never reach the console, an error or the database.
+    """
+
+    def __init__(
+        self,
+        limit: int = DEFAULT_LIMIT,
+        on_lines: LineSink | None = None,
+        mask: Mask | None = None,
+    ) -> None:
         self.limit = max(0, limit)
         self.on_lines = on_lines
+        self.mask = mask or _unmasked
         self.written = 0  # bytes, both streams
         self._rings: dict[str, _Ring] = {}  # by stream, made on its first write
         self._open: str | None = None  # the stream of the chunk being filled
@@ -153,7 +172,7 @@ class Capture:
         assert self.on_lines is not None
         token = _current.set(None)  # what the sink prints is not this task's output
         try:
-            self.on_lines(stream, lines)
+            self.on_lines(stream, [self.mask(line) for line in lines])
         except (OSError, ValueError):  # a closed stderr never changes a task's outcome
             pass
         finally:
@@ -173,7 +192,7 @@ class Capture:
                         self._emit(stream, [rest])
 
     def tail(self, stream: str, chars: int = TAIL) -> str:
-        """The last ``chars`` characters written to ``stream``."""
+        """The last ``chars`` characters written to ``stream``, masked before the cut."""
         self._take()
         with self._lock:
             self._seal()
@@ -183,9 +202,9 @@ class Capture:
             for _, text, _ in reversed(ring.chunks if ring else ()):
                 texts.append(text)
                 got += len(text)
-                if got >= chars:
+                if got >= chars + MASK_MARGIN:
                     break
-            return "".join(reversed(texts))[-chars:]
+            return self.mask("".join(reversed(texts))[-(chars + MASK_MARGIN) :])[-chars:]
 
     def freeze(
         self, step: int, order_key: str, node: str, index: int | None, attempt: int
@@ -219,7 +238,8 @@ class Capture:
             elif text:
                 merged.append((stream, text))
         cut = self.written - sum(_size(t) for _, t in merged)
-        return TaskOutput(step, order_key, node, index, attempt, tuple(merged), cut)
+        parts = tuple((stream, self.mask(text)) for stream, text in merged)
+        return TaskOutput(step, order_key, node, index, attempt, parts, cut)
 
 
 def _last_bytes(text: str, room: int) -> str:

@@ -31,7 +31,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     usage: dict[str, int] | None = None  # tokens_in/tokens_out/cached/cache_write
     omit_usage: bool = False
-    raw: str | None = None  # send this body verbatim
+    raw: str | None = None  # send this body verbatim (with ``status``, an error body)
+    message: str | None = None  # the error message of a non-200 reply (else "scripted <status>")
 
 
 @dataclass
@@ -178,9 +179,11 @@ class OpenAIServer(_Server):
         messages = body.get("messages")
         if not body.get("model") or not isinstance(messages, list) or not messages:
             return error(400, "you must provide a model parameter", "invalid_request_error")
+        if reply.status != 200 and reply.raw is not None:
+            return reply.status, dict(reply.headers), reply.raw, None
         if reply.status != 200:
             kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
-            return error(reply.status, f"scripted {reply.status}", kind)
+            return error(reply.status, reply.message or f"scripted {reply.status}", kind)
         if reply.raw is not None:
             return 200, dict(reply.headers), reply.raw, None
         prompt = " ".join(str(m.get("content", "")) for m in messages)
@@ -236,9 +239,11 @@ class AnthropicServer(_Server):
         messages = body.get("messages")
         if not body.get("model") or not isinstance(messages, list) or "max_tokens" not in body:
             return error(400, "max_tokens: Field required", "invalid_request_error")
+        if reply.status != 200 and reply.raw is not None:
+            return reply.status, dict(reply.headers), reply.raw, None
         if reply.status != 200:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(reply.status, "api_error")
-            return error(reply.status, f"scripted {reply.status}", kind)
+            return error(reply.status, reply.message or f"scripted {reply.status}", kind)
         if reply.raw is not None:
             return 200, dict(reply.headers), reply.raw, None
         user = str(messages[-1].get("content", ""))

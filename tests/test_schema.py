@@ -62,6 +62,7 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "description": {"description": "what it does"},
         "state": {},  # in BASE
         "config": {"config": {"max_steps": 5}},
+        "secrets": {"secrets": ["DEPLOY_TOKEN", "_DB_PASSWORD2"]},
         "start": {"start": ["first"]},
         "nodes": {},  # in BASE
     },

@@ -10,6 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import Masker
 from .base import LLMReply, LLMRequest, ProviderError, Usage, is_count, token_count
 from .http import post_json
 
@@ -60,6 +61,7 @@ class AnthropicProvider:
         *,
         base_url: str | None = None,
         api_key_env: str | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.client = client
         base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -73,6 +75,7 @@ class AnthropicProvider:
                 reason="config",
             )
         self.api_key = key
+        self.masker = (masker or Masker()).including([key])
 
     def complete(
         self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
@@ -97,7 +100,7 @@ class AnthropicProvider:
             body=body,
             deadline=deadline,
             stop=stop,
-            secrets=(self.api_key,),
+            masker=self.masker,
             who="anthropic",
         )
         usage = parse_usage(data.get("usage"))

@@ -5,7 +5,8 @@ recorded it, ``"at"`` (the call site: step, node, foreach index, attempt) and, f
 a reply that was billed but unusable (no text), ``"error"``. ``key`` is the
 request's digest (:meth:`LLMRequest.digest`), so a reply recorded from any
 provider answers the same request under ``provider: replay``. No header, URL or
-key is ever written: only the neutral request and the reply with its usage.
+key is ever written: only the neutral request and the reply with its usage, the
+reply's text and failure masked by the run's secrets masker.
 
 Which recording answers is a pure function of the request and its call site, never
 of thread timing or of what this process asked before, so a resumed replay goes
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..jsonvalue import dumps
+from ..secrets import Masker
 from .base import CallSite, LLMReply, LLMRequest, Provider, ProviderError, Usage
 
 
@@ -125,19 +127,21 @@ class Cassette:
         *,
         at: CallSite | None = None,
         error: ProviderError | None = None,
+        masker: Masker | None = None,
     ) -> None:
         """Append one pair (flushed at once, so a crash keeps what was recorded)."""
+        mask = masker or Masker()
         entry: dict[str, Any] = {
             "key": request.digest(),
             "request": request.to_json(),
-            "reply": reply.to_json(),
+            "reply": {**reply.to_json(), "text": mask.text(reply.text)},
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if at is not None:
             entry["at"] = at.to_json()
         if error is not None:
             entry["error"] = {
-                "message": str(error),
+                "message": mask.text(str(error)),
                 "reason": error.reason,
                 "retryable": error.retryable,
             }
@@ -188,10 +192,18 @@ class Recorder:
     caused, so a replay fails that attempt the same way and counts its cost.
     """
 
-    def __init__(self, inner: Provider, cassette: Cassette, *, at: CallSite | None = None) -> None:
+    def __init__(
+        self,
+        inner: Provider,
+        cassette: Cassette,
+        *,
+        at: CallSite | None = None,
+        masker: Masker | None = None,
+    ) -> None:
         self.inner = inner
         self.cassette = cassette
         self.at = at
+        self.masker = masker
         self.name = inner.name
 
     def complete(
@@ -201,7 +213,7 @@ class Recorder:
             reply = self.inner.complete(request, deadline=deadline, stop=stop)
         except ProviderError as exc:
             if exc.reply is not None:
-                self.cassette.record(request, exc.reply, at=self.at, error=exc)
+                self.cassette.record(request, exc.reply, at=self.at, error=exc, masker=self.masker)
             raise
-        self.cassette.record(request, reply, at=self.at)
+        self.cassette.record(request, reply, at=self.at, masker=self.masker)
         return reply

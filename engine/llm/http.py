@@ -1,8 +1,10 @@
 """One JSON POST with the retries every LLM API wants: 429, 5xx and timeouts.
 
 ``Retry-After`` (seconds or an HTTP date) and OpenAI's ``retry-after-ms`` are
-honoured. Secrets (API keys) are scrubbed from every message this module makes,
-including text the server sent back, so they never reach the database or logs.
+honoured. Every message this module makes, text the server sent back included,
+is masked by the run's :class:`~flowrun.engine.secrets.Masker` (which knows the
+API key) before it is cut to length, so no key, whole or in part, reaches the
+database or logs.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import email.utils
 import math
 import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import Masker
 from .base import ProviderError
 
 if TYPE_CHECKING:
@@ -25,18 +27,6 @@ MAX_TRIES = 4  # per node attempt; the node's own retry policy comes on top
 BACKOFF_S = 0.25  # doubled per try: 0.25, 0.5, 1 s
 MAX_WAIT_S = 120.0  # a longer Retry-After is left to the node's retry policy
 DEFAULT_TIMEOUT_S = 600.0
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` without the secrets, also as httpx quotes them (``b'...\\n'``) and trimmed."""
-    forms = set()
-    for s in secrets:
-        for form in (s, s.strip(), repr(s)[1:-1], repr(s.encode("utf-8", "replace"))[2:-1]):
-            if len(form) >= 4:
-                forms.add(form)
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "***")
-    return text
 
 
 def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -68,8 +58,11 @@ def retry_after(headers: httpx.Headers, now: float | None = None) -> float | Non
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _server_message(response: httpx.Response) -> str:
-    """The error text of an OpenAI- or Anthropic-style error body, else the body's start."""
+def _server_message(response: httpx.Response, masker: Masker) -> str:
+    """The error text of an OpenAI- or Anthropic-style error body, else the body's start.
+
+    Masked whole before it is cut: a key the server echoed must not survive in part.
+    """
     try:
         data = response.json()
     except ValueError:
@@ -77,13 +70,17 @@ def _server_message(response: httpx.Response) -> str:
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:300]
+            return _clip(masker.text(str(err["message"])), 300)
         if isinstance(err, str):
-            return err[:300]
+            return _clip(masker.text(err), 300)
         if isinstance(data.get("message"), str):
-            return str(data["message"])[:300]
-    text = response.text.strip().replace("\n", " ")
-    return text[:200] or response.reason_phrase
+            return _clip(masker.text(str(data["message"])), 300)
+    text = masker.text(response.text).strip().replace("\n", " ")
+    return _clip(text, 200) or response.reason_phrase
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def post_json(
@@ -94,10 +91,13 @@ def post_json(
     body: dict[str, Any],
     deadline: float | None,
     stop: threading.Event,
-    secrets: tuple[str, ...],
+    masker: Masker,
     who: str,
 ) -> dict[str, Any]:
-    """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`."""
+    """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`.
+
+    ``masker`` masks the key in ``headers`` (and the run's other secrets).
+    """
     import httpx
 
     err: ProviderError | None = None
@@ -117,15 +117,11 @@ def post_json(
                 f"{who}: no response within {left:.0f}s", retryable=True, reason="timeout"
             )
         except httpx.LocalProtocolError as exc:  # e.g. a key httpx cannot put in a header
-            msg = redact(str(exc) or type(exc).__name__, secrets)
-            raise ProviderError(
-                f"{who}: cannot send the request: {msg}", retryable=False, reason="config"
-            ) from None
+            msg = masker.text(f"{who}: cannot send the request: {exc or type(exc).__name__}")
+            raise ProviderError(msg, retryable=False, reason="config") from None
         except httpx.TransportError as exc:
-            msg = redact(str(exc) or type(exc).__name__, secrets)
-            err = ProviderError(
-                f"{who}: cannot reach {url}: {msg}", retryable=True, reason="connect"
-            )
+            msg = masker.text(f"{who}: cannot reach {url}: {exc or type(exc).__name__}")
+            err = ProviderError(msg, retryable=True, reason="connect")
         else:
             status = response.status_code
             if 200 <= status < 300:
@@ -141,9 +137,8 @@ def post_json(
                     reason="llm_reply",
                 )
             else:
-                msg = redact(_server_message(response), secrets)
                 err = ProviderError(
-                    f"{who}: HTTP {status}: {msg}",
+                    f"{who}: HTTP {status}: {_server_message(response, masker)}",
                     retryable=status in RETRY_STATUSES or status >= 500,
                     retry_after=retry_after(response.headers),
                     reason=f"http_{status}",

@@ -12,6 +12,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import Masker
 from .base import LLMReply, LLMRequest, ProviderError, Usage, is_count, token_count
 from .http import post_json
 
@@ -49,6 +50,7 @@ class OpenAIProvider:
         *,
         base_url: str | None = None,
         api_key_env: str | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.client = client
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip(
@@ -57,6 +59,7 @@ class OpenAIProvider:
         env = api_key_env or "OPENAI_API_KEY"
         # a key read from a file often ends in a newline, which no header may carry
         self.api_key = (os.environ.get(env) or "").strip() or None
+        self.masker = (masker or Masker()).including([self.api_key or ""])
         official = self.base_url.startswith(DEFAULT_BASE_URL)
         if self.api_key is None and (api_key_env or official):
             raise ProviderError(
@@ -90,7 +93,7 @@ class OpenAIProvider:
             body=body,
             deadline=deadline,
             stop=stop,
-            secrets=(self.api_key or "",),
+            masker=self.masker,
             who="openai",
         )
         choices = data.get("choices")

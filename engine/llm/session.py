@@ -11,6 +11,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import Masker
 from .base import CallSite, Provider, ProviderError
 from .cassette import Cassette, CassetteError, Recorder, ReplayProvider
 
@@ -62,8 +63,13 @@ class Session:
         cassette: Path | None,
         record: Path | None,
         at: CallSite | None = None,
+        masker: Masker | None = None,
     ) -> Provider:
-        """The provider for one call; ``at`` (the call's site) picks recordings on replay."""
+        """The provider for one call; ``at`` (the call's site) picks recordings on replay.
+
+        ``masker`` masks the run's secrets (the provider adds its own key) in the
+        provider's errors and in what it records.
+        """
         inner: Provider
         if name == "replay":
             if cassette is None:
@@ -77,11 +83,17 @@ class Session:
         if name == "openai":
             from .openai import OpenAIProvider
 
-            inner = OpenAIProvider(self.client(), base_url=base_url, api_key_env=api_key_env)
+            openai = OpenAIProvider(
+                self.client(), base_url=base_url, api_key_env=api_key_env, masker=masker
+            )
+            inner, masker = openai, openai.masker  # the run's secrets and this key
         elif name == "anthropic":
             from .anthropic import AnthropicProvider
 
-            inner = AnthropicProvider(self.client(), base_url=base_url, api_key_env=api_key_env)
+            anthropic = AnthropicProvider(
+                self.client(), base_url=base_url, api_key_env=api_key_env, masker=masker
+            )
+            inner, masker = anthropic, anthropic.masker
         else:
             raise ProviderError(
                 f"unknown llm provider {name!r}",
@@ -89,7 +101,7 @@ class Session:
                 reason="config",
             )
         if record is not None:
-            return Recorder(inner, self.cassette(record, "record"), at=at)
+            return Recorder(inner, self.cassette(record, "record"), at=at, masker=masker)
         return inner
 
     def close(self) -> None:

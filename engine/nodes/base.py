@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..output import DEFAULT_LIMIT, Capture
+from ..secrets import Masker
 from ..spec.model import Node
 
 
@@ -78,6 +79,8 @@ class RunScope:
         self.proc_log: Any = None
         self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
         self.output_limit = DEFAULT_LIMIT  # bytes of what an attempt printed that are kept
+        # masks the run's secrets in every text a task hands back; set by the engine
+        self.masker = Masker()
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:

@@ -1,4 +1,10 @@
-"""``run:`` (argv, no shell) and ``shell:`` (/bin/sh -c, values shell-quoted) nodes."""
+"""``run:`` (argv, no shell) and ``shell:`` (/bin/sh -c, values shell-quoted) nodes.
+
+Commands inherit the environment, provider keys included (scripts that call an
+API themselves rely on it). What they print goes through the attempt's
+:class:`~flowrun.engine.output.Capture`, which masks the run's secrets before
+anything is shown, cut or stored.
+"""
 
 from __future__ import annotations
 
@@ -162,7 +168,7 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         _drain(proc)
         ctx.scope.untrack(proc)
         raise
-    capture = ctx.output or Capture()
+    capture = ctx.output or Capture(mask=ctx.scope.masker.text if ctx.scope.masker else None)
     # stdout is kept whole only when it becomes the result; otherwise only its tail
     keep: list[bytes] | None = [] if node.save or node.output == "json" else None
     try:

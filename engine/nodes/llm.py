@@ -145,6 +145,7 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
             cassette=Path(replay_all) if replay_all else (base / cassette if cassette else None),
             record=Path(record) if record and name != "replay" else None,
             at=CallSite(ctx.step, ctx.node, ctx.index, ctx.attempt),
+            masker=ctx.scope.masker,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         reply = provider.complete(request, deadline=deadline, stop=ctx.scope.stop)
@@ -157,6 +158,7 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
             str(exc), retryable=exc.retryable, retry_after=exc.retry_after, reason=exc.reason
         ) from None
     report(ctx, reply, request.model)
+    text = ctx.scope.masker.text(reply.text)  # before a parse error can quote it cut short
     if request.json:
-        return parse_json_reply(reply.text)
-    return reply.text
+        return parse_json_reply(text)
+    return text

@@ -25,6 +25,7 @@ from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import RunScope
 from ..output import DEFAULT_LIMIT
+from ..secrets import run_masker
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
 from ..store.leases import stale_after
@@ -121,6 +122,8 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
     ) -> RunResult:
         run_id = run_id or new_run_id()
+        masker = run_masker(workflow)  # a secret passed in as an input is not stored either
+        masked: dict[str, Any] = {}
         state = workflow.initial_state()
         for k, v in (inputs or {}).items():
             if k not in workflow.state:
@@ -130,7 +133,7 @@ class Engine:
                 )
             try:
                 check(v)
-                state[k] = json.loads(dumps(v))
+                state[k] = masked[k] = masker.value(json.loads(dumps(v)))
             except JSONValueError as exc:
                 at = where((k, *exc.path))
                 raise UsageError(f"input {at}: {exc.problem}", hint=exc.hint) from None
@@ -144,7 +147,7 @@ class Engine:
             workflow_digest=workflow.digest,
             state=state,
             frontier=fr.initial(workflow),
-            inputs=dict(inputs or {}),
+            inputs=masked,
         )
         with workflow_dir(workflow.base_dir):
             return self._drive(workflow, run_id, resumed=False, force=False)
@@ -162,7 +165,8 @@ class Engine:
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
         prior_duration = rec.duration_s
-        outbox = Outbox(store, run_id, self.sinks)
+        masker = run_masker(wf)  # the secrets of this drive's environment
+        outbox = Outbox(store, run_id, self.sinks, masker)
         beat_stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat,
@@ -173,6 +177,7 @@ class Engine:
         scope = RunScope(wf.base_dir, run_id, stop=self.stop, grace_s=self.settings.grace_s)
         scope.settings.update(self.settings.extra)
         scope.output_limit = self.settings.output_limit
+        scope.masker = masker
         self.scope = scope
         max_cost = self.settings.max_cost_usd
         if max_cost is None:
@@ -338,6 +343,7 @@ class Engine:
                 s.close()
 
     def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
+        error = outbox.masker.text(error)
         ev = [*self._failure_events, outbox.make(f"run_{status}", error=error)]
         self._failure_events = []
         self.store.set_status(

@@ -1,7 +1,9 @@
 """One task, start to finish: attempts, backoff with seeded jitter, the delta it yields.
 
 ``run_task`` never raises: it returns a :class:`TaskOutcome` so the coordinator
-can save it and carry on with the step.
+can save it and carry on with the step. Everything in an outcome (error, output
+tails, the delta) and every retry's error is masked by the run's secrets masker
+here, the one door text leaves a task by.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def run_task(
         out = _attempts(workflow, task, state, step, scope, observer)
     except Exception as exc:  # a bug, not a node failure: still report it as the task's
         out = TaskOutcome(task, "failed", None, [], time.time(), time.perf_counter() - t0)
-        out.error = f"internal error: {type(exc).__name__}: {exc}"
+        out.error = scope.masker.text(f"internal error: {type(exc).__name__}: {exc}")
     try:
         observer.task_finished(
             step, task, out.status, out.duration, len(out.attempts), out.error, False
@@ -235,6 +237,7 @@ def _attempts(
     if task.get("skip"):
         return TaskOutcome(task, "ok", {}, [Attempt(1, started, 0.0, None, None)], started, 0.0)
     policy = node.retry
+    mask = scope.masker
     rng: random.Random | None = None  # seeded on the first retry: most tasks never need it
     attempts: list[Attempt] = []
     usage: list[LLMUsage] = []
@@ -253,8 +256,8 @@ def _attempts(
         try:
             raw = execute(node, state, ctx, node.timeout)
             if isinstance(raw, CommandResult):
-                stdout, stderr, raw = raw.stdout, raw.stderr, raw.value
-            delta = to_delta(workflow, node, raw)
+                stdout, stderr, raw = mask.text(raw.stdout), mask.text(raw.stderr), raw.value
+            delta = mask.value(to_delta(workflow, node, raw))
             usage.extend(ctx.usage)
             _keep_output(ctx, task, outputs)
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, None, None))
@@ -280,8 +283,9 @@ def _attempts(
             usage.extend(ctx.usage)
             _keep_output(ctx, task, outputs)
             if exc.stdout is not None or exc.stderr is not None:
-                stdout, stderr = exc.stdout, exc.stderr  # else a result the delta refused
-            err = str(exc)
+                # else a result the delta refused
+                stdout, stderr = mask.optional(exc.stdout), mask.optional(exc.stderr)
+            err = mask.text(str(exc))
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
             # no new attempt once the run is stopping or its budget is spent
             last = attempt >= policy.max_attempts or not exc.retryable
@@ -325,13 +329,14 @@ def _capture(
     scope: RunScope, observer: Observer, step: int, task: dict[str, Any], attempt: int
 ) -> Capture:
     """The attempt's output capture; complete lines go to the observer as they end."""
+    mask = scope.masker.text if scope.masker else None
     if not observer.wants_output():
-        return Capture(scope.output_limit)
+        return Capture(scope.output_limit, mask=mask)
 
     def on_lines(stream: str, lines: list[str]) -> None:
         observer.task_output(step, task, attempt, stream, lines)
 
-    return Capture(scope.output_limit, on_lines)
+    return Capture(scope.output_limit, on_lines, mask)
 
 
 def _keep_output(ctx: Context, task: dict[str, Any], outputs: list[TaskOutput]) -> None:

@@ -9,18 +9,16 @@ is checked here, so a typo fails ``flowrun validate`` rather than the run.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import templates
-from .checks import Checker, describe, did_you_mean
-from .keys import LLM, PYTHON_TARGET, names
+from .checks import Checker, describe, did_you_mean, masked
+from .keys import ENV_NAME, LLM, PYTHON_TARGET, names
 from .model import StateKey
 from .yamlpos import Path
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LLM_KEYS = names(LLM)
 MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the others take 0-2
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
@@ -146,10 +144,10 @@ def _llm(
             )
     if "api_key_env" in spec and "api_key_env" not in templated:
         name = spec["api_key_env"]
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME.match(name):
             c.err(
                 (*path, "api_key_env"),
-                f"not an environment variable name: {_masked(name)}",
+                f"not an environment variable name: {masked(name)}",
                 hint="name the variable that holds the key (e.g. OPENAI_API_KEY), not the key",
             )
     if provider == "replay":
@@ -189,8 +187,3 @@ def _unquote(c: Checker, value: str, path: Path, example: str) -> None:
         f"expected a number, not the string {value!r}",
         hint=f"write it without quotes, e.g. `{example}`, or as a template `{{{{ ... }}}}`",
     )
-
-
-def _masked(text: str) -> str:
-    """Shown in an error: enough to recognise, never a whole pasted key."""
-    return repr(text if len(text) <= 8 else text[:4] + "…")

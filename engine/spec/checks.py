@@ -43,6 +43,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean {match[0]!r}?" if match else None
 
 
+def masked(text: str) -> str:
+    """Shown in an error: enough to recognise, never a whole pasted key."""
+    return repr(text if len(text) <= 8 else text[:4] + "…")
+
+
 def describe(value: Any) -> str:
     """What a YAML value is, in words: ``a mapping``, ``a list``, ``null``..."""
     return {

@@ -25,6 +25,7 @@ __all__ = [
     "COMMAND_KINDS",
     "COMMON",
     "CONFIG",
+    "ENV_NAME",
     "KIND_BODIES",
     "LLM",
     "NODE_NAME",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 POLICIES = ("fail", "last_writer_wins")
 PYTHON_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 NO_DEFAULT: Any = object()
@@ -57,6 +59,7 @@ TYPES = (
     "node",  # a node name or a non-empty list of them (``END`` where ``end`` says)
     "mapping",  # a mapping of names to any values
     "argv",  # a non-empty list of strings or numbers
+    "env_names",  # a list of environment variable names
     "python_target",  # module:function
     "list_or_template",  # a list, or a template that yields one
     "object",  # a mapping of the fixed ``keys``
@@ -202,6 +205,12 @@ TOP = (
     Key("description", "string", "Free text for readers."),
     Key("state", "state", "The state keys, each with a default and a reducer.", nullable=True),
     Key("config", "object", "Run settings.", keys=CONFIG, nullable=True),
+    Key(
+        "secrets",
+        "env_names",
+        "Environment variables whose values are masked as *** in all output.",
+        nullable=True,
+    ),
     Key("start", "node", "The node(s) the run starts with (default: the first node)."),
     Key("nodes", "nodes", "The nodes, by name.", required=True),
 )

@@ -88,6 +88,7 @@ class Workflow:
     path: str = "<workflow>"
     base_dir: Path = Path(".")
     joins: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> its needs
+    secrets: tuple[str, ...] = ()  # environment variables whose values are masked as ***
 
     def initial_state(self) -> dict[str, Any]:
         import copy

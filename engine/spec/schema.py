@@ -112,6 +112,8 @@ def _type(k: Key) -> dict[str, Any]:
     if t == "argv":
         item: dict[str, Any] = {"type": ["string", "number", "boolean"]}
         return {"type": "array", "items": item, "minItems": 1}
+    if t == "env_names":
+        return {"type": "array", "items": {"type": "string", "pattern": keys.ENV_NAME.pattern}}
     if t == "python_target":
         return {"type": "string", "pattern": keys.PYTHON_TARGET.pattern}
     if t == "list_or_template":

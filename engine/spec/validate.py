@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import WorkflowError
 from . import keys
 from .bodies import check_body
-from .checks import BOOL_HINT, Checker, describe, did_you_mean, parse_duration
-from .keys import NODE_NAME, POLICIES
+from .checks import BOOL_HINT, Checker, describe, did_you_mean, masked, parse_duration
+from .keys import ENV_NAME, NODE_NAME, POLICIES
 from .model import (
     END,
     KINDS,
@@ -81,6 +81,7 @@ class _Validator(Checker):
             self.err(("name",), "the workflow name is empty")
         state = self.state(top.get("state") or {})
         config = self.config(top.get("config") or {})
+        secrets = self.secrets(top.get("secrets"))
         raw_nodes = self.mapping(top["nodes"], ("nodes",))
         if not raw_nodes:
             self.err(("nodes",), "a workflow needs at least one node")
@@ -118,7 +119,30 @@ class _Validator(Checker):
             path=str(self.fs),
             base_dir=self.fs.resolve().parent,
             joins={n: node.needs for n, node in nodes.items() if node.needs},
+            secrets=secrets,
         )
+
+    def secrets(self, raw: Any) -> tuple[str, ...]:
+        """``secrets:``: names of environment variables whose values are masked."""
+        if raw is None:
+            return ()
+        hint = "e.g. `secrets: [DEPLOY_TOKEN]`: the variable's name, not its value"
+        if not isinstance(raw, list):
+            self.err(
+                ("secrets",), f"expected a list of variable names, not {describe(raw)}", hint=hint
+            )
+        for i, name in enumerate(raw):
+            if not isinstance(name, str):
+                self.err(
+                    ("secrets", i), f"expected a variable name, not {describe(name)}", hint=hint
+                )
+            if not ENV_NAME.match(name):
+                self.err(
+                    ("secrets", i),
+                    f"not an environment variable name: {masked(name)}",
+                    hint="names match [A-Za-z_][A-Za-z0-9_]*; list the variable, not the secret",
+                )
+        return tuple(dict.fromkeys(raw))
 
     def state(self, raw: Any) -> dict[str, StateKey]:
         raw = self.mapping(raw, ("state",), hint="e.g. `state: {count: {default: 0}}`")
