@@ -107,6 +107,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     out["step_log"] = [
         {**s, "duration_s": round(step_s.get(s["step"], 0.0), 6)} for s in store.steps(run_id)
     ]
-    out["steps_duration_s"] = round(sum(step_s.values()), 6)
+    # the sum of the durations shown, so the figures a user adds up agree to the digit
+    out["steps_duration_s"] = round(sum(s["duration_s"] for s in out["step_log"]), 6)
     out["costs"] = cost_report(run_id, store.llm_calls(run_id))
     return out
