@@ -33,7 +33,7 @@ from .model import (
 )
 from .yamlpos import Document, Path, decode, load
 
-__all__ = ["NODE_NAME", "did_you_mean", "load_workflow", "parse_duration"]
+__all__ = ["NODE_NAME", "did_you_mean", "file_changed", "load_workflow", "parse_duration"]
 
 TOP_KEYS = keys.names(keys.TOP)
 STATE_KEYS = keys.names(keys.STATE)
@@ -61,6 +61,18 @@ def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
         text = decode(raw, str(path))
     doc = load(text, str(path))
     return _Validator(doc, text, fs).workflow()
+
+
+def file_changed(workflow: Workflow) -> bool:
+    """Whether the file at ``workflow.path`` now holds other text than the workflow's.
+
+    A file that is gone or unreadable has not changed: there is nothing else to use.
+    """
+    try:
+        raw = FsPath(workflow.path).read_bytes()
+    except OSError:
+        return False
+    return hashlib.sha256(raw).hexdigest() != workflow.digest
 
 
 class _Validator(Checker):
