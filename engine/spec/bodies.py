@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path as FsPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,11 +33,11 @@ def check_body(
     path: Path,
     state: Mapping[str, StateKey],
     foreach: bool,
-    base_dir: FsPath,
+    targets: pytarget.Targets,
 ) -> Any:
     """The body of a ``kind`` node at ``path``, as the node will run it.
 
-    A ``python`` target is looked up from ``base_dir`` (the workflow's folder).
+    A ``python`` target is looked up through ``targets`` (the workflow's folder).
     """
     if kind == "run":
         return _argv(c, body, path, state, foreach)
@@ -50,7 +49,7 @@ def check_body(
         target = c.text(body, path)
         if not PYTHON_TARGET.match(target):
             c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
-        problem = pytarget.problem(target, base_dir)
+        problem = targets.problem(target)
         if problem is not None:
             c.report(path, problem.message, hint=problem.hint)
         return target

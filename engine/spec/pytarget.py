@@ -37,8 +37,24 @@ class _Module:
     compiled: bool = False
 
 
-def problem(target: str, base_dir: Path) -> Problem | None:
-    """What stops ``target`` being called from ``base_dir``, or None if it may be called."""
+class Targets:
+    """The python targets of one workflow folder: each target, and each module, read once."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self._problems: dict[str, Problem | None] = {}
+        self._modules: dict[Path, dict[str, str] | Problem] = {}
+
+    def problem(self, target: str) -> Problem | None:
+        """What stops ``target`` being called, or None if it may be called."""
+        if target not in self._problems:
+            self._problems[target] = _problem(target, self.base_dir, self._modules)
+        return self._problems[target]
+
+
+def _problem(
+    target: str, base_dir: Path, modules: dict[Path, dict[str, str] | Problem]
+) -> Problem | None:
     module_name, _, fn = target.partition(":")
     parts = module_name.split(".")
     found = _find(parts[0], base_dir)
@@ -79,7 +95,10 @@ def problem(target: str, base_dir: Path) -> Problem | None:
             f"{module_name!r} is a folder without __init__.py: it defines no functions",
             f"put `def {fn}(state, ctx):` in a module inside it and name that module",
         )
-    return _check_function(module.source, module_name, fn)
+    if module.source not in modules:
+        modules[module.source] = _read(module.source, module_name)
+    names = modules[module.source]
+    return names if isinstance(names, Problem) else _check_function(names, module, module_name, fn)
 
 
 def _find(name: str, folder: Path) -> _Module | None:
@@ -108,7 +127,8 @@ def _local_modules(folder: Path) -> list[str]:
     ]
 
 
-def _check_function(source: Path, module_name: str, fn: str) -> Problem | None:
+def _read(source: Path, module_name: str) -> dict[str, str] | Problem:
+    """The names a module file binds at its top level (see :func:`_bindings`)."""
     try:
         tree = ast.parse(source.read_bytes(), filename=str(source))
     except SyntaxError as exc:
@@ -118,7 +138,12 @@ def _check_function(source: Path, module_name: str, fn: str) -> Problem | None:
         )
     except (OSError, ValueError) as exc:
         return Problem(f"{module_name!r} cannot be read: {exc}")
-    names = _bindings(tree.body)
+    return _bindings(tree.body)
+
+
+def _check_function(
+    names: dict[str, str], module: _Module, module_name: str, fn: str
+) -> Problem | None:
     kind = names.get(fn)
     if _ANY in names or kind in ("def", "value"):
         return None
@@ -128,9 +153,10 @@ def _check_function(source: Path, module_name: str, fn: str) -> Problem | None:
             " and needs a plain def",
             f"write `def {fn}(state, ctx):` (call asyncio.run inside it if you need to)",
         )
+    file = module.source.name if module.source else module_name
     return Problem(
         f"{module_name!r} has no function {fn!r}",
-        did_you_mean(fn, names) or f"add `def {fn}(state, ctx):` to {source.name}",
+        did_you_mean(fn, names) or f"add `def {fn}(state, ctx):` to {file}",
     )
 
 

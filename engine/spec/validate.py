@@ -15,7 +15,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..errors import WorkflowError
-from . import keys
+from . import keys, pytarget
 from .bodies import check_body, reply_used
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, parse_duration
 from .keys import NODE_NAME, POLICIES
@@ -81,6 +81,7 @@ class _Validator(Checker):
         self.source = text
         self.fs = fs
         self.base_dir = fs.resolve().parent
+        self.targets = pytarget.Targets(self.base_dir)
         # False once an edge was dropped (an unknown node, a bad route, a node that
         # failed to load): the graph-wide checks would then report the error's echoes
         self.edges_whole = True
@@ -386,7 +387,7 @@ class _Validator(Checker):
         foreach_node = "foreach" in raw
         body = raw[kind]
         with self.collect():
-            body = check_body(self, kind, body, (*path, kind), state, foreach_node, self.base_dir)
+            body = check_body(self, kind, body, (*path, kind), state, foreach_node, self.targets)
         if kind == "llm" and "save" not in raw and isinstance(body, dict):
             reply_used(self, body, (*path, kind), state)
         nxt: tuple[str, ...] = ()
