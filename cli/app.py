@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     hint on stderr, never a traceback; with ``--json`` a command that failed before it
     printed its JSON still prints one object, ``{"error", "hint", "exit_code"}``.
     """
-    from flowrun.engine.errors import FlowrunError
+    from flowrun.engine.errors import FlowrunError, WorkflowError
 
     from . import console
 
@@ -483,13 +483,23 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     json_mode = "--json" in (args[: args.index("--")] if "--" in args else args)
 
-    def fail(message: str, hint: str | None, code: int) -> NoReturn:
-        # a file name or --set value with bytes that are not UTF-8 stays printable
-        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-        hint = hint and hint.encode("utf-8", "backslashreplace").decode("utf-8")
-        opt.print_error(SimpleNamespace(message=message, hint=hint))
+    def fail(
+        message: str, hint: str | None, code: int, errors: list[dict[str, Any]] | None = None
+    ) -> NoReturn:
+        shown = errors or [{"message": message, "hint": hint}]
+        for e in shown:  # a file name or --set value with bytes that are not UTF-8 stays printable
+            e["message"] = _printable(e["message"])
+            e["hint"] = e["hint"] and _printable(e["hint"])
+        opt.print_errors([SimpleNamespace(**e) for e in shown])
         if json_mode and not opt.json_written():
-            opt.write_json({"error": message, "hint": hint, "exit_code": code})
+            out: dict[str, Any] = {
+                "error": shown[0]["message"],
+                "hint": shown[0]["hint"],
+                "exit_code": code,
+            }
+            if errors is not None:
+                out["errors"] = shown
+            opt.write_json(out)
         sys.exit(code)
 
     try:
@@ -497,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
             rv = app(args=args, prog_name="flowrun", standalone_mode=False)
         finally:
             opt.close_stores()  # SQLite folds the WAL back: no -wal/-shm left behind
+    except WorkflowError as exc:
+        fail(exc.message, exc.hint, exc.exit_code, [_located(e) for e in exc.errors])
     except FlowrunError as exc:
         fail(exc.message, exc.hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
@@ -512,6 +524,22 @@ def main(argv: list[str] | None = None) -> None:
             1,
         )
     sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(code) from a command or --help
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _located(e: Any) -> dict[str, Any]:
+    """One error of an invalid workflow, as ``--json`` lists it."""
+    return {
+        "message": e.message,
+        "hint": e.hint,
+        "file": e.file,
+        "line": e.line,
+        "column": e.column,
+        "key": e.key,
+    }
 
 
 def _is_parser_error(exc: BaseException) -> bool:

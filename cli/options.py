@@ -68,6 +68,22 @@ def print_error(exc: Any) -> None:
         print(f"  hint: {exc.hint}", file=sys.stderr)
 
 
+MAX_ERRORS_SHOWN = 20  # an invalid workflow's errors on stderr; --json lists them all
+
+
+def print_errors(errors: list[Any]) -> None:
+    """Each error on its line (with its hint), the first :data:`MAX_ERRORS_SHOWN` of them."""
+    for exc in errors[:MAX_ERRORS_SHOWN]:
+        print_error(exc)
+    more = len(errors) - MAX_ERRORS_SHOWN
+    if more > 0:
+        print(
+            f"flowrun: error: and {more} more error{'s' if more > 1 else ''}"
+            " (`flowrun validate --json FILE` lists them all)",
+            file=sys.stderr,
+        )
+
+
 def write_json(data: Any) -> None:
     """The one JSON document of a ``--json`` command, on stdout: strict JSON or nothing."""
     from flowrun.engine.errors import StoreError

@@ -34,6 +34,7 @@ from flowrun.engine.errors import WorkflowError
 from flowrun.engine.events import EventSink
 from flowrun.engine.metrics import Exporter, ExportOptions, exporter_for
 from flowrun.engine.report import run_result
+from flowrun.engine.spec import file_changed
 from flowrun.engine.store.sqlite_file import examine
 
 from . import console
@@ -324,6 +325,14 @@ def stored_workflow(store: Store, run_id: str) -> Workflow:
         ) from None
 
 
+def _shown_path(path: str) -> str:
+    """``path`` as the user would type it here: relative to the working folder if inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def do_resume(
     *,
     ref: str,
@@ -342,7 +351,16 @@ def do_resume(
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
     run_id = store.resolve_run_id(ref)
-    wf = load_workflow(workflow) if workflow else stored_workflow(store, run_id)
+    if workflow:
+        wf = load_workflow(workflow)
+    else:
+        wf = stored_workflow(store, run_id)
+        if file_changed(wf):
+            shown = _shown_path(wf.path)
+            console.err(
+                f"note: {shown} changed since this run started; resuming with the stored"
+                f" version (use --workflow {shown} to resume with the new one)"
+            )
 
     def go(engine: Engine) -> Any:
         llm.apply(engine.settings)

@@ -3,7 +3,8 @@
 The tree::
 
     FlowrunError                 exit 1 unless a subclass says otherwise
-    ├── WorkflowError            exit 2  invalid workflow file (file:line:col, key, hint)
+    ├── WorkflowError            exit 2  invalid workflow file (file:line:col, key, hint);
+    │                                    ``errors`` holds every error the file has
     ├── UsageError               exit 2  bad flags or arguments
     ├── ResumeRefused            exit 3  unknown run, ambiguous prefix, live lease
     ├── RunFailed                exit 1  a task failed after its last attempt
@@ -20,6 +21,8 @@ handler that prints both and exits with ``exit_code``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class FlowrunError(Exception):
@@ -48,6 +51,7 @@ class WorkflowError(FlowrunError):
         column: int | None = None,
         key: str | None = None,
         hint: str | None = None,
+        errors: Sequence[WorkflowError] = (),
     ) -> None:
         self.file = file
         self.line = line
@@ -61,6 +65,22 @@ class WorkflowError(FlowrunError):
             where += ": "
         super().__init__(f"{where}{message}", hint=hint)
         self.cause = message
+        # every error found in one pass, this one first; ``message`` is the first's
+        self.errors: tuple[WorkflowError, ...] = tuple(errors) or (self,)
+
+    @classmethod
+    def collected(cls, errors: Sequence[WorkflowError]) -> WorkflowError:
+        """One error standing for ``errors`` (at least one): the first, carrying them all."""
+        first = errors[0]
+        return cls(
+            first.cause,
+            file=first.file,
+            line=first.line,
+            column=first.column,
+            key=first.key,
+            hint=first.hint,
+            errors=errors,
+        )
 
 
 class UsageError(FlowrunError):

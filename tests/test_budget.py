@@ -196,8 +196,8 @@ def test_observers_hear_every_queued_task_start_or_drop_when_the_budget_runs_out
             with self.lock:
                 self.dropped += 1
 
+    write("spend.py", SPEND)  # before the load: validate reads the module
     wf = load(write("wf.yaml", WORKFLOW % (json.dumps(ITEMS), 1024)))
-    write("spend.py", SPEND)
     counts = Counts()
     settings = Settings(max_cost_usd=0.5, prices=parse_prices(PRICING, "pricing.yaml"))
     engine = Engine(SQLiteStore(tmp_path / "f.db"), settings=settings, observer=counts)

@@ -612,6 +612,7 @@ def test_round_trip_through_a_real_pushgateway(fanout: Path, tmp_path: Path) -> 
 
 
 def _fed_metrics(write: Write) -> RunMetrics:
+    write("lib.py", LIB)  # validate reads the module the node names
     wf = write(
         "llm.yaml",
         """

@@ -468,10 +468,18 @@ def test_a_failed_foreach_task_is_named_with_its_index(write: Write, db: Path) -
 def test_python_target_that_cannot_be_resolved_fails_clearly(
     write: Write, db: Path, target: str, message: str
 ) -> None:
-    write("pymissing_lib.py", "def fn(state, ctx):\n    return None\n")
+    # validate refuses both targets up front (tests/test_validate_all.py); the run
+    # still fails clearly when the module changes after the workflow was loaded
+    write("pymissing_nope.py", "def fn(state, ctx):\n    return None\n")
+    lib = write("pymissing_lib.py", "def fn(state, ctx):\n    return None\n\nnope = fn\n")
     wf = write("wf.yaml", f"name: pymiss\nstate: {{}}\nnodes:\n  v:\n    python: {target}\n")
-    err, _ = fail_wf(wf, db)
-    assert message in err.message
+    loaded = load_workflow(str(wf))
+    (wf.parent / "pymissing_nope.py").unlink()
+    lib.write_text("def fn(state, ctx):\n    return None\n")
+    store = SQLiteStore(db)
+    with pytest.raises(RunFailed) as info:
+        Engine(store).start(loaded)
+    assert message in info.value.message
 
 
 def test_python_modules_of_the_same_name_resolve_per_workflow_folder(

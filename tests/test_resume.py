@@ -202,3 +202,41 @@ def test_show_tells_a_crashed_run_from_a_live_one(
     assert detail["status"] == "running" and detail["live"] is False
     human = flowrun("show", "c1", "--db", db, cwd=tmp_path)
     assert "flowrun resume c1" in human.stdout
+
+
+def test_plain_resume_notes_an_edited_workflow_and_runs_the_stored_one(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    text = """
+        name: edited
+        state:
+          n: {default: 0}
+        nodes:
+          a: {set: {n: 1}, next: b}
+          b: {shell: "exit 3"}
+        """
+    write("graph.yaml", text)
+    db = str(tmp_path / "f.db")
+    assert flowrun("run", "graph.yaml", "--db", db, "--run-id", "e1", cwd=tmp_path).returncode == 1
+
+    unchanged = flowrun("resume", "e1", "--db", db, cwd=tmp_path)
+    assert unchanged.returncode == 1
+    assert "note:" not in unchanged.stderr
+
+    write("graph.yaml", text.replace('"exit 3"', '"exit 0"'))
+    edited = flowrun("resume", "e1", "--db", db, cwd=tmp_path)
+    assert edited.returncode == 1, edited.stderr  # the stored version ran: b fails again
+    assert (
+        "note: graph.yaml changed since this run started; resuming with the stored version"
+        " (use --workflow graph.yaml to resume with the new one)"
+    ) in edited.stderr.splitlines()
+
+    (tmp_path / "graph.yaml").unlink()
+    gone = flowrun("resume", "e1", "--db", db, cwd=tmp_path)
+    assert gone.returncode == 1
+    assert "note:" not in gone.stderr
+
+    write("graph.yaml", text.replace('"exit 3"', '"exit 0"'))
+    new = flowrun("resume", "e1", "--workflow", "graph.yaml", "--db", db, cwd=tmp_path)
+    assert new.returncode == 0, new.stderr
+    assert "note:" not in new.stderr

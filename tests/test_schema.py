@@ -124,13 +124,15 @@ def _props(node: dict[str, Any]) -> dict[str, Any]:
 def _node_doc(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def place(doc: dict[str, Any]) -> dict[str, Any]:
         doc["nodes"]["second"] = {kind: copy.deepcopy(KIND_BODIES[kind])}
+        if kind == "llm":  # the reply text must go somewhere (validate refuses to drop it)
+            doc["nodes"]["second"]["save"] = "out"
         return doc["nodes"]["second"]
 
     return place
 
 
 def _llm(doc: dict[str, Any]) -> dict[str, Any]:
-    doc["nodes"]["second"] = {"llm": copy.deepcopy(KIND_BODIES["llm"])}
+    doc["nodes"]["second"] = {"llm": copy.deepcopy(KIND_BODIES["llm"]), "save": "out"}
     return doc["nodes"]["second"]["llm"]
 
 
@@ -165,6 +167,9 @@ SECTIONS = [
 
 
 def _load(tmp_path: Path, doc: dict[str, Any]) -> None:
+    (tmp_path / "lib").mkdir(exist_ok=True)  # KIND_BODIES["python"] (validate reads it)
+    (tmp_path / "lib" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "lib" / "sub.py").write_text("def judge(state, ctx):\n    return None\n")
     path = tmp_path / "wf.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     load_workflow(path)

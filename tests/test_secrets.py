@@ -128,8 +128,9 @@ def test_a_run_masks_provider_keys_its_api_key_envs_and_its_secrets(write: Write
             """
             name: m
             secrets: [DEPLOY_TOKEN]
+            state: {reply: {}}
             nodes:
-              ask: {llm: {model: gpt-4o-mini, prompt: hi, api_key_env: MY_KEY}}
+              ask: {llm: {model: gpt-4o-mini, prompt: hi, api_key_env: MY_KEY}, save: reply}
             """,
         )
     )

@@ -183,6 +183,8 @@ CASES: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
               model: m
               prompt: hi
               temprature: 0
+            save: out
+        state: {out: {}}
         """,
         "7:7",
         ("nodes.a.llm", "unknown key 'temprature'"),
@@ -194,7 +196,7 @@ CASES: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
         name: t
         nodes:
           a:
-            python: lib:fn
+            python: json:loads
             output: json
         """,
         "5:5",
@@ -492,6 +494,8 @@ CASES: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
             llm:
               model: m
               prompt: "number {{ index }}"
+            save: out
+        state: {out: {}}
         """,
         "6:15",
         ("nodes.a.llm.prompt", "undefined name 'index'"),
@@ -898,6 +902,9 @@ def test_valid_file_is_one_line_on_stdout(cli: Cli, tmp_path: Path) -> None:
             set: {flagged: "{{ range(3) | list | length }}"}
         """,
     )
+    (tmp_path / "lib").mkdir()  # judge's module: validate reads it (without running it)
+    (tmp_path / "lib" / "__init__.py").write_text("")
+    (tmp_path / "lib" / "sub.py").write_text("def judge(state, ctx):\n    return None\n")
     r = cli("validate", name)
     assert r.code == 0, r.err
     assert r.err == ""  # the result line is the report: stdout
@@ -1252,7 +1259,7 @@ def test_llm_settings_are_checked_at_load_with_location_and_hint(
     fragments: tuple[str, ...],
     hint: str | None,
 ) -> None:
-    text = textwrap.dedent(LLM_HEAD).lstrip("\n") + "      " + lines + "\n"
+    text = textwrap.dedent(LLM_HEAD).lstrip("\n") + "      " + lines + "\n    save: provider\n"
     (tmp_path / "wf.yaml").write_text(text, encoding="utf-8")
     message, got_hint = one_error(cli("validate", "wf.yaml"))
     assert message.startswith(f"wf.yaml:{where}: "), message
@@ -1281,6 +1288,8 @@ def test_llm_model_must_be_a_non_empty_string(
             llm:
               model: {model}
               prompt: hi
+            save: out
+        state: {{out: {{}}}}
         """,
     )
     message, _ = one_error(cli("validate", name))
@@ -1297,9 +1306,12 @@ def test_llm_temperature_range_follows_the_provider_a_claude_model_goes_to(
         nodes:
           a:
             llm: {model: claude-3-5-haiku, prompt: hi, temperature: 1.5}
+            save: out
             next: b
           b:
             llm: {model: gpt-4o-mini, prompt: hi, temperature: 1.5}
+            save: out
+        state: {out: {}}
         """,
     )
     message, hint = one_error(cli("validate", name))
@@ -1317,6 +1329,8 @@ def test_llm_api_key_env_holding_a_key_is_not_echoed_back(cli: Cli, tmp_path: Pa
         nodes:
           a:
             llm: {{model: m, prompt: hi, api_key_env: {key}}}
+            save: out
+        state: {{out: {{}}}}
         """,
     )
     r = cli("validate", name)
@@ -1359,12 +1373,15 @@ def test_llm_settings_from_templates_and_valid_literals_pass(cli: Cli, tmp_path:
               json: false
               base_url: http://127.0.0.1:8000/v1
               api_key_env: MY_LOCAL_KEY
+            save: out
             next: claude
           claude:
             llm: {model: claude-3-5-haiku, prompt: hi, temperature: 0}
+            save: out
             next: replayed
           replayed:
             llm: {provider: replay, cassette: c.jsonl, model: m, prompt: hi, temperature: 0.5}
+            save: out
             next: from_flag
           from_flag:
             # no cassette: `--llm-replay FILE` may give one when the run starts
@@ -1385,6 +1402,8 @@ def test_run_with_a_bad_llm_setting_fails_before_any_run_exists(cli: Cli, tmp_pa
         nodes:
           a:
             llm: {model: gpt-4o-mini, prompt: hi, provider: opanai}
+            save: out
+        state: {out: {}}
         """,
     )
     r = cli("run", name, "--db", str(tmp_path / "f.db"))

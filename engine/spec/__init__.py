@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .model import END, Config, Node, RetryPolicy, Route, StateKey, Workflow
-from .validate import load_workflow, parse_duration
+from .validate import file_changed, load_workflow, parse_duration
 
 __all__ = [
     "END",
@@ -13,6 +13,7 @@ __all__ = [
     "Route",
     "StateKey",
     "Workflow",
+    "file_changed",
     "load_workflow",
     "parse_duration",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import templates
+from . import pytarget, templates
 from .checks import Checker, describe, did_you_mean, masked
 from .keys import ENV_NAME, LLM, PYTHON_TARGET, names
 from .model import StateKey
@@ -25,9 +25,18 @@ LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call a
 
 
 def check_body(
-    c: Checker, kind: str, body: Any, path: Path, state: Mapping[str, StateKey], foreach: bool
+    c: Checker,
+    kind: str,
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
+    foreach: bool,
+    targets: pytarget.Targets,
 ) -> Any:
-    """The body of a ``kind`` node at ``path``, as the node will run it."""
+    """The body of a ``kind`` node at ``path``, as the node will run it.
+
+    A ``python`` target is looked up through ``targets`` (the workflow's folder).
+    """
     if kind == "run":
         return _argv(c, body, path, state, foreach)
     if kind == "shell":
@@ -38,6 +47,9 @@ def check_body(
         target = c.text(body, path)
         if not PYTHON_TARGET.match(target):
             c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
+        problem = targets.problem(target)
+        if problem is not None:
+            c.report(path, problem.message, hint=problem.hint)
         return target
     if kind == "set":
         return _set(c, body, path, state, foreach)
@@ -90,62 +102,71 @@ def _llm(
     c.known(spec, LLM_KEYS, path)
     for req in ("model", "prompt"):
         if req not in spec:
-            c.err(path, f"llm needs {req!r}", key=True)
+            c.report(path, f"llm needs {req!r}", key=True)
 
+    given = dict(spec)  # the settings left to check: a wrong one is reported once, then dropped
     for k in ("model", "prompt", "system", "provider", "base_url", "api_key_env", "cassette"):
         if k in spec:
-            c.text(spec[k], (*path, k))
+            with c.collect() as section:
+                c.text(spec[k], (*path, k))
+            if section.failed:
+                del given[k]
     # a template's value is known only when the node runs: check the template now, the value then
-    templated = [k for k, v in spec.items() if isinstance(v, str) and templates.is_template(v)]
+    templated = [k for k, v in given.items() if isinstance(v, str) and templates.is_template(v)]
     for k in templated:
         c.template(spec[k], (*path, k), state, foreach=foreach)
-    model = spec["model"]
-    if not model.strip():
-        c.err((*path, "model"), "the model is empty", hint="e.g. `model: gpt-4o-mini`")
+    model = given.get("model")
+    if model is not None and not model.strip():
+        c.report((*path, "model"), "the model is empty", hint="e.g. `model: gpt-4o-mini`")
     # the provider the node will call, if the file says: None when a template picks it
     provider: str | None = None
     if "provider" in spec:
-        if "provider" not in templated:
-            provider = c.choice(spec["provider"], (*path, "provider"), PROVIDERS, "llm provider")
-    elif "model" not in templated:
+        if "provider" in given and "provider" not in templated:
+            with c.collect():
+                provider = c.choice(
+                    given["provider"], (*path, "provider"), PROVIDERS, "llm provider"
+                )
+    elif model is not None and "model" not in templated:
         provider = default_provider(model)
     replay_possible = "provider" in spec and provider in (None, "replay")
 
     if "temperature" in spec and "temperature" not in templated:
-        t = _number(c, spec["temperature"], (*path, "temperature"), "temperature: 0.2")
-        top = MAX_TEMPERATURE.get(provider or "", 2.0)
-        if not 0 <= t <= top:
-            c.err(
-                (*path, "temperature"),
-                f"expected a number from 0 to {top:g}, got {t:g}",
-                hint=f"provider {provider} takes 0 to {top:g}"
-                if provider in MAX_TEMPERATURE
-                else "0 is the most deterministic; 2 is the most any provider takes",
-            )
+        with c.collect():
+            t = _number(c, spec["temperature"], (*path, "temperature"), "temperature: 0.2")
+            top = MAX_TEMPERATURE.get(provider or "", 2.0)
+            if not 0 <= t <= top:
+                c.err(
+                    (*path, "temperature"),
+                    f"expected a number from 0 to {top:g}, got {t:g}",
+                    hint=f"provider {provider} takes 0 to {top:g}"
+                    if provider in MAX_TEMPERATURE
+                    else "0 is the most deterministic; 2 is the most any provider takes",
+                )
     if "max_tokens" in spec and "max_tokens" not in templated:
-        if isinstance(spec["max_tokens"], str):
-            _unquote(c, spec["max_tokens"], (*path, "max_tokens"), "max_tokens: 200")
-        c.pos_int(spec["max_tokens"], (*path, "max_tokens"))
+        with c.collect():
+            if isinstance(spec["max_tokens"], str):
+                _unquote(c, spec["max_tokens"], (*path, "max_tokens"), "max_tokens: 200")
+            c.pos_int(spec["max_tokens"], (*path, "max_tokens"))
     if "json" in spec and "json" not in templated:
         v = spec["json"]
         if not isinstance(v, bool):
-            c.err(
+            c.report(
                 (*path, "json"),
                 f"expected true or false, not {v!r}",
                 hint="write `json: true` (no quotes) to parse the reply as JSON",
             )
-    if "base_url" in spec and "base_url" not in templated:
-        url = urlsplit(spec["base_url"])
+    if "base_url" in given and "base_url" not in templated:
+        url = urlsplit(given["base_url"])
         if url.scheme not in ("http", "https") or not url.hostname:
-            c.err(
+            c.report(
                 (*path, "base_url"),
-                f"not an http(s) URL: {spec['base_url']!r}",
+                f"not an http(s) URL: {given['base_url']!r}",
                 hint="e.g. `base_url: http://localhost:8000/v1`",
             )
-    if "api_key_env" in spec and "api_key_env" not in templated:
-        name = spec["api_key_env"]
+    if "api_key_env" in given and "api_key_env" not in templated:
+        name = given["api_key_env"]
         if not ENV_NAME.match(name):
-            c.err(
+            c.report(
                 (*path, "api_key_env"),
                 f"not an environment variable name: {masked(name)}",
                 hint="name the variable that holds the key (e.g. OPENAI_API_KEY), not the key",
@@ -153,7 +174,7 @@ def _llm(
     if provider == "replay":
         for k in LIVE_ONLY:
             if k in spec:
-                c.err(
+                c.report(
                     (*path, k),
                     f"{k} is not used by provider replay",
                     key=True,
@@ -162,7 +183,7 @@ def _llm(
                 )
     if "cassette" in spec and not replay_possible:
         which = f"provider {provider}" if provider else "this node's provider"
-        c.err(
+        c.report(
             (*path, "cassette"),
             f"cassette is read only by provider replay, not by {which}",
             key=True,
@@ -170,6 +191,38 @@ def _llm(
             hint="add `provider: replay`; to record a cassette, pass --llm-record FILE",
         )
     return spec
+
+
+def reply_used(
+    c: Checker, body: Mapping[str, Any], path: Path, state: Mapping[str, StateKey]
+) -> None:
+    """Report an ``llm`` node without ``save`` whose reply could never reach the state.
+
+    Without ``save`` a node's result is merged as a delta, so it must be a JSON object
+    of declared state keys: the reply text never is, so such a node needs ``json: true``
+    (or a template that may give it), and a workflow without state keys has nothing
+    the reply could write. Only ``json: true`` replies' keys are left to the run.
+    """
+    as_json = body.get("json", False)
+    if as_json is True or (isinstance(as_json, str) and templates.is_template(as_json)):
+        if not state:
+            c.report(
+                path,
+                "the reply is never used: without `save` it must be a JSON object of state"
+                " keys, and the workflow declares none",
+                key=True,
+                hint="declare the key under `state:` and add `save: KEY` to the node",
+            )
+        return
+    if as_json is False:
+        c.report(
+            path,
+            "the reply is never used: an llm node without `save` merges its result as"
+            " state keys, and reply text is not a mapping",
+            key=True,
+            hint="add `save: KEY` to store the reply, or `json: true` for a JSON object"
+            " of state keys",
+        )
 
 
 def _number(c: Checker, value: Any, path: Path, example: str) -> float:

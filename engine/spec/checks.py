@@ -3,6 +3,11 @@
 A :class:`Checker` wraps the loaded :class:`~.yamlpos.Document`; each check
 returns the value it accepted or raises a :class:`WorkflowError` that names the
 file, line and column, starts with the offending key and suggests the near miss.
+
+The checker also collects: :meth:`Checker.report` records an error and carries
+on, :meth:`Checker.collect` records one raised inside a block and carries on after
+it, and :meth:`Checker.raise_found` raises them all as one error, so a file's
+mistakes are found in one pass.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from ..errors import WorkflowError
 from . import templates
 from .model import StateKey
 from .yamlpos import Document, Path
@@ -61,11 +69,46 @@ def describe(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+@dataclass(slots=True)
+class Section:
+    """A block run under :meth:`Checker.collect`: ``failed`` once it raised."""
+
+    failed: bool = False
+
+
 class Checker:
     """Checks on the values of one document; every failure points into it."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
+        self.found: list[WorkflowError] = []
+
+    def report(
+        self,
+        path: Path,
+        msg: str,
+        *,
+        key: bool = False,
+        hint: str | None = None,
+        label: Path | None = None,
+    ) -> None:
+        """Record an error at ``path`` and carry on: the checks after it still mean something."""
+        self.found.append(self.doc.error(path, msg, key=key, hint=hint, label=label))
+
+    @contextmanager
+    def collect(self) -> Iterator[Section]:
+        """Run a block whose error (raised by :meth:`err`) is recorded, not propagated."""
+        section = Section()
+        try:
+            yield section
+        except WorkflowError as exc:
+            self.found.append(exc)
+            section.failed = True
+
+    def raise_found(self) -> None:
+        """Raise every error recorded so far as one :class:`WorkflowError`, if there is any."""
+        if self.found:
+            raise WorkflowError.collected(self.found)
 
     def err(
         self,
@@ -85,22 +128,33 @@ class Checker:
         return value
 
     def known(self, value: dict[str, Any], allowed: Iterable[str], path: Path) -> None:
+        """Report every key of ``value`` not in ``allowed`` (they are then ignored)."""
         allowed = tuple(allowed)
         for k in value:
             if k not in allowed:
                 self.unknown(path, k, allowed)
 
     def unknown(
-        self, path: Path, k: str, allowed: tuple[str, ...], hint: str | None = None
-    ) -> NoReturn:
+        self,
+        path: Path,
+        k: str,
+        allowed: tuple[str, ...],
+        hint: str | None = None,
+        *,
+        stop: bool = False,
+    ) -> None:
+        """Report an unknown key (raise the error instead with ``stop``)."""
         where = "" if path else " at the top level"
-        self.err(
+        error = self.doc.error(
             (*path, k),
             f"unknown key {k!r}{where}",
             key=True,
             label=path,
             hint=hint or did_you_mean(k, allowed) or f"allowed: {', '.join(allowed)}",
         )
+        if stop:
+            raise error
+        self.found.append(error)
 
     def duration(self, value: Any, path: Path, *, positive: bool = False) -> float:
         """Seconds; a timeout (``positive``) must be more than zero, a backoff may be 0."""
@@ -156,6 +210,7 @@ class Checker:
         shell: bool = False,
         condition: bool = False,
     ) -> None:
+        """Report what is wrong with one template or condition, every name and key of it."""
         if not condition and not templates.is_template(value):
             return
         try:
@@ -168,19 +223,20 @@ class Checker:
             if unknown:
                 known = templates.FILTERS if unknown[1] == "filter" else templates.TESTS
                 hint = did_you_mean(unknown[2], known) or f"see the Jinja2 {unknown[1]}s"
-            self.err(path, f"bad template: {exc}", hint=hint)
+            self.report(path, f"bad template: {exc}", hint=hint)
+            return
         allowed = set(templates.NAMES) if foreach else set(templates.NAMES) - {"item", "index"}
         for n in sorted(names - allowed):
             hint = did_you_mean(n, allowed)
             if n in ("item", "index"):
                 hint = "item and index exist only in a node with foreach"
-            self.err(
+            self.report(
                 path,
                 f"template uses undefined name {n!r}",
                 hint=hint or f"templates see {', '.join(sorted(allowed))}",
             )
         for k in sorted(keys - set(state)):
-            self.err(
+            self.report(
                 path,
                 f"template reads undeclared state key {k!r}",
                 hint=did_you_mean(k, state) or "declare it under `state:`",

@@ -15,8 +15,8 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..errors import WorkflowError
-from . import keys
-from .bodies import check_body
+from . import keys, pytarget
+from .bodies import check_body, reply_used
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, masked, parse_duration
 from .keys import ENV_NAME, NODE_NAME, POLICIES
 from .model import (
@@ -33,7 +33,7 @@ from .model import (
 )
 from .yamlpos import Document, Path, decode, load
 
-__all__ = ["NODE_NAME", "did_you_mean", "load_workflow", "parse_duration"]
+__all__ = ["NODE_NAME", "did_you_mean", "file_changed", "load_workflow", "parse_duration"]
 
 TOP_KEYS = keys.names(keys.TOP)
 STATE_KEYS = keys.names(keys.STATE)
@@ -63,31 +63,67 @@ def load_workflow(path: str | FsPath, text: str | None = None) -> Workflow:
     return _Validator(doc, text, fs).workflow()
 
 
+def file_changed(workflow: Workflow) -> bool:
+    """Whether the file at ``workflow.path`` now holds other text than the workflow's.
+
+    A file that is gone or unreadable has not changed: there is nothing else to use.
+    """
+    try:
+        raw = FsPath(workflow.path).read_bytes()
+    except OSError:
+        return False
+    return hashlib.sha256(raw).hexdigest() != workflow.digest
+
+
 class _Validator(Checker):
     def __init__(self, doc: Document, text: str, fs: FsPath) -> None:
         super().__init__(doc)
         self.source = text
         self.fs = fs
+        self.base_dir = fs.resolve().parent
+        self.targets = pytarget.Targets(self.base_dir)
+        # False once an edge was dropped (an unknown node, a bad route, a node that
+        # failed to load): the graph-wide checks would then report the error's echoes
+        self.edges_whole = True
 
     # the document ----------------------------------------------------------
     def workflow(self) -> Workflow:
+        """The workflow, or every error found in it (some errors end the search early)."""
         top = self.mapping(self.doc.data, (), hint="a workflow starts with `name:` and `nodes:`")
         self.known(top, TOP_KEYS, ())
         for required, example in (("name", "name: my-workflow"), ("nodes", "nodes:")):
-            if required not in top:
-                self.err((), f"missing required key {required!r}", hint=f"add `{example}`")
-        name = self.text(top["name"], ("name",))
-        if not name.strip():
-            self.err(("name",), "the workflow name is empty")
-        state = self.state(top.get("state") or {})
-        config = self.config(top.get("config") or {})
-        secrets = self.secrets(top.get("secrets"))
-        raw_nodes = self.mapping(top["nodes"], ("nodes",))
+            misspelt = any(did_you_mean(k, [required]) for k in top if k not in TOP_KEYS)
+            if required not in top and not misspelt:  # else the unknown key's error says it
+                self.report((), f"missing required key {required!r}", hint=f"add `{example}`")
+        name = ""
+        if "name" in top:
+            with self.collect():
+                name = self.text(top["name"], ("name",))
+                if not name.strip():
+                    self.report(("name",), "the workflow name is empty")
+        state: dict[str, StateKey] = {}
+        with self.collect() as section:
+            state = self.state(top.get("state") or {})
+        if section.failed:  # every state key read would be reported as undeclared
+            self.raise_found()
+        config = Config()
+        with self.collect():
+            config = self.config(top.get("config") or {})
+        secrets: tuple[str, ...] = ()
+        with self.collect():
+            secrets = self.secrets(top.get("secrets"))
+        if "nodes" not in top:
+            self.raise_found()
+        raw_nodes: dict[str, Any] = {}
+        with self.collect():
+            raw_nodes = self.mapping(top["nodes"], ("nodes",))
+            if not raw_nodes:
+                self.report(("nodes",), "a workflow needs at least one node")
         if not raw_nodes:
-            self.err(("nodes",), "a workflow needs at least one node")
+            self.raise_found()
         for n in raw_nodes:
             if n == END:
-                self.err(
+                self.report(
                     ("nodes", n),
                     "END is reserved and cannot be a node name",
                     key=True,
@@ -95,7 +131,7 @@ class _Validator(Checker):
                     hint="`next: END` ends a branch; call the node something else",
                 )
             if not NODE_NAME.match(n):
-                self.err(
+                self.report(
                     ("nodes", n),
                     f"bad node name {n!r}",
                     key=True,
@@ -103,9 +139,19 @@ class _Validator(Checker):
                     hint="node names match [A-Za-z_][A-Za-z0-9_-]*",
                 )
         names = list(raw_nodes)
-        nodes = {n: self.node(n, raw_nodes[n], names, state, config) for n in names}
-        start = self.start(top.get("start"), names)
-        self.reachable(start, nodes)
+        nodes: dict[str, Node] = {}
+        for n in names:
+            with self.collect() as section:
+                nodes[n] = self.node(n, raw_nodes[n], names, state, config)
+            if section.failed:
+                self.edges_whole = False
+        start: tuple[str, ...] = ()
+        with self.collect():
+            start = self.start(top.get("start"), names)
+        if self.edges_whole:
+            self.reachable(start, nodes)
+            self.joins(start, nodes)
+        self.raise_found()
         desc = top.get("description")
         return Workflow(
             name=name,
@@ -117,7 +163,7 @@ class _Validator(Checker):
             source=self.source,
             digest=hashlib.sha256(self.source.encode()).hexdigest(),
             path=str(self.fs),
-            base_dir=self.fs.resolve().parent,
+            base_dir=self.base_dir,
             joins={n: node.needs for n, node in nodes.items() if node.needs},
             secrets=secrets,
         )
@@ -133,104 +179,125 @@ class _Validator(Checker):
             )
         for i, name in enumerate(raw):
             if not isinstance(name, str):
-                self.err(
+                self.report(
                     ("secrets", i), f"expected a variable name, not {describe(name)}", hint=hint
                 )
-            if not ENV_NAME.match(name):
-                self.err(
+            elif not ENV_NAME.match(name):
+                self.report(
                     ("secrets", i),
                     f"not an environment variable name: {masked(name)}",
                     hint="names match [A-Za-z_][A-Za-z0-9_]*; list the variable, not the secret",
                 )
-        return tuple(dict.fromkeys(raw))
+        return tuple(dict.fromkeys(n for n in raw if isinstance(n, str) and ENV_NAME.match(n)))
 
     def state(self, raw: Any) -> dict[str, StateKey]:
         raw = self.mapping(raw, ("state",), hint="e.g. `state: {count: {default: 0}}`")
         out: dict[str, StateKey] = {}
         for key, spec in raw.items():
-            path: Path = ("state", key)
-            if spec is None:
-                spec = {}
-            if not isinstance(spec, dict):
-                self.err(
-                    path,
-                    f"a state key is declared with a mapping, not {describe(spec)}",
-                    hint=f"write `{key}: {{default: {json.dumps(spec)}}}`",
-                )
-            self.known(spec, STATE_KEYS, path)
-            reducer = self.choice(
-                spec.get("reducer", "replace"), (*path, "reducer"), REDUCERS, "reducer"
-            )
-            default = spec.get("default")
-            if reducer in ("append", "extend") and default is None:
-                default = []
-            if reducer == "merge" and default is None:
-                default = {}
-            if reducer == "add" and default is None:
-                default = 0
-            if reducer in ("append", "extend") and not isinstance(default, list):
-                self.err((*path, "default"), f"reducer {reducer} needs a list default")
-            if reducer == "merge" and not isinstance(default, dict):
-                self.err((*path, "default"), "reducer merge needs a mapping default")
-            try:
-                json.dumps(default, allow_nan=False)
-            except (TypeError, ValueError):
-                self.err((*path, "default"), "a state default must be a JSON value")
-            out[key] = StateKey(key, default, reducer)
+            out[key] = StateKey(key, None, "replace")  # declared, even if its spec is wrong
+            with self.collect():
+                out[key] = self.state_key(key, spec)
         return out
+
+    def state_key(self, key: str, spec: Any) -> StateKey:
+        path: Path = ("state", key)
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            self.err(
+                path,
+                f"a state key is declared with a mapping, not {describe(spec)}",
+                hint=f"write `{key}: {{default: {json.dumps(spec)}}}`",
+            )
+        self.known(spec, STATE_KEYS, path)
+        reducer = self.choice(
+            spec.get("reducer", "replace"), (*path, "reducer"), REDUCERS, "reducer"
+        )
+        default = spec.get("default")
+        if reducer in ("append", "extend") and default is None:
+            default = []
+        if reducer == "merge" and default is None:
+            default = {}
+        if reducer == "add" and default is None:
+            default = 0
+        if reducer in ("append", "extend") and not isinstance(default, list):
+            self.err((*path, "default"), f"reducer {reducer} needs a list default")
+        if reducer == "merge" and not isinstance(default, dict):
+            self.err((*path, "default"), "reducer merge needs a mapping default")
+        try:
+            json.dumps(default, allow_nan=False)
+        except (TypeError, ValueError):
+            self.err((*path, "default"), "a state default must be a JSON value")
+        return StateKey(key, default, reducer)
 
     def retry(self, raw: Any, path: Path, base: RetryPolicy) -> RetryPolicy:
         raw = self.mapping(raw, path, hint="e.g. `retry: {max_attempts: 3, backoff: 1s}`")
         self.known(raw, RETRY_KEYS, path)
-        policy = RetryPolicy(
-            max_attempts=self.pos_int(raw["max_attempts"], (*path, "max_attempts"))
-            if "max_attempts" in raw
-            else base.max_attempts,
-            backoff=self.duration(raw["backoff"], (*path, "backoff"))
-            if "backoff" in raw
-            else base.backoff,
-            max_backoff=self.duration(raw["max_backoff"], (*path, "max_backoff"))
-            if "max_backoff" in raw
-            else base.max_backoff,
-            jitter=self.boolean(raw["jitter"], (*path, "jitter"))
-            if "jitter" in raw
-            else base.jitter,
+        max_attempts, backoff, max_backoff, jitter = (
+            base.max_attempts,
+            base.backoff,
+            base.max_backoff,
+            base.jitter,
         )
-        return policy
+        with self.collect():
+            if "max_attempts" in raw:
+                max_attempts = self.pos_int(raw["max_attempts"], (*path, "max_attempts"))
+        with self.collect():
+            if "backoff" in raw:
+                backoff = self.duration(raw["backoff"], (*path, "backoff"))
+        with self.collect():
+            if "max_backoff" in raw:
+                max_backoff = self.duration(raw["max_backoff"], (*path, "max_backoff"))
+        with self.collect():
+            if "jitter" in raw:
+                jitter = self.boolean(raw["jitter"], (*path, "jitter"))
+        return RetryPolicy(
+            max_attempts=max_attempts, backoff=backoff, max_backoff=max_backoff, jitter=jitter
+        )
 
     def config(self, raw: Any) -> Config:
         p: Path = ("config",)
         raw = self.mapping(raw, p)
         self.known(raw, CONFIG_KEYS, p)
         d = Config()
-        policy = self.choice(
-            raw.get("conflict_policy", d.conflict_policy),
-            (*p, "conflict_policy"),
-            POLICIES,
-            "conflict_policy",
-        )
-        cost = raw.get("max_cost_usd")
-        if cost is not None and (
-            isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0
-        ):
-            self.err((*p, "max_cost_usd"), f"expected a number of dollars ≥ 0, got {cost!r}")
-        timeout = d.timeout
-        if "timeout" in raw:
-            timeout = (
-                None
-                if raw["timeout"] is None
-                else self.duration(raw["timeout"], (*p, "timeout"), positive=True)
+        policy, cost, timeout, retry = d.conflict_policy, d.max_cost_usd, d.timeout, d.retry
+        with self.collect():
+            policy = self.choice(
+                raw.get("conflict_policy", d.conflict_policy),
+                (*p, "conflict_policy"),
+                POLICIES,
+                "conflict_policy",
             )
+        given = raw.get("max_cost_usd")
+        if given is not None and (
+            isinstance(given, bool) or not isinstance(given, int | float) or not given >= 0
+        ):
+            self.report((*p, "max_cost_usd"), f"expected a number of dollars ≥ 0, got {given!r}")
+        elif given is not None:
+            cost = float(given)
+        with self.collect():
+            if "timeout" in raw:
+                timeout = (
+                    None
+                    if raw["timeout"] is None
+                    else self.duration(raw["timeout"], (*p, "timeout"), positive=True)
+                )
+        counts = {"max_concurrency": 1, "queue_depth": 0, "max_steps": 1}  # key: its minimum
+        whole = {k: getattr(d, k) for k in counts}
+        for k, minimum in counts.items():
+            with self.collect():
+                whole[k] = self.pos_int(raw.get(k, whole[k]), (*p, k), minimum)
+        with self.collect():
+            if "retry" in raw:
+                retry = self.retry(raw["retry"], (*p, "retry"), d.retry)
         return Config(
-            max_concurrency=self.pos_int(
-                raw.get("max_concurrency", d.max_concurrency), (*p, "max_concurrency")
-            ),
-            queue_depth=self.pos_int(raw.get("queue_depth", d.queue_depth), (*p, "queue_depth"), 0),
-            max_steps=self.pos_int(raw.get("max_steps", d.max_steps), (*p, "max_steps")),
+            max_concurrency=whole["max_concurrency"],
+            queue_depth=whole["queue_depth"],
+            max_steps=whole["max_steps"],
             conflict_policy=policy,
             timeout=timeout,
-            retry=self.retry(raw["retry"], (*p, "retry"), d.retry) if "retry" in raw else d.retry,
-            max_cost_usd=None if cost is None else float(cost),
+            retry=retry,
+            max_cost_usd=cost,
         )
 
     def node_ref(self, value: Any, path: Path, names: list[str], *, allow_end: bool) -> str:
@@ -245,22 +312,26 @@ class _Validator(Checker):
         if value not in names:
             choices = [*names, END] if allow_end else names
             what = "END cannot be used here" if value == END else f"unknown node {value!r}"
-            self.err(
-                path,
-                what,
-                hint=did_you_mean(value, choices) or f"nodes: {', '.join(names)}",
-            )
+            near = did_you_mean(value, choices)
+            if allow_end and value.upper() == END and value not in names:
+                near = f"did you mean {END!r}? (END is written in capitals)"
+            self.err(path, what, hint=near or f"nodes: {', '.join(names)}")
         return value
 
     def refs(self, value: Any, path: Path, names: list[str], *, allow_end: bool) -> tuple[str, ...]:
-        if isinstance(value, list):
-            if not value:
-                self.err(path, "an empty list of nodes")
-            return tuple(
-                self.node_ref(v, (*path, i), names, allow_end=allow_end)
-                for i, v in enumerate(value)
-            )
-        return (self.node_ref(value, path, names, allow_end=allow_end),)
+        """The nodes ``value`` names; a bad one is reported and left out."""
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        if not items:
+            self.err(path, "an empty list of nodes")
+        out: list[str] = []
+        for i, v in items:
+            with self.collect() as section:
+                out.append(
+                    self.node_ref(v, path if i is None else (*path, i), names, allow_end=allow_end)
+                )
+            if section.failed:
+                self.edges_whole = False
+        return tuple(out)
 
     def kind_of(self, name: str, raw: dict[str, Any]) -> str:
         path: Path = ("nodes", name)
@@ -270,7 +341,8 @@ class _Validator(Checker):
             for k in raw:
                 near = did_you_mean(k, KINDS)
                 if k not in others and near:
-                    self.unknown(path, k, KINDS, hint=near)
+                    # the typo is the cause; "a node needs a kind" would only echo it
+                    self.unknown(path, k, KINDS, hint=near, stop=True)
             self.err(
                 path,
                 "a node needs a kind",
@@ -296,26 +368,35 @@ class _Validator(Checker):
         default_at: int | None = None
         for i, r in enumerate(raw):
             rp: Path = (*path, i)
-            r = self.mapping(r, rp, hint="e.g. `- {when: 'state.n > 0', to: next_node}`")
-            self.known(r, ROUTE_KEYS, rp)
             if default_at is not None:
-                self.err(
+                self.report(
                     rp,
                     f"this route is never taken: routes[{default_at}] has no `when`",
                     hint="routes are tried in order; put the default last",
                 )
-            if "to" not in r:
-                self.err(rp, "a route needs 'to'", hint="e.g. `- {when: ..., to: node}`")
-            when = r.get("when")
-            if when is None:
-                default_at = i
-            else:
-                if isinstance(when, bool):
-                    when = "true" if when else "false"
-                when = self.text(when, (*rp, "when"))
-                self.template(when, (*rp, "when"), state, foreach=foreach, condition=True)
-            out.append(Route(self.refs(r["to"], (*rp, "to"), names, allow_end=True), when))
+            with self.collect() as section:
+                route = self.route(r, rp, names, state, foreach)
+                out.append(route)
+                if route.when is None and default_at is None:
+                    default_at = i
+            if section.failed:
+                self.edges_whole = False
         return tuple(out)
+
+    def route(
+        self, raw: Any, path: Path, names: list[str], state: dict[str, StateKey], foreach: bool
+    ) -> Route:
+        r = self.mapping(raw, path, hint="e.g. `- {when: 'state.n > 0', to: next_node}`")
+        self.known(r, ROUTE_KEYS, path)
+        if "to" not in r:
+            self.err(path, "a route needs 'to'", hint="e.g. `- {when: ..., to: node}`")
+        when = r.get("when")
+        if when is not None:
+            if isinstance(when, bool):
+                when = "true" if when else "false"
+            when = self.text(when, (*path, "when"))
+            self.template(when, (*path, "when"), state, foreach=foreach, condition=True)
+        return Route(self.refs(r["to"], (*path, "to"), names, allow_end=True), when)
 
     def node(
         self, name: str, raw: Any, names: list[str], state: dict[str, StateKey], config: Config
@@ -327,68 +408,83 @@ class _Validator(Checker):
         for k in raw:
             if k in COMMAND_KEYS and k not in allowed:
                 self.unknown(path, k, allowed, hint=f"{k} applies only to run and shell nodes")
-            if k not in allowed:
+            elif k not in allowed:
                 self.unknown(path, k, allowed)
         foreach_node = "foreach" in raw
-        body = check_body(self, kind, raw[kind], (*path, kind), state, foreach_node)
+        body = raw[kind]
+        with self.collect():
+            body = check_body(self, kind, body, (*path, kind), state, foreach_node, self.targets)
+        if kind == "llm" and "save" not in raw and isinstance(body, dict):
+            reply_used(self, body, (*path, kind), state)
         nxt: tuple[str, ...] = ()
         routes: tuple[Route, ...] = ()
         if "next" in raw and "routes" in raw:
             second = "routes" if list(raw).index("routes") > list(raw).index("next") else "next"
-            self.err(
+            self.report(
                 (*path, second),
                 "a node has either next or routes, not both",
                 key=True,
                 hint="add a route without `when` as the default instead of next",
             )
-        if "next" in raw:
-            nxt = self.refs(raw["next"], (*path, "next"), names, allow_end=True)
-        if "routes" in raw:
-            routes = self.routes(raw["routes"], (*path, "routes"), names, state, foreach_node)
+        with self.collect() as section:
+            if "next" in raw:
+                nxt = self.refs(raw["next"], (*path, "next"), names, allow_end=True)
+        with self.collect() as section2:
+            if "routes" in raw:
+                routes = self.routes(raw["routes"], (*path, "routes"), names, state, foreach_node)
+        if section.failed or section2.failed:
+            self.edges_whole = False
         needs: tuple[str, ...] = ()
-        if "needs" in raw:
-            needs = self.refs(raw["needs"], (*path, "needs"), names, allow_end=False)
-            if name in needs:
-                self.err((*path, "needs"), f"node {name!r} needs itself")
+        with self.collect():
+            if "needs" in raw:
+                needs = self.refs(raw["needs"], (*path, "needs"), names, allow_end=False)
+                if name in needs:
+                    self.report((*path, "needs"), f"node {name!r} needs itself")
         foreach = raw.get("foreach")
         if foreach_node:
             if isinstance(foreach, str):
                 self.template(foreach, (*path, "foreach"), state, foreach=False)
             elif not isinstance(foreach, list):
-                self.err(
+                self.report(
                     (*path, "foreach"),
                     f"foreach takes a list or a template that yields one, not {describe(foreach)}",
                     hint='e.g. `foreach: "{{ state.items }}"`',
                 )
-        save = raw.get("save")
-        if save is not None:
-            save = self.text(save, (*path, "save"))
-            if save not in state:
-                self.err(
-                    (*path, "save"),
-                    f"save names undeclared state key {save!r}",
-                    hint=did_you_mean(save, state) or "declare it under `state:`",
-                )
-        output = self.choice(raw.get("output", "text"), (*path, "output"), OUTPUTS, "output")
-        env = self.mapping(raw.get("env") or {}, (*path, "env"), hint="e.g. `env: {LANG: C}`")
-        env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
-        self.templates_in(env, (*path, "env"), state, foreach=foreach_node)
-        cwd = raw.get("cwd")
-        if cwd is not None:
-            cwd = self.text(cwd, (*path, "cwd"))
-            self.template(cwd, (*path, "cwd"), state, foreach=foreach_node)
+        save = None
+        with self.collect():
+            if raw.get("save") is not None:
+                save = self.text(raw["save"], (*path, "save"))
+                if save not in state:
+                    self.report(
+                        (*path, "save"),
+                        f"save names undeclared state key {save!r}",
+                        hint=did_you_mean(save, state) or "declare it under `state:`",
+                    )
+        output = "text"
+        with self.collect():
+            output = self.choice(raw.get("output", "text"), (*path, "output"), OUTPUTS, "output")
+        env: dict[str, str] = {}
+        with self.collect():
+            given = self.mapping(raw.get("env") or {}, (*path, "env"), hint="e.g. `env: {LANG: C}`")
+            env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+            self.templates_in(env, (*path, "env"), state, foreach=foreach_node)
+        cwd = None
+        with self.collect():
+            if raw.get("cwd") is not None:
+                cwd = self.text(raw["cwd"], (*path, "cwd"))
+                self.template(cwd, (*path, "cwd"), state, foreach=foreach_node)
         timeout = config.timeout
-        if "timeout" in raw:
-            timeout = (
-                None
-                if raw["timeout"] is None
-                else self.duration(raw["timeout"], (*path, "timeout"), positive=True)
-            )
-        retry = (
-            self.retry(raw["retry"], (*path, "retry"), config.retry)
-            if "retry" in raw
-            else config.retry
-        )
+        with self.collect():
+            if "timeout" in raw:
+                timeout = (
+                    None
+                    if raw["timeout"] is None
+                    else self.duration(raw["timeout"], (*path, "timeout"), positive=True)
+                )
+        retry = config.retry
+        with self.collect():
+            if "retry" in raw:
+                retry = self.retry(raw["retry"], (*path, "retry"), config.retry)
         desc = raw.get("description")
         return Node(
             name=name,
@@ -413,18 +509,52 @@ class _Validator(Checker):
         return self.refs(raw, ("start",), names, allow_end=False)
 
     def reachable(self, start: tuple[str, ...], nodes: dict[str, Node]) -> None:
-        seen = set(start)
-        todo = list(start)
-        while todo:
-            for t in nodes[todo.pop()].targets():
-                if t != END and t not in seen:
-                    seen.add(t)
-                    todo.append(t)
+        seen = _reach(start, nodes)
         for n in nodes:
-            if n not in seen:
-                self.err(
+            if n not in seen and n != END:  # END cannot be routed to (reported above)
+                self.report(
                     ("nodes", n),
                     f"node {n!r} is unreachable from start ({', '.join(start)})",
                     key=True,
                     hint="route to it from another node, list it in `start`, or remove it",
                 )
+
+    def joins(self, start: tuple[str, ...], nodes: dict[str, Node]) -> None:
+        """A join runs once every node it needs has completed: each must be able to run first.
+
+        A needed node can run before the join only if some path from ``start`` reaches
+        it without passing through the join; every edge counts as possibly taken.
+        """
+        reached = _reach(start, nodes)
+        for name, node in nodes.items():
+            if not node.needs or name not in reached:
+                continue  # not a join, or unreachable itself (reported above)
+            before = _reach(start, nodes, avoid=name)
+            for i, n in enumerate(node.needs):
+                if n in before or n == name:
+                    continue
+                why = (
+                    "which never runs (it is unreachable from start)"
+                    if n not in reached
+                    else f"which runs only after {name!r} itself"
+                )
+                where: Path = ("nodes", name, "needs")
+                self.report(
+                    (*where, i),
+                    f"join {name!r} can never run: it waits for {n!r}, {why}",
+                    label=where,
+                    hint=f"route to {n!r} on a path that does not go through {name!r},"
+                    f" or remove it from `needs`",
+                )
+
+
+def _reach(start: tuple[str, ...], nodes: dict[str, Node], avoid: str | None = None) -> set[str]:
+    """The nodes some path from ``start`` reaches (a path through ``avoid`` stops there)."""
+    seen = {s for s in start if s != avoid}
+    todo = list(seen)
+    while todo:
+        for t in nodes[todo.pop()].targets():
+            if t != END and t != avoid and t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
