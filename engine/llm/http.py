@@ -3,6 +3,12 @@
 ``Retry-After`` (seconds or an HTTP date) and OpenAI's ``retry-after-ms`` are
 honoured. Secrets (API keys) are scrubbed from every message this module makes,
 including text the server sent back, so they never reach the database or logs.
+
+A try whose request went out whole but brought back no usable reply (no reply
+within the time left, the connection dropped after sending, a 2xx body that is not
+a JSON object or is cut short) may well have been billed: ``on_lost`` hears of it
+the moment the try gives up, before any backoff, so the ledger can count it. A
+request that never went out (no connection, a connect timeout) is not billed.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import email.utils
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .base import ProviderError
@@ -96,10 +102,16 @@ def post_json(
     stop: threading.Event,
     secrets: tuple[str, ...],
     who: str,
+    on_lost: Callable[[ProviderError], None] | None = None,
 ) -> dict[str, Any]:
-    """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`."""
+    """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`.
+
+    ``on_lost`` is called once per try that was sent but came back without a usable reply.
+    """
     import httpx
 
+    # sent whole, nothing usable back: the server may have done (and billed) the work
+    after_sending = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
     err: ProviderError | None = None
     for n in range(1, MAX_TRIES + 1):
         if stop.is_set():
@@ -112,10 +124,12 @@ def post_json(
             # should not hold a connect for minutes
             timeout = httpx.Timeout(left, connect=min(10.0, left))
             response = client.post(url, headers=headers, json=body, timeout=timeout)
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
             err = ProviderError(
                 f"{who}: no response within {left:.0f}s", retryable=True, reason="timeout"
             )
+            if isinstance(exc, after_sending) and on_lost is not None:
+                on_lost(err)
         except httpx.LocalProtocolError as exc:  # e.g. a key httpx cannot put in a header
             msg = redact(str(exc) or type(exc).__name__, secrets)
             raise ProviderError(
@@ -123,9 +137,18 @@ def post_json(
             ) from None
         except httpx.TransportError as exc:
             msg = redact(str(exc) or type(exc).__name__, secrets)
-            err = ProviderError(
-                f"{who}: cannot reach {url}: {msg}", retryable=True, reason="connect"
-            )
+            if isinstance(exc, after_sending):
+                err = ProviderError(
+                    f"{who}: the connection broke after the request was sent: {msg}",
+                    retryable=True,
+                    reason="llm_reply",
+                )
+                if on_lost is not None:
+                    on_lost(err)
+            else:
+                err = ProviderError(
+                    f"{who}: cannot reach {url}: {msg}", retryable=True, reason="connect"
+                )
         else:
             status = response.status_code
             if 200 <= status < 300:
@@ -140,6 +163,8 @@ def post_json(
                     retryable=True,
                     reason="llm_reply",
                 )
+                if on_lost is not None:
+                    on_lost(err)
             else:
                 msg = redact(_server_message(response), secrets)
                 err = ProviderError(

@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import CallSite, Provider, ProviderError
+from .base import CallSite, LostCall, Provider, ProviderError
 from .cassette import Cassette, CassetteError, Recorder, ReplayProvider
 
 if TYPE_CHECKING:
@@ -62,8 +62,10 @@ class Session:
         cassette: Path | None,
         record: Path | None,
         at: CallSite | None = None,
+        on_lost: LostCall | None = None,
     ) -> Provider:
-        """The provider for one call; ``at`` (the call's site) picks recordings on replay."""
+        """The provider for one call; ``at`` (the call's site) picks recordings on replay;
+        ``on_lost`` hears of each request sent but never usably answered (to be billed)."""
         inner: Provider
         if name == "replay":
             if cassette is None:
@@ -77,11 +79,15 @@ class Session:
         if name == "openai":
             from .openai import OpenAIProvider
 
-            inner = OpenAIProvider(self.client(), base_url=base_url, api_key_env=api_key_env)
+            inner = OpenAIProvider(
+                self.client(), base_url=base_url, api_key_env=api_key_env, on_lost=on_lost
+            )
         elif name == "anthropic":
             from .anthropic import AnthropicProvider
 
-            inner = AnthropicProvider(self.client(), base_url=base_url, api_key_env=api_key_env)
+            inner = AnthropicProvider(
+                self.client(), base_url=base_url, api_key_env=api_key_env, on_lost=on_lost
+            )
         else:
             raise ProviderError(
                 f"unknown llm provider {name!r}",

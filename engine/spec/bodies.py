@@ -22,6 +22,7 @@ from .yamlpos import Path
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LLM_KEYS = names(LLM)
+APIS = next(k.choices for k in LLM if k.name == "api")
 MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the others take 0-2
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
 
@@ -112,6 +113,15 @@ def _llm(
     elif "model" not in templated:
         provider = default_provider(model)
     replay_possible = "provider" in spec and provider in (None, "replay")
+    if "api" in spec:
+        api = c.choice(spec["api"], (*path, "api"), APIS, "llm api")
+        if api == "responses" and provider == "anthropic":
+            c.err(
+                (*path, "api"),
+                "api responses is OpenAI's Responses API; provider anthropic speaks only"
+                " its Messages API",
+                hint="drop `api:` for anthropic models, or use provider openai",
+            )
 
     if "temperature" in spec and "temperature" not in templated:
         t = _number(c, spec["temperature"], (*path, "temperature"), "temperature: 0.2")
