@@ -175,8 +175,14 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
     live = _text(body, "provider", scope) or default_provider(request.model)  # even on replay
     bounds = token_bounds(request, live)
 
-    def lost(exc: ProviderError) -> None:
+    def lost(exc: ProviderError) -> None:  # sent, never usably answered: billed all the same
         report(ctx, None, request, name, bounds)
+        if ctx.scope.over_budget.is_set():  # no retry inside the attempt either
+            raise TaskError(
+                f"{exc}; not tried again: the run's budget is spent",
+                retryable=False,
+                reason="budget",
+            )
 
     try:
         provider = session.provider(
