@@ -229,7 +229,12 @@ def resume(
 def costs(
     run_id: opt.RunRef,
     by: Annotated[
-        str, typer.Option("--by", metavar="model|node", help="Group by model or node.")
+        str,
+        typer.Option(
+            "--by",
+            metavar="model|node|call",
+            help="Group by model or node, or list every call (with the model that served it).",
+        ),
     ] = "model",
     db: opt.Db = None,
     json_out: opt.Json = False,

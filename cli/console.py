@@ -188,6 +188,13 @@ class PlainView(Observer):
             sys.stderr.write(text)
             sys.stderr.flush()
 
+    def budget_warning(self, level: float, spent_usd: float, max_cost_usd: float) -> None:
+        self._line(
+            f"warning: LLM spend {money(spent_usd)} reached {level:.0%} of the budget"
+            f" ({money(max_cost_usd)})",
+            always=True,
+        )
+
     def run_finished(self, status: str, error: str | None) -> None:
         pass
 
@@ -373,12 +380,16 @@ def money(value: float) -> str:
     return usd(value)
 
 
-def _cost_cell(row: dict[str, Any]) -> str:
-    cost = row["cost_usd"]
-    text = "unpriced" if cost is None else money(cost)
-    if cost is not None and (row.get("unpriced_calls") or row.get("unknown_usage_calls")):
-        text += " + ?"  # some calls of the row could not be priced
-    return text
+def cost_text(row: dict[str, Any], key: str = "cost_usd") -> str:
+    """A row's (or the total's) cost: "unknown" when no call's cost is known, never $0,
+    and the calls of unknown cost beside the known sum."""
+    cost = row[key]
+    unknown = row.get("unknown_cost_calls") or 0
+    if cost is None:
+        return "unknown"
+    if unknown:
+        return f"{money(cost)} + {unknown:,} call{'s' if unknown != 1 else ''} of unknown cost"
+    return money(cost)
 
 
 def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False) -> None:
@@ -389,7 +400,15 @@ def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False
     """
     stream = sys.stdout if report else sys.stderr
     line = out if report else err
-    rows = costs["by_node" if by == "node" else "by_model"]
+    rows = costs[f"by_{by}"]
+    if by == "call":  # one line per ledger row: where it was made, and what served it
+        rows = [{**r, "calls": 1, "unknown_cost_calls": int(r["cost_usd"] is None)} for r in rows]
+        for r in rows:
+            where = f"{r['node']}[{r['index']}]" if r["index"] is not None else r["node"]
+            served = r["served_model"] or "no reply"
+            r["call"] = f"{r['step']}:{where}#{r['attempt']} {r['model']} → {served}"
+            for k in ("tokens_in", "tokens_out", "cached_tokens"):
+                r[k] = r[k] or 0
     head = [by, "calls", "input", "cached", "output", "cost"]
     body = [
         [
@@ -398,18 +417,17 @@ def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False
             f"{r['tokens_in']:,}",
             f"{r['cached_tokens']:,}",
             f"{r['tokens_out']:,}",
-            _cost_cell(r),
+            cost_text(r),
         ]
         for r in rows
     ]
-    lower_bound = costs["unpriced_models"] or costs.get("unknown_usage_calls")
     total = [
         "Total",
         f"{costs['calls']:,}",
         f"{costs['tokens_in']:,}",
         f"{costs['cached_tokens']:,}",
         f"{costs['tokens_out']:,}",
-        money(costs["total_usd"]) + (" + ?" if lower_bound else ""),
+        cost_text(costs, "total_usd"),
     ]
     title = f"LLM costs of run {costs['run_id']}"
     if rich_ok(stream):
@@ -439,11 +457,12 @@ def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False
         line(fmt(total))
     if costs["unpriced_models"]:
         warn(
-            f"no price for {', '.join(costs['unpriced_models'])}: shown as unpriced and left out"
-            " of the total; add prices with --pricing FILE.yaml"
+            f"no price for {', '.join(costs['unpriced_models'])}: unpriced, so their cost is"
+            " unknown and left out of the total; add prices with --pricing FILE.yaml"
         )
     if costs.get("unknown_usage_calls"):
         warn(
-            f"{costs['unknown_usage_calls']} call(s) came back without usage: their tokens and"
+            f"{costs['unknown_usage_calls']} call(s) ended without usage (a reply without it,"
+            " or none usable: a timeout, a dropped connection, a bad body): their tokens and"
             " cost are unknown"
         )

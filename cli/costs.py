@@ -107,14 +107,14 @@ def do_costs(*, ref: str, by: str, db: str | None, json_out: bool, pricing: str 
     from .options import write_json
     from .running import open_store
 
-    if by not in ("model", "node"):
-        raise UsageError(f"--by must be model or node, not {by!r}")
+    if by not in ("model", "node", "call"):
+        raise UsageError(f"--by must be model or node (or call: every call), not {by!r}")
     store = open_store(db, create=False, readonly=True)
     run_id = store.resolve_run_id(ref)
     calls = store.llm_calls(run_id)
     if pricing:  # price what was unpriced when it ran; stored prices stay as they were
         calls = reprice(calls, load_prices(pricing))
-    report = cost_report(run_id, calls, by_node=by == "node")
+    report = cost_report(run_id, calls, by_node=by == "node", by_call=by == "call")
     if json_out:
         write_json(report)
         return

@@ -97,9 +97,7 @@ def _state_lines(state: dict[str, Any], full: bool) -> list[str]:
 def _cost_line(costs: dict[str, Any]) -> str:
     if not costs["calls"]:
         return "no LLM calls"
-    total = console.money(costs["total_usd"])
-    if costs["unpriced_models"] or costs.get("unknown_usage_calls"):
-        total += " + ? (some calls unpriced)"
+    total = console.cost_text(costs, "total_usd")
     return (
         f"{total} in {costs['calls']:,} LLM call(s),"
         f" {costs['tokens_in']:,} tokens in, {costs['tokens_out']:,} out"

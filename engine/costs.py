@@ -1,4 +1,4 @@
-"""What LLM calls cost: price tables, the live ledger of a run, and a run's cost report.
+"""What LLM calls cost: price tables and a run's cost report (the live ledger: ``ledger.py``).
 
 Prices are USD per million tokens. A call is priced when its reply arrives and the
 price it used is stored beside it, so a report never depends on today's table.
@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .errors import BudgetExceeded, WorkflowError
+from .errors import WorkflowError
 from .store.base import LLMCall
-
-if TYPE_CHECKING:
-    from .nodes.base import Context, LLMUsage
-    from .runtime.observer import Observer
-    from .store.base import Store
 
 PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
 _META_KEYS = ("as_of", "sources", "currency", "unit")
@@ -93,6 +86,17 @@ class PriceSource(Protocol):
     """Anything that prices a model name (the built-in table, a file, a test's dict)."""
 
     def lookup(self, model: str) -> Price | None: ...
+
+
+def price_for(prices: PriceSource, model: str, served_model: str | None = None) -> Price | None:
+    """The price of one call: the served model's when the source knows it, else the
+    requested model's. Every call is priced through here (the ledger, ``--pricing``
+    repricing), so a new price source takes over in one place."""
+    if served_model and served_model != model:
+        price = prices.lookup(served_model)
+        if price is not None:
+            return price
+    return prices.lookup(model)
 
 
 class PriceTable:
@@ -212,7 +216,7 @@ def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
     out = []
     for c in calls:
         if c.price is None and c.tokens_in is not None and c.tokens_out is not None:
-            p = prices.lookup(c.model)
+            p = price_for(prices, c.model, c.served_model)
             if p is not None:
                 cost = p.cost(
                     c.tokens_in,
@@ -226,112 +230,29 @@ def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
     return out
 
 
-class Ledger:
-    """The live ledger of one run: writes each call as it arrives and watches the budget.
-
-    ``record`` is the run scope's usage listener; it runs on whichever thread got
-    the reply and writes through the store's own lock, so the row is committed
-    before the node's attempt goes on (a crash after that point cannot lose it).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        run_id: str,
-        prices: PriceSource | None,
-        max_cost: float | None,
-        observer: Observer | None,
-        over_budget: threading.Event,
-    ) -> None:
-        self.store = store
-        self.run_id = run_id
-        self._prices = prices  # None: the built-in table, read when the first call arrives
-        self.max_cost = max_cost
-        self.observer = observer
-        self.over_budget = over_budget
-        self._lock = threading.Lock()
-        before = store.llm_calls(run_id)
-        self.calls = len(before)
-        self.spent = float(sum(Decimal(repr(c.cost_usd)) for c in before if c.cost_usd))
-        over_budget.clear()
-        if self._over():
-            over_budget.set()
-
-    def _over(self) -> bool:
-        return self.max_cost is not None and self.spent > self.max_cost
-
-    @property
-    def prices(self) -> PriceSource:
-        return self._prices if self._prices is not None else PriceTable.builtin()
-
-    def record(self, ctx: Context, usage: LLMUsage) -> None:
-        price = self.prices.lookup(usage.model)
-        known = usage.tokens_in is not None and usage.tokens_out is not None
-        cost = None
-        if price is not None and known:
-            cost = price.cost(
-                usage.tokens_in or 0,
-                usage.tokens_out or 0,
-                usage.cached or 0,
-                usage.cache_write or 0,
-                usage.cache_write_1h or 0,
-            )
-        self.store.record_llm_call(
-            LLMCall(
-                run_id=self.run_id,
-                step=ctx.step,
-                node=ctx.node,
-                index=ctx.index,
-                attempt=ctx.attempt,
-                provider=usage.provider,
-                model=usage.model,
-                tokens_in=usage.tokens_in,
-                tokens_out=usage.tokens_out,
-                cached_tokens=usage.cached,
-                cache_write_tokens=usage.cache_write,
-                price=None if price is None else price.to_json(),
-                cost_usd=cost,
-                ts=time.time(),
-                cache_write_1h_tokens=usage.cache_write_1h,
-            )
-        )
-        with self._lock:
-            self.calls += 1
-            if cost:
-                self.spent = float(Decimal(repr(self.spent)) + Decimal(repr(cost)))
-            over = self._over()
-        if over:
-            self.over_budget.set()
-        if self.observer is not None:
-            self.observer.llm_usage(
-                ctx.node,
-                usage.model,
-                usage.tokens_in or 0,
-                usage.tokens_out or 0,
-                usage.cached or 0,
-                cost,
-            )
-
-    def check(self) -> None:
-        """Raise :class:`BudgetExceeded` if the run has spent more than its budget."""
-        if self.over_budget.is_set() or self._over():
-            self.over_budget.set()
-            raise self.exceeded()
-
-    def exceeded(self) -> BudgetExceeded:
-        return BudgetExceeded(
-            f"budget exceeded: {self.calls} LLM call(s) cost {usd(self.spent)}, more than the"
-            f" max cost of {usd(self.max_cost or 0)}; no new task was dispatched",
-            hint=f"continue with `flowrun resume {self.run_id} --max-cost HIGHER`",
-        )
-
-
 def usd(value: float) -> str:
     """Money for people: small sums keep six decimals so they do not read as $0."""
     return f"${value:.6f}" if value < 1 else f"${value:,.4f}"
 
 
 # reports ----------------------------------------------------------------------
+
+
+def _totals(cs: list[LLMCall]) -> dict[str, Any]:
+    known = [c.cost_usd for c in cs if c.cost_usd is not None]
+    return {
+        "calls": len(cs),
+        "tokens_in": sum(c.tokens_in or 0 for c in cs),
+        "tokens_out": sum(c.tokens_out or 0 for c in cs),
+        "cached_tokens": sum(c.cached_tokens or 0 for c in cs),
+        "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in cs),
+        "cache_write_1h_tokens": sum(c.cache_write_1h_tokens or 0 for c in cs),
+        # the known costs; None when no call's cost is known (never a made-up 0)
+        "cost_usd": _money(known) if known or not cs else None,
+        "unknown_cost_calls": len(cs) - len(known),
+        "unpriced_calls": sum(1 for c in cs if c.price is None),
+        "unknown_usage_calls": sum(1 for c in cs if c.tokens_in is None),
+    }
 
 
 def _group(calls: list[LLMCall], key: str) -> list[dict[str, Any]]:
@@ -341,48 +262,58 @@ def _group(calls: list[LLMCall], key: str) -> list[dict[str, Any]]:
     out = []
     for name in sorted(groups):
         cs = groups[name]
-        priced = [c.cost_usd for c in cs if c.cost_usd is not None]
-        row: dict[str, Any] = {
-            key: name,
-            "calls": len(cs),
-            "tokens_in": sum(c.tokens_in or 0 for c in cs),
-            "tokens_out": sum(c.tokens_out or 0 for c in cs),
-            "cached_tokens": sum(c.cached_tokens or 0 for c in cs),
-            "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in cs),
-            "cache_write_1h_tokens": sum(c.cache_write_1h_tokens or 0 for c in cs),
-            "cost_usd": _money(priced) if priced or all(c.price for c in cs) else None,
-            "unpriced_calls": sum(1 for c in cs if c.price is None),
-            "unknown_usage_calls": sum(1 for c in cs if c.tokens_in is None),
-        }
+        row: dict[str, Any] = {key: name, **_totals(cs)}
         if key == "node":
             row["models"] = sorted({c.model for c in cs})
+        row["served_models"] = sorted({c.served_model for c in cs if c.served_model})
         out.append(row)
     return out
+
+
+def _call(c: LLMCall) -> dict[str, Any]:
+    """One ledger row as ``costs --json`` lists it (``model`` is the requested one)."""
+    return {
+        "step": c.step,
+        "node": c.node,
+        "index": c.index,
+        "attempt": c.attempt,
+        "provider": c.provider,
+        "model": c.model,
+        "served_model": c.served_model,
+        "tokens_in": c.tokens_in,
+        "tokens_out": c.tokens_out,
+        "cached_tokens": c.cached_tokens,
+        "cache_write_tokens": c.cache_write_tokens,
+        "cache_write_1h_tokens": c.cache_write_1h_tokens,
+        "price": c.price,
+        "cost_usd": c.cost_usd,
+        "estimate_usd": c.estimate_usd,
+        "ts": c.ts,
+    }
 
 
 def _money(values: Iterable[float]) -> float:
     return round(float(sum((Decimal(repr(v)) for v in values), Decimal(0))), 12)
 
 
-def cost_report(run_id: str, calls: list[LLMCall], *, by_node: bool = False) -> dict[str, Any]:
+def cost_report(
+    run_id: str, calls: list[LLMCall], *, by_node: bool = False, by_call: bool = False
+) -> dict[str, Any]:
     """SPEC §6's cost object: totals, ``by_model`` (and ``by_node``), ``unpriced_models``.
 
-    ``total_usd`` sums the priced calls; ``unpriced_models`` and
-    ``unknown_usage_calls`` say when it is a lower bound.
+    ``total_usd`` sums the calls of known cost (None if there are calls and none is
+    known); ``unknown_cost_calls`` counts the others (unpriced, or usage unknown), so
+    the total is a lower bound whenever it is not 0. Rows name the requested
+    ``model`` and the ``served_models`` the replies named; ``by_call`` lists every
+    ledger row with its ``model`` and ``served_model`` (None: no usable reply).
     """
-    report: dict[str, Any] = {
-        "run_id": run_id,
-        "total_usd": _money(c.cost_usd for c in calls if c.cost_usd is not None),
-        "tokens_in": sum(c.tokens_in or 0 for c in calls),
-        "tokens_out": sum(c.tokens_out or 0 for c in calls),
-        "cached_tokens": sum(c.cached_tokens or 0 for c in calls),
-        "cache_write_tokens": sum(c.cache_write_tokens or 0 for c in calls),
-        "cache_write_1h_tokens": sum(c.cache_write_1h_tokens or 0 for c in calls),
-        "calls": len(calls),
-        "unknown_usage_calls": sum(1 for c in calls if c.tokens_in is None),
-        "by_model": _group(calls, "model"),
-        "unpriced_models": sorted({c.model for c in calls if c.price is None}),
-    }
+    totals = _totals(calls)
+    report: dict[str, Any] = {"run_id": run_id, "total_usd": totals.pop("cost_usd"), **totals}
+    del report["unpriced_calls"]
+    report["by_model"] = _group(calls, "model")
+    report["unpriced_models"] = sorted({c.model for c in calls if c.price is None})
     if by_node:
         report["by_node"] = _group(calls, "node")
+    if by_call:
+        report["by_call"] = [_call(c) for c in calls]
     return report

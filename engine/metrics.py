@@ -90,6 +90,17 @@ class RunMetrics(Observer):
             ["model"],
             registry=r,
         )
+        self.budget_used = Gauge(
+            "flowrun_budget_used_ratio",
+            "The highest budget level the run's LLM spend reached (0.5, 0.8), 0 before.",
+            registry=r,
+        )
+        self.budget_warnings = Counter(
+            "flowrun_budget_warnings_total",
+            "Budget levels the run's LLM spend reached, by level.",
+            ["level"],
+            registry=r,
+        )
         self.executions = Counter(
             "flowrun_node_executions_total",
             "Tasks of a node that finished, by outcome (ok or failed).",
@@ -186,6 +197,10 @@ class RunMetrics(Observer):
         c = self.cost.labels(model)
         if cost:
             c.inc(max(0.0, cost))
+
+    def budget_warning(self, level: float, spent_usd: float, max_cost_usd: float) -> None:
+        self.budget_used.set(level)  # the ledger reports levels in rising order
+        self.budget_warnings.labels(f"{level:g}").inc()
 
     def run_finished(self, status: str, error: str | None) -> None:
         # tasks cancelled by an interrupt never start or finish: nothing runs or waits now

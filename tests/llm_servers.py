@@ -1,19 +1,27 @@
 """Loopback LLM servers speaking the real wire protocols, for tests that cannot pay an API.
 
 ``OpenAIServer`` answers ``POST /v1/chat/completions`` as OpenAI does (bearer auth,
-``usage.prompt_tokens_details.cached_tokens``); ``AnthropicServer`` answers
+``usage.prompt_tokens_details.cached_tokens``) and ``POST /v1/responses`` as its
+Responses API does (``output[].content[].text``, ``usage.input_tokens_details``,
+``output_tokens_details.reasoning_tokens``); ``AnthropicServer`` answers
 ``POST /v1/messages`` as Anthropic does (``x-api-key``, ``anthropic-version``,
 ``cache_read_input_tokens``/``cache_creation_input_tokens``). Each serves a script
 of :class:`Reply` objects first (429 with Retry-After, 500s, odd bodies), then
 default answers, and logs every request and the usage it returned, so a test can
-compare the cost ledger with what the "provider" actually billed.
+compare the cost ledger with what the "provider" actually billed. A script may also
+drop the connection after reading a request, cut a 200 body short, or answer late;
+such a request is still billed (``Served.charged``) but its usage never reaches the
+client (``Served.usage`` None), as with a real provider.
 
 Only 127.0.0.1, on a free port; a server lives for a ``with`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +41,11 @@ class Reply:
     omit_usage: bool = False
     raw: str | None = None  # send this body verbatim (with ``status``, an error body)
     message: str | None = None  # the error message of a non-200 reply (else "scripted <status>")
+    drop: bool = False  # read the request, do the (billed) work, close without a reply
+    cut: bool = False  # a 200 whose body stops halfway (the connection closes)
+    delay: float = 0.0  # seconds before answering (past the client's timeout: it never sees it)
+    served_model: str | None = None  # the model the reply names (default: the server's rule)
+    reasoning: int = 0  # of tokens_out, reasoning tokens (the Responses API reports them)
 
 
 @dataclass
@@ -44,7 +57,10 @@ class Served:
     body: dict[str, Any]
     at: float
     status: int
-    usage: dict[str, int] | None  # normalised: tokens_in (all input), tokens_out, cached, ...
+    usage: dict[str, int] | None  # what reached the client, normalised: tokens_in (all input),
+    # tokens_out, cached, ...; None: no usage reached it
+    charged: dict[str, int] | None = None  # what the provider billed, delivered or not
+    model: str | None = None  # the model the reply named
 
 
 def words(text: str) -> int:
@@ -71,6 +87,9 @@ class _Server:
         self.served: list[Served] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self._tl = threading.local()  # the usage billed for the request this thread handles
+        self._busy = 0  # requests being handled (a late reply may outlive the client's wait)
+        self._idle = threading.Condition()
         self._n = 0
 
     # lifecycle ----------------------------------------------------------------
@@ -81,9 +100,27 @@ class _Server:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                with server._idle:
+                    server._busy += 1
+                try:
+                    self._post()
+                finally:
+                    with server._idle:
+                        server._busy -= 1
+                        server._idle.notify_all()
+
+            def _post(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
-                status, headers, body = server.handle(self.path, dict(self.headers), raw)
+                status, headers, body, reply, served = server.handle(
+                    self.path, dict(self.headers), raw
+                )
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.drop or (reply.delay and _closed(self.connection)):
+                    served.usage = None  # the work was done (and billed); nobody got it
+                    self.close_connection = True
+                    return
                 data = body.encode("utf-8")
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -91,7 +128,17 @@ class _Server:
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                if reply.cut:
+                    served.usage = None
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client gave up while the reply was late
+                    served.usage = None
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -117,10 +164,28 @@ class _Server:
         with self._lock:
             return [s.usage for s in self.served if s.usage is not None]
 
+    @property
+    def received(self) -> int:
+        """Requests read in full (each one a call the client must count)."""
+        with self._lock:
+            return len(self.served)
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until no request is being handled, so the ledger above is final."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout):
+                raise TimeoutError("the loopback server is still answering")
+
+    @property
+    def charged_unseen(self) -> int:
+        """Requests billed whose usage never reached the client."""
+        with self._lock:
+            return sum(1 for s in self.served if s.usage is None and s.charged is not None)
+
     # one request ----------------------------------------------------------------
     def handle(
         self, path: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, dict[str, str], str]:
+    ) -> tuple[int, dict[str, str], str, Reply, Served]:
         headers = {k.lower(): v for k, v in headers.items()}
         try:
             body = json.loads(raw)
@@ -130,10 +195,17 @@ class _Server:
             self._n += 1
             n = self._n
             reply = self.script.pop(0) if self.script else Reply()
+        self._tl.charged = None
         status, out_headers, text, usage = self.respond(n, path, headers, body, reply)
+        model = None
+        with contextlib.suppress(ValueError, AttributeError):
+            model = json.loads(text).get("model")
+        served = Served(
+            path, headers, body, time.monotonic(), status, usage, self._tl.charged or usage, model
+        )
         with self._lock:
-            self.served.append(Served(path, headers, body, time.monotonic(), status, usage))
-        return status, out_headers, text
+            self.served.append(served)
+        return status, out_headers, text, reply, served
 
     def respond(
         self, n: int, path: str, headers: dict[str, str], body: dict[str, Any], reply: Reply
@@ -145,17 +217,70 @@ class _Server:
             u = dict(reply.usage)
             u.setdefault("cached", 0)
             u.setdefault("cache_write", 0)
-            return u
-        return {
-            "tokens_in": 20 + words(prompt) + self.cached + self.cache_write,
-            "tokens_out": words(text),
-            "cached": self.cached,
-            "cache_write": self.cache_write,
-        }
+        else:
+            u = {
+                "tokens_in": 20 + words(prompt) + self.cached + self.cache_write,
+                "tokens_out": words(text) + reply.reasoning,
+                "cached": self.cached,
+                "cache_write": self.cache_write,
+            }
+        self._tl.charged = u  # billed whatever happens to the reply
+        return u
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the client closed its end (readable, and nothing to read)."""
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 class OpenAIServer(_Server):
     path = "/v1/chat/completions"
+    responses_path = "/v1/responses"
+
+    def _response(
+        self, n: int, body: dict[str, Any], reply: Reply
+    ) -> tuple[int, dict[str, str], str, dict[str, int] | None]:
+        """A ``POST /v1/responses`` reply, as OpenAI's Responses API writes it."""
+        user = body["input"] if isinstance(body["input"], str) else json.dumps(body["input"])
+        prompt = f"{body.get('instructions') or ''} {user}"
+        text = reply.text if reply.text is not None else self.answer(body["model"], user)
+        usage = self._usage(reply, prompt, text)
+        if reply.raw is not None:
+            return 200, dict(reply.headers), reply.raw, None
+        doc: dict[str, Any] = {
+            "id": f"resp_{n:032x}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": reply.served_model or f"{body['model']}-2025-04-14",
+            "output": [
+                {"type": "reasoning", "id": f"rs_{n:032x}", "summary": []},
+                {
+                    "type": "message",
+                    "id": f"msg_{n:032x}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                },
+            ],
+            "parallel_tool_calls": True,
+            "store": body.get("store", True),
+        }
+        if not reply.omit_usage:
+            doc["usage"] = {
+                "input_tokens": usage["tokens_in"],
+                "input_tokens_details": {"cached_tokens": usage["cached"]},
+                "output_tokens": usage["tokens_out"],
+                "output_tokens_details": {"reasoning_tokens": reply.reasoning},
+                "total_tokens": usage["tokens_in"] + usage["tokens_out"],
+            }
+        return 200, dict(reply.headers), json.dumps(doc), None if reply.omit_usage else usage
 
     @property
     def url(self) -> str:
@@ -168,7 +293,7 @@ class OpenAIServer(_Server):
             doc = {"error": {"message": message, "type": kind, "param": None, "code": None}}
             return status, dict(reply.headers), json.dumps(doc), None
 
-        if path != self.path:
+        if path not in (self.path, self.responses_path):
             return error(404, f"Unknown request URL: POST {path}", "invalid_request_error")
         if self.api_key is not None:
             auth = headers.get("authorization", "")
@@ -176,15 +301,26 @@ class OpenAIServer(_Server):
                 given = auth.removeprefix("Bearer ")
                 # OpenAI echoes (part of) the key it got: the client must never log it.
                 return error(401, f"Incorrect API key provided: {given}.", "invalid_request_error")
+        if path == self.responses_path:
+            if not body.get("model") or not isinstance(body.get("input"), str | list):
+                return error(400, "Missing required parameter: 'input'.", "invalid_request_error")
+            if "messages" in body:
+                return error(400, "Unknown parameter: 'messages'.", "invalid_request_error")
         messages = body.get("messages")
-        if not body.get("model") or not isinstance(messages, list) or not messages:
+        if path == self.path and (
+            not body.get("model") or not isinstance(messages, list) or not messages
+        ):
             return error(400, "you must provide a model parameter", "invalid_request_error")
         if reply.status != 200 and reply.raw is not None:
             return reply.status, dict(reply.headers), reply.raw, None
         if reply.status != 200:
             kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
             return error(reply.status, reply.message or f"scripted {reply.status}", kind)
+        if path == self.responses_path:
+            return self._response(n, body, reply)
         if reply.raw is not None:
+            prompt = " ".join(str(m.get("content", "")) for m in messages)
+            self._usage(reply, prompt, reply.raw)  # the work was done and billed
             return 200, dict(reply.headers), reply.raw, None
         prompt = " ".join(str(m.get("content", "")) for m in messages)
         user = str(messages[-1].get("content", ""))
@@ -194,7 +330,7 @@ class OpenAIServer(_Server):
             "id": f"chatcmpl-{n}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": f"{body['model']}-2024-07-18",
+            "model": reply.served_model or f"{body['model']}-2024-07-18",
             "choices": [
                 {
                     "index": 0,
@@ -254,7 +390,7 @@ class AnthropicServer(_Server):
             "id": f"msg_{n:024d}",
             "type": "message",
             "role": "assistant",
-            "model": body["model"],
+            "model": reply.served_model or body["model"],
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn",
             "stop_sequence": None,

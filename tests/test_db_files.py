@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from flowrun.engine.errors import StoreError
-from flowrun.engine.store.migrations import APP_ID_VERSION, FLOWRUN_APP_ID
+from flowrun.engine.store.migrations import APP_ID_VERSION, FLOWRUN_APP_ID, MIGRATIONS
 from flowrun.engine.store.sqlite import SQLiteStore
 from flowrun.engine.store.sqlite_file import legacy_tables
 
@@ -129,6 +130,9 @@ def test_a_flowrun_database_from_before_application_id_is_recognised(tmp_path: P
     tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for later in sorted(tables - legacy_tables(APP_ID_VERSION - 1)):  # made by migrations since
         conn.execute(f"DROP TABLE {later}")
+    for script in MIGRATIONS[APP_ID_VERSION - 1 :]:  # nor the columns of later versions
+        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", script):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.close()
     before = sha256(db)
     show = flowrun("show", "latest", "--db", str(db), cwd=tmp_path)

@@ -92,6 +92,7 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         "prompt": {"prompt": "Say {{ state.n }}"},
         "system": {"system": "Be brief."},
         "provider": {"provider": "anthropic"},
+        "api": {"api": "responses"},
         "temperature": {"temperature": 0.2},
         "max_tokens": {"max_tokens": "{{ state.n + 10 }}"},
         "json": {"json": True},

@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..secrets import Masker
-from .base import LLMReply, LLMRequest, ProviderError, Usage, is_count, token_count
+from .base import LLMReply, LLMRequest, LostCall, ProviderError, Usage, is_count, token_count
 from .http import post_json
 
 if TYPE_CHECKING:
@@ -62,8 +62,10 @@ class AnthropicProvider:
         base_url: str | None = None,
         api_key_env: str | None = None,
         masker: Masker | None = None,
+        on_lost: LostCall | None = None,
     ) -> None:
         self.client = client
+        self.on_lost = on_lost
         base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
         env = api_key_env or "ANTHROPIC_API_KEY"
@@ -80,6 +82,12 @@ class AnthropicProvider:
     def complete(
         self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
     ) -> LLMReply:
+        if request.api != "chat":
+            raise ProviderError(
+                f"anthropic: api {request.api!r} is OpenAI's; the Messages API is the only one",
+                retryable=False,
+                reason="config",
+            )
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
@@ -102,6 +110,7 @@ class AnthropicProvider:
             stop=stop,
             masker=self.masker,
             who="anthropic",
+            on_lost=self.on_lost,
         )
         usage = parse_usage(data.get("usage"))
         model = str(data.get("model") or request.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -23,9 +24,13 @@ class LLMRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     json: bool = False
+    api: str = "chat"  # openai: chat (``/chat/completions``) or responses (``/responses``)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.api == "chat":
+            del out["api"]  # requests of the chat API keep the keys they were recorded under
+        return out
 
     def digest(self) -> str:
         """SHA-256 of the canonical request: the same question gives the same key anywhere."""
@@ -142,6 +147,9 @@ class ProviderError(Exception):
     def with_reply(self, reply: LLMReply) -> ProviderError:
         self.reply = reply
         return self
+
+
+LostCall = Callable[[ProviderError], None]  # hears of a request sent but never usably answered
 
 
 class Provider(Protocol):

@@ -5,6 +5,12 @@ honoured. Every message this module makes, text the server sent back included,
 is masked by the run's :class:`~flowrun.engine.secrets.Masker` (which knows the
 API key) before it is cut to length, so no key, whole or in part, reaches the
 database or logs.
+
+A try whose request went out whole but brought back no usable reply (no reply
+within the time left, the connection dropped after sending, a 2xx body that is not
+a JSON object or is cut short) may well have been billed: ``on_lost`` hears of it
+the moment the try gives up, before any backoff, so the ledger can count it. A
+request that never went out (no connection, a connect timeout) is not billed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import email.utils
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..secrets import Masker
@@ -93,13 +100,17 @@ def post_json(
     stop: threading.Event,
     masker: Masker,
     who: str,
+    on_lost: Callable[[ProviderError], None] | None = None,
 ) -> dict[str, Any]:
     """POST ``body``; return the JSON object of a 2xx reply or raise :class:`ProviderError`.
 
     ``masker`` masks the key in ``headers`` (and the run's other secrets).
+    ``on_lost`` is called once per try that was sent but came back without a usable reply.
     """
     import httpx
 
+    # sent whole, nothing usable back: the server may have done (and billed) the work
+    after_sending = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
     err: ProviderError | None = None
     for n in range(1, MAX_TRIES + 1):
         if stop.is_set():
@@ -112,16 +123,27 @@ def post_json(
             # should not hold a connect for minutes
             timeout = httpx.Timeout(left, connect=min(10.0, left))
             response = client.post(url, headers=headers, json=body, timeout=timeout)
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
             err = ProviderError(
                 f"{who}: no response within {left:.0f}s", retryable=True, reason="timeout"
             )
+            if isinstance(exc, after_sending) and on_lost is not None:
+                on_lost(err)
         except httpx.LocalProtocolError as exc:  # e.g. a key httpx cannot put in a header
             msg = masker.text(f"{who}: cannot send the request: {exc or type(exc).__name__}")
             raise ProviderError(msg, retryable=False, reason="config") from None
         except httpx.TransportError as exc:
-            msg = masker.text(f"{who}: cannot reach {url}: {exc or type(exc).__name__}")
-            err = ProviderError(msg, retryable=True, reason="connect")
+            if isinstance(exc, after_sending):
+                msg = masker.text(
+                    f"{who}: the connection broke after the request was sent:"
+                    f" {exc or type(exc).__name__}"
+                )
+                err = ProviderError(msg, retryable=True, reason="llm_reply")
+                if on_lost is not None:
+                    on_lost(err)
+            else:
+                msg = masker.text(f"{who}: cannot reach {url}: {exc or type(exc).__name__}")
+                err = ProviderError(msg, retryable=True, reason="connect")
         else:
             status = response.status_code
             if 200 <= status < 300:
@@ -136,6 +158,8 @@ def post_json(
                     retryable=True,
                     reason="llm_reply",
                 )
+                if on_lost is not None:
+                    on_lost(err)
             else:
                 err = ProviderError(
                     f"{who}: HTTP {status}: {_server_message(response, masker)}",

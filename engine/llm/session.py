@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..secrets import Masker
-from .base import CallSite, Provider, ProviderError
+from .base import CallSite, LostCall, Provider, ProviderError
 from .cassette import Cassette, CassetteError, Recorder, ReplayProvider
 
 if TYPE_CHECKING:
@@ -64,11 +64,13 @@ class Session:
         record: Path | None,
         at: CallSite | None = None,
         masker: Masker | None = None,
+        on_lost: LostCall | None = None,
     ) -> Provider:
         """The provider for one call; ``at`` (the call's site) picks recordings on replay.
 
         ``masker`` masks the run's secrets (the provider adds its own key) in the
-        provider's errors and in what it records.
+        provider's errors and in what it records; ``on_lost`` hears of each request
+        sent but never usably answered (to be billed).
         """
         inner: Provider
         if name == "replay":
@@ -84,14 +86,22 @@ class Session:
             from .openai import OpenAIProvider
 
             openai = OpenAIProvider(
-                self.client(), base_url=base_url, api_key_env=api_key_env, masker=masker
+                self.client(),
+                base_url=base_url,
+                api_key_env=api_key_env,
+                masker=masker,
+                on_lost=on_lost,
             )
             inner, masker = openai, openai.masker  # the run's secrets and this key
         elif name == "anthropic":
             from .anthropic import AnthropicProvider
 
             anthropic = AnthropicProvider(
-                self.client(), base_url=base_url, api_key_env=api_key_env, masker=masker
+                self.client(),
+                base_url=base_url,
+                api_key_env=api_key_env,
+                masker=masker,
+                on_lost=on_lost,
             )
             inner, masker = anthropic, anthropic.masker
         else:

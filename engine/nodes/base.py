@@ -52,6 +52,10 @@ class LLMUsage:
     provider: str = "python"
     attempt: int = 1
     cache_write_1h: int | None = 0  # of cache_write, 1-hour cache writes (Anthropic)
+    served_model: str | None = None  # the model the reply named, when it named one
+    # unknown usage: at most this many input and output tokens were billed (None: no bound)
+    bound_in: int | None = None
+    bound_out: int | None = None
 
 
 class RunScope:

@@ -3,7 +3,14 @@
 String settings are templates (``prompt`` and ``system`` above all, but ``model``
 or ``provider`` may come from the state too). Usage is reported to the cost
 ledger the moment a reply arrives, before anything can fail the attempt, so an
-attempt that fails afterwards (say, a reply that is not JSON) is still counted.
+attempt that fails afterwards (say, a reply that is not JSON) is still counted;
+so is every request that was sent and never usably answered, the moment that try
+gives up, as a call of unknown usage.
+
+A call of unknown usage carries bounds for the budget: input tokens at most the
+UTF-8 bytes of the system and user text plus ``FRAMING_TOKENS`` (a byte-level BPE
+token is at least one byte), output tokens at most ``max_tokens`` (the provider's
+default for Anthropic, which requires one; no bound for OpenAI without it).
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from typing import Any
 
 from .. import jsonvalue
 from ..llm import PROVIDERS, CallSite, LLMReply, LLMRequest, ProviderError, session_for
+from ..llm.anthropic import DEFAULT_MAX_TOKENS
 from ..spec import templates
 from ..spec.model import Node
 from .base import Context, LLMUsage, TaskError, TaskTimeout, template_scope
 
+APIS = ("chat", "responses")
+FRAMING_TOKENS = 64  # role markers and message framing around the texts, generously
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 
 
@@ -73,6 +83,9 @@ def build_request(body: Mapping[str, Any], scope: dict[str, Any]) -> LLMRequest:
     as_json = _native(body, "json", scope)
     if as_json is not None and not isinstance(as_json, bool):
         raise _config_error(f"llm.json must be true or false, got {as_json!r}")
+    api = _text(body, "api", scope) or "chat"
+    if api not in APIS:
+        raise _config_error(f"llm.api must be one of {', '.join(APIS)}, got {api!r}")
     return LLMRequest(
         model=model,
         prompt=prompt,
@@ -80,7 +93,18 @@ def build_request(body: Mapping[str, Any], scope: dict[str, Any]) -> LLMRequest:
         temperature=None if temperature is None else float(temperature),
         max_tokens=max_tokens,
         json=bool(as_json),
+        api=api,
     )
+
+
+def token_bounds(request: LLMRequest, provider: str) -> tuple[int, int | None]:
+    """At most how many input and output tokens ``request`` can be billed (None: no bound)."""
+    texts = (request.system or "") + request.prompt
+    bound_in = len(texts.encode("utf-8")) + FRAMING_TOKENS
+    bound_out = request.max_tokens
+    if bound_out is None and provider == "anthropic":
+        bound_out = DEFAULT_MAX_TOKENS  # what the provider sends when the node sets none
+    return bound_in, bound_out
 
 
 def parse_json_reply(text: str) -> Any:
@@ -104,19 +128,30 @@ def parse_json_reply(text: str) -> Any:
         ) from None
 
 
-def report(ctx: Context, reply: LLMReply, model: str) -> None:
-    """Hand a billed reply's usage to the cost ledger (unknown usage stays unknown)."""
-    u = reply.usage
+def report(
+    ctx: Context,
+    reply: LLMReply | None,
+    request: LLMRequest,
+    provider: str,
+    bounds: tuple[int, int | None],
+) -> None:
+    """Hand a billed call to the cost ledger: a reply's usage, or (``reply`` None: sent,
+    never usably answered) unknown usage; unknown usage stays unknown, with its bounds."""
+    u = None if reply is None else reply.usage
+    served = None if reply is None else reply.model or None
     ctx.report_usage(
         LLMUsage(
-            model=model,
+            model=request.model,
             tokens_in=None if u is None else u.tokens_in,
             tokens_out=None if u is None else u.tokens_out,
             cached=None if u is None else u.cached,
             cache_write=None if u is None else u.cache_write,
-            provider=reply.provider,
+            provider=provider if reply is None else reply.provider,
             attempt=ctx.attempt,
             cache_write_1h=None if u is None else u.cache_write_1h,
+            served_model=served,
+            bound_in=bounds[0] if u is None else None,
+            bound_out=bounds[1] if u is None else None,
         )
     )
 
@@ -137,6 +172,18 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
     if ctx.scope.over_budget.is_set():
         raise TaskError("not called: the run's budget is spent", retryable=False, reason="budget")
     session = session_for(ctx.scope)
+    live = _text(body, "provider", scope) or default_provider(request.model)  # even on replay
+    bounds = token_bounds(request, live)
+
+    def lost(exc: ProviderError) -> None:  # sent, never usably answered: billed all the same
+        report(ctx, None, request, name, bounds)
+        if ctx.scope.over_budget.is_set():  # no retry inside the attempt either
+            raise TaskError(
+                f"{exc}; not tried again: the run's budget is spent",
+                retryable=False,
+                reason="budget",
+            )
+
     try:
         provider = session.provider(
             name,
@@ -146,18 +193,19 @@ def run_llm(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float |
             record=Path(record) if record and name != "replay" else None,
             at=CallSite(ctx.step, ctx.node, ctx.index, ctx.attempt),
             masker=ctx.scope.masker,
+            on_lost=lost,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         reply = provider.complete(request, deadline=deadline, stop=ctx.scope.stop)
     except ProviderError as exc:
         if exc.reply is not None:
-            report(ctx, exc.reply, request.model)
+            report(ctx, exc.reply, request, name, bounds)
         if exc.reason == "timeout" and timeout is not None:
             raise TaskTimeout(f"timed out after {timeout:g}s: {exc}") from None
         raise TaskError(
             str(exc), retryable=exc.retryable, retry_after=exc.retry_after, reason=exc.reason
         ) from None
-    report(ctx, reply, request.model)
+    report(ctx, reply, request, name, bounds)
     text = ctx.scope.masker.text(reply.text)  # before a parse error can quote it cut short
     if request.json:
         return parse_json_reply(text)

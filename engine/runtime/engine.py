@@ -19,10 +19,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..costs import Ledger
 from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
 from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
+from ..ledger import Ledger
 from ..nodes.base import RunScope
 from ..output import DEFAULT_LIMIT
 from ..secrets import run_masker
@@ -79,7 +79,7 @@ class Settings:
     max_steps: int | None = None
     conflict_policy: str | None = None
     grace_s: float = 10.0
-    max_cost_usd: float | None = None  # overrides config.max_cost_usd
+    max_cost_usd: float | None = None  # overrides config.max_cost_usd; stored with the run
     output_limit: int = DEFAULT_LIMIT  # bytes of each attempt's output kept (the last ones)
     prices: Any = None  # a costs.PriceSource; None: the built-in table
     extra: dict[str, Any] = field(default_factory=dict)
@@ -179,9 +179,11 @@ class Engine:
         scope.output_limit = self.settings.output_limit
         scope.masker = masker
         self.scope = scope
-        max_cost = self.settings.max_cost_usd
-        if max_cost is None:
-            max_cost = wf.config.max_cost_usd
+        max_cost = self.settings.max_cost_usd  # given now: it is the run's budget from now on
+        if max_cost is not None:
+            store.set_max_cost(run_id, token, max_cost)
+        else:  # a plain resume keeps the budget the run was given, else the workflow's
+            max_cost = rec.max_cost_usd if rec.max_cost_usd is not None else wf.config.max_cost_usd
         self.ledger = Ledger(
             store, run_id, self.settings.prices, max_cost, self.observer, scope.over_budget
         )
@@ -248,6 +250,8 @@ class Engine:
             max_steps = self.settings.max_steps or wf.config.max_steps
             status, error = "succeeded", None
             while frontier["entries"]:
+                self.step = step
+                self._budget_warnings()
                 self.ledger.check()  # over budget: fail before dispatching anything new
                 if step >= max_steps:
                     raise RunFailed(
@@ -342,9 +346,24 @@ class Engine:
             for s in self.sinks:
                 s.close()
 
+    def _budget_warnings(self, *, commit: bool = True) -> list[Event]:
+        """Announce the budget levels the ledger reached: events (appended now unless the
+        caller commits them itself) and the observer's line."""
+        warnings = self.ledger.take_warnings()
+        events = [
+            self.outbox.make("budget_warning", step=self.step, data=w.to_json()) for w in warnings
+        ]
+        if events and commit:
+            self.store.append_events(self.run_id, self.token, events)
+            self.outbox.deliver(events)
+        for w in warnings:
+            self.observer.budget_warning(w.level, w.spent_usd, w.max_cost_usd)
+        return events
+
     def _finish(self, run_id: str, token: int, status: str, error: str, outbox: Outbox) -> None:
         error = outbox.masker.text(error)
-        ev = [*self._failure_events, outbox.make(f"run_{status}", error=error)]
+        warned = self._budget_warnings(commit=False)  # reached by the failing step's calls
+        ev = [*self._failure_events, *warned, outbox.make(f"run_{status}", error=error)]
         self._failure_events = []
         self.store.set_status(
             run_id, token, status, error=error, events=ev, duration_s=self._elapsed()
@@ -452,6 +471,7 @@ class Engine:
             done = gate.wait(0.2)  # a task started or finished (or time to look at stop)
             if done:
                 collect(done)
+            self._budget_warnings()
             if self.stop.is_set():
                 interrupt()
             if self.scope.over_budget.is_set():

@@ -59,6 +59,9 @@ class Observer:
         cost: float | None,
     ) -> None: ...
 
+    def budget_warning(self, level: float, spent_usd: float, max_cost_usd: float) -> None:
+        """The run's LLM spend reached ``level`` (0.5, 0.8) of its budget."""
+
     def run_finished(self, status: str, error: str | None) -> None: ...
 
 

@@ -20,6 +20,7 @@ from .model import StateKey
 from .yamlpos import Path
 
 LLM_KEYS = names(LLM)
+APIS = next(k.choices for k in LLM if k.name == "api")
 MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the others take 0-2
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
 
@@ -129,6 +130,15 @@ def _llm(
     elif model is not None and "model" not in templated:
         provider = default_provider(model)
     replay_possible = "provider" in spec and provider in (None, "replay")
+    if "api" in spec:
+        api = c.choice(spec["api"], (*path, "api"), APIS, "llm api")
+        if api == "responses" and provider == "anthropic":
+            c.err(
+                (*path, "api"),
+                "api responses is OpenAI's Responses API; provider anthropic speaks only"
+                " its Messages API",
+                hint="drop `api:` for anthropic models, or use provider openai",
+            )
 
     if "temperature" in spec and "temperature" not in templated:
         with c.collect():

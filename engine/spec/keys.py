@@ -183,6 +183,13 @@ LLM = (
         choices=("openai", "anthropic", "replay"),
         templated=True,
     ),
+    Key(
+        "api",
+        "choice",
+        "openai: chat (/chat/completions) or responses (/responses, the Responses API).",
+        "chat",
+        choices=("chat", "responses"),
+    ),
     Key("temperature", "number", "Sampling temperature.", minimum=0, maximum=2, templated=True),
     Key("max_tokens", "integer", "Longest reply, in tokens.", minimum=1, templated=True),
     Key("json", "boolean", "Parse the reply as JSON.", False, templated=True),

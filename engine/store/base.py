@@ -27,6 +27,7 @@ class RunRecord:
     state_digest: str | None = None
     parent_run_id: str | None = None  # set on a fork: the run and step it started from
     parent_step: int | None = None
+    max_cost_usd: float | None = None  # the budget `run --max-cost` gave (a resume may replace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,8 @@ class StepCommit:
 
 @dataclass(frozen=True, slots=True)
 class LLMCall:
-    """One billed LLM call in the cost ledger. ``None`` tokens: the reply carried no usage."""
+    """One billed LLM call in the cost ledger. ``None`` tokens: no usage came back (the reply
+    carried none, or the request was sent and no usable reply arrived)."""
 
     run_id: str
     step: int
@@ -157,6 +159,8 @@ class LLMCall:
     cost_usd: float | None = None  # None: unpriced, or usage unknown
     ts: float = 0.0
     cache_write_1h_tokens: int | None = 0  # of cache_write_tokens, 1-hour cache writes
+    served_model: str | None = None  # the model the reply named (``model`` is the requested one)
+    estimate_usd: float | None = None  # unknown cost: the conservative estimate a budget counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +270,8 @@ class Store(Protocol):
     def run_is_live(self, run_id: str) -> bool: ...
 
     def release_lease(self, run_id: str, token: int) -> None: ...
+
+    def set_max_cost(self, run_id: str, token: int, max_cost_usd: float | None) -> None: ...
 
     def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None: ...
 

@@ -172,6 +172,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX task_output_run ON task_output (run_id, node, id);
     """,
+    # 9: a ledger that leaves no billed call out and budgets that hold: the model the
+    # reply named (NULL: it named none, or an older row), the conservative cost estimate
+    # of a call of unknown cost (NULL: known cost, or none could be made), and the
+    # budget `run --max-cost` gave the run (NULL: none given), which a plain resume keeps
+    """
+    ALTER TABLE llm_calls ADD COLUMN served_model TEXT;
+    ALTER TABLE llm_calls ADD COLUMN estimate_usd REAL;
+    ALTER TABLE runs ADD COLUMN max_cost_usd REAL;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

@@ -13,6 +13,7 @@ opens it ``mode=ro`` and never writes or creates anything.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -27,6 +28,7 @@ from .migrations import MIGRATIONS
 from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
 BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
 
 
 def busy_timeout_ms() -> int:
@@ -74,7 +76,7 @@ class SQLiteDB:
                 if first != "ok":
                     raise damaged(self.path, first)
             if readonly:
-                self._check_version()
+                self._read_older(self._check_version())
             else:
                 self._migrate()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
@@ -149,6 +151,26 @@ class SQLiteDB:
                 hint="upgrade flowrun",
             )
         return int(version)
+
+    def _read_older(self, version: int) -> None:
+        """Read a file of an older schema as if it were current, without changing it:
+        each table that later versions add columns to is shadowed by a TEMP view (temp
+        objects come first in SQLite's name lookup) with those columns as NULL."""
+        added: dict[str, list[str]] = {}
+        for script in MIGRATIONS[version:] if version else []:
+            for table, column in _ADD_COLUMN.findall(script):
+                added.setdefault(table, []).append(column)
+        if not added:
+            return
+        self.conn.execute("PRAGMA query_only = OFF")  # for the TEMP views; the file is mode=ro
+        try:
+            for table, columns in added.items():
+                nulls = ", ".join(f"NULL AS {c}" for c in columns)
+                self.conn.execute(
+                    f"CREATE TEMP VIEW {table} AS SELECT *, {nulls} FROM main.{table}"
+                )
+        finally:
+            self.conn.execute("PRAGMA query_only = ON")
 
     def _migrate(self) -> None:
         version = self._check_version()

@@ -1,4 +1,4 @@
-"""The LLM cost ledger in SQLite: one row per billed call, written when the reply arrives."""
+"""The LLM cost ledger in SQLite: one row per billed call, written when the attempt ends."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class SQLiteLedger(SQLiteDB):
             c.execute(
                 "INSERT INTO llm_calls (run_id, step, node, idx, attempt, provider, model,"
                 " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts,"
-                " cache_write_1h_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cache_write_1h_tokens, served_model, estimate_usd)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call.run_id,
                     call.step,
@@ -39,6 +40,8 @@ class SQLiteLedger(SQLiteDB):
                     call.cost_usd,
                     call.ts,
                     call.cache_write_1h_tokens,
+                    call.served_model,
+                    call.estimate_usd,
                 ),
             )
 
@@ -46,7 +49,8 @@ class SQLiteLedger(SQLiteDB):
         with self._lock:
             rows = self.conn.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
-                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens"
+                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens,"
+                " served_model, estimate_usd"
                 " FROM llm_calls"
                 " WHERE run_id = ? ORDER BY id",
                 (run_id,),
@@ -68,6 +72,8 @@ class SQLiteLedger(SQLiteDB):
                 cost_usd=r[12],
                 ts=r[13],
                 cache_write_1h_tokens=r[14],
+                served_model=r[15],
+                estimate_usd=r[16],
             )
             for r in rows
         ]

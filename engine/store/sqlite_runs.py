@@ -141,6 +141,11 @@ class SQLiteRuns(SQLiteEvents):
                 (run_id, token),
             )
 
+    def set_max_cost(self, run_id: str, token: int, max_cost_usd: float | None) -> None:
+        """Store the run's budget (``--max-cost``), which a plain resume keeps."""
+        with self._tx() as c:
+            self._fence(c, run_id, token, max_cost_usd=max_cost_usd)
+
     def set_status(
         self,
         run_id: str,
@@ -164,7 +169,8 @@ class SQLiteRuns(SQLiteEvents):
     # finding runs --------------------------------------------------------------
     _RUN_COLS = (
         "run_id, workflow_name, workflow_path, workflow_digest, status, step, created_at,"
-        " updated_at, finished_at, error, duration_s, state_digest, parent_run_id, parent_step"
+        " updated_at, finished_at, error, duration_s, state_digest, parent_run_id, parent_step,"
+        " max_cost_usd"
     )
 
     def _run(self, r: Any) -> RunRecord:
