@@ -390,25 +390,17 @@ def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False
     stream = sys.stdout if report else sys.stderr
     line = out if report else err
     rows = costs["by_node" if by == "node" else "by_model"]
-    head = [by, "calls", "input", "cached", "output", "cost"]
-    body = [
-        [
-            str(r[by]),
-            f"{r['calls']:,}",
-            f"{r['tokens_in']:,}",
-            f"{r['cached_tokens']:,}",
-            f"{r['tokens_out']:,}",
-            _cost_cell(r),
-        ]
-        for r in rows
-    ]
+    counts = ["calls", "tokens_in", "cached_tokens", "tokens_out"]
+    head = [by, "calls", "input", "cached", "output"]
+    if costs.get("reasoning_tokens"):  # of the output, shown only when a model reasoned
+        counts.append("reasoning_tokens")
+        head.append("reasoning")
+    head.append("cost")
+    body = [[str(r[by]), *(f"{r.get(k) or 0:,}" for k in counts), _cost_cell(r)] for r in rows]
     lower_bound = costs["unpriced_models"] or costs.get("unknown_usage_calls")
     total = [
         "Total",
-        f"{costs['calls']:,}",
-        f"{costs['tokens_in']:,}",
-        f"{costs['cached_tokens']:,}",
-        f"{costs['tokens_out']:,}",
+        *(f"{costs.get(k) or 0:,}" for k in counts),
         money(costs["total_usd"]) + (" + ?" if lower_bound else ""),
     ]
     title = f"LLM costs of run {costs['run_id']}"

@@ -117,6 +117,7 @@ def report(ctx: Context, reply: LLMReply, model: str) -> None:
             provider=reply.provider,
             attempt=ctx.attempt,
             cache_write_1h=None if u is None else u.cache_write_1h,
+            reasoning=None if u is None else u.reasoning,
         )
     )
 

@@ -172,6 +172,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX task_output_run ON task_output (run_id, node, id);
     """,
+    # 9: reasoning (thinking) tokens, the part of tokens_out a reasoning model spent
+    # thinking; priced as output (NULL on older rows: not recorded then)
+    """
+    ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

@@ -22,7 +22,8 @@ class SQLiteLedger(SQLiteDB):
             c.execute(
                 "INSERT INTO llm_calls (run_id, step, node, idx, attempt, provider, model,"
                 " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts,"
-                " cache_write_1h_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cache_write_1h_tokens, reasoning_tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call.run_id,
                     call.step,
@@ -39,6 +40,7 @@ class SQLiteLedger(SQLiteDB):
                     call.cost_usd,
                     call.ts,
                     call.cache_write_1h_tokens,
+                    call.reasoning_tokens,
                 ),
             )
 
@@ -46,7 +48,8 @@ class SQLiteLedger(SQLiteDB):
         with self._lock:
             rows = self.conn.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
-                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens"
+                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens,"
+                " reasoning_tokens"
                 " FROM llm_calls"
                 " WHERE run_id = ? ORDER BY id",
                 (run_id,),
@@ -68,6 +71,7 @@ class SQLiteLedger(SQLiteDB):
                 cost_usd=r[12],
                 ts=r[13],
                 cache_write_1h_tokens=r[14],
+                reasoning_tokens=r[15],
             )
             for r in rows
         ]
