@@ -83,21 +83,31 @@ class Price:
         reasoning: int = 0,
     ) -> float:
         """The cost of one call, exact to the float (decimal arithmetic, one rounding)."""
-        p = self.applied(tokens_in)
+        r = {k: Decimal(str(v)) for k, v in self.applied(tokens_in).rates().items()}
         d = Decimal
         plain = max(0, tokens_in - cached - cache_write)
         hour = min(max(0, cache_write_1h), cache_write)
         thought = min(max(0, reasoning), tokens_out)
         total = (
-            d(plain) * _rate(p.input)
-            + d(cached) * _rate(p.cached_input, p.input)
-            + d(cache_write - hour) * _rate(p.cache_write, p.input)
-            + d(hour)
-            * (_rate(p.cache_write_1h) if p.cache_write_1h is not None else 2 * _rate(p.input))
-            + d(tokens_out - thought) * _rate(p.output)
-            + d(thought) * _rate(p.reasoning, p.output)
+            d(plain) * r["input"]
+            + d(cached) * r["cached_input"]
+            + d(cache_write - hour) * r["cache_write"]
+            + d(hour) * r["cache_write_1h"]
+            + d(tokens_out - thought) * r["output"]
+            + d(thought) * r["reasoning"]
         )
         return float(total / _MILLION)
+
+    def rates(self) -> dict[str, float]:
+        """Every rate as billed, the fallbacks resolved (USD per million tokens)."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cached_input": _pick(self.cached_input, self.input),
+            "cache_write": _pick(self.cache_write, self.input),
+            "cache_write_1h": _pick(self.cache_write_1h, 2 * self.input),
+            "reasoning": _pick(self.reasoning, self.output),
+        }
 
     def over(self, base: Price | None) -> Price:
         """This (partial) price with the rates it leaves out taken from ``base``.
@@ -138,9 +148,8 @@ class Price:
         return Price(**{k: v for k, v in data.items() if k in known}, tiers=tiers)
 
 
-def _rate(value: float | None, fallback: float | None = None) -> Decimal:
-    chosen = value if value is not None else fallback
-    return Decimal(str(chosen or 0))
+def _pick(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value
 
 
 class PriceSource(Protocol):
@@ -301,4 +310,32 @@ def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
                 )
                 c = replace(c, price=p.applied(c.tokens_in).to_json(), cost_usd=cost)
         out.append(c)
+    return out
+
+
+def price_report(models: Iterable[str], prices: Prices, at: float | None = None) -> list[dict[str, Any]]:
+    """What each model costs at ``at`` (None: now), as ``flowrun prices`` shows it.
+
+    Per model: ``priced``; the rates billed (``rates``: every kind of token, fallbacks
+    resolved) and long-context ``tiers``; the ``provider`` and the source's model id
+    (``matched``); ``source`` (the snapshot, a pricing file, or the file over the
+    snapshot). An unknown name gets ``priced: false`` and a did-you-mean.
+    """
+    out: list[dict[str, Any]] = []
+    for name in models:
+        p = prices.lookup(name, at=at)
+        if p is None:
+            out.append({"model": name, "priced": False, "did_you_mean": prices.suggest(name)})
+            continue
+        out.append(
+            {
+                "model": name,
+                "priced": True,
+                "provider": p.provider,
+                "matched": p.model,
+                "source": p.source,
+                "rates": p.rates(),
+                "tiers": [{"above": t.above, "rates": t.rates()} for t in p.tiers],
+            }
+        )
     return out

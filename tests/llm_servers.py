@@ -8,6 +8,11 @@ of :class:`Reply` objects first (429 with Retry-After, 500s, odd bodies), then
 default answers, and logs every request and the usage it returned, so a test can
 compare the cost ledger with what the "provider" actually billed.
 
+Each can also keep its own bill: give it the providers' published prices
+(:class:`RateCard` per model) and :attr:`_Server.billed_usd` is what it would charge
+for the usage it returned (long-context tier, cache reads, 5-minute and 1-hour cache
+writes, reasoning as output), computed here, apart from flowrun's pricing.
+
 Only 127.0.0.1, on a free port; a server lives for a ``with`` block.
 """
 
@@ -18,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,9 +35,42 @@ class Reply:
     status: int = 200
     text: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    usage: dict[str, int] | None = None  # tokens_in/tokens_out/cached/cache_write
+    # tokens_in/tokens_out/cached/cache_write, and cache_write_1h (of cache_write) and
+    # reasoning (of tokens_out)
+    usage: dict[str, int] | None = None
     omit_usage: bool = False
     raw: str | None = None  # send this body verbatim
+    model: str | None = None  # the model the reply names (default: as the server names it)
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """A model's published prices in USD per million tokens (decimal strings), as the
+    provider's bill applies them: above ``above`` prompt tokens (all input, cache reads
+    and writes included) the whole call is billed at ``long``'s rates."""
+
+    input: str
+    output: str
+    cached: str | None = None  # cache reads; default: input
+    write: str | None = None  # 5-minute cache writes; default: input
+    write_1h: str | None = None  # 1-hour cache writes; default: write
+    above: int | None = None
+    long: RateCard | None = None
+
+    def bill(self, u: dict[str, int]) -> Fraction:
+        if self.above is not None and self.long is not None and u["tokens_in"] > self.above:
+            return self.long.bill(u)
+        f = Fraction
+        write = self.write or self.input
+        hour = u.get("cache_write_1h", 0)
+        plain = u["tokens_in"] - u["cached"] - u["cache_write"]
+        return (
+            plain * f(self.input)
+            + u["cached"] * f(self.cached or self.input)
+            + (u["cache_write"] - hour) * f(write)
+            + hour * f(self.write_1h or write)
+            + u["tokens_out"] * f(self.output)  # reasoning tokens are inside tokens_out
+        ) / 1_000_000
 
 
 @dataclass
@@ -44,6 +83,7 @@ class Served:
     at: float
     status: int
     usage: dict[str, int] | None  # normalised: tokens_in (all input), tokens_out, cached, ...
+    model: str = ""  # as the request named it
 
 
 def words(text: str) -> int:
@@ -61,8 +101,10 @@ class _Server:
         answer: Callable[[str, str], str] | None = None,
         cached: int = 0,
         cache_write: int = 0,
+        rates: dict[str, RateCard] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.rates = dict(rates or {})
         self.script = list(script or [])
         self.answer = answer or (lambda model, prompt: f"{model} says: {prompt[:48]}")
         self.cached = cached
@@ -116,6 +158,13 @@ class _Server:
         with self._lock:
             return [s.usage for s in self.served if s.usage is not None]
 
+    @property
+    def billed_usd(self) -> Fraction:
+        """What this provider would charge for the usage it returned, by its rate cards."""
+        with self._lock:
+            served = [s for s in self.served if s.usage is not None]
+        return sum((self.rates[s.model].bill(s.usage) for s in served if s.usage), Fraction(0))
+
     # one request ----------------------------------------------------------------
     def handle(
         self, path: str, headers: dict[str, str], raw: bytes
@@ -131,7 +180,8 @@ class _Server:
             reply = self.script.pop(0) if self.script else Reply()
         status, out_headers, text, usage = self.respond(n, path, headers, body, reply)
         with self._lock:
-            self.served.append(Served(path, headers, body, time.monotonic(), status, usage))
+            model = str(body.get("model", ""))
+            self.served.append(Served(path, headers, body, time.monotonic(), status, usage, model))
         return status, out_headers, text
 
     def respond(
@@ -191,7 +241,7 @@ class OpenAIServer(_Server):
             "id": f"chatcmpl-{n}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": f"{body['model']}-2024-07-18",
+            "model": reply.model or f"{body['model']}-2024-07-18",
             "choices": [
                 {
                     "index": 0,
@@ -207,8 +257,18 @@ class OpenAIServer(_Server):
                 "prompt_tokens": usage["tokens_in"],
                 "completion_tokens": usage["tokens_out"],
                 "total_tokens": usage["tokens_in"] + usage["tokens_out"],
-                "prompt_tokens_details": {"cached_tokens": usage["cached"], "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+                # both already inside prompt_tokens / completion_tokens, as OpenAI sends them
+                "prompt_tokens_details": {
+                    "cached_tokens": usage["cached"],
+                    "audio_tokens": 0,
+                    **(
+                        {"cache_write_tokens": usage["cache_write"]} if usage["cache_write"] else {}
+                    ),
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": usage.get("reasoning", 0),
+                    "audio_tokens": 0,
+                },
             }
         return 200, dict(reply.headers), json.dumps(doc), None if reply.omit_usage else usage
 
@@ -249,7 +309,7 @@ class AnthropicServer(_Server):
             "id": f"msg_{n:024d}",
             "type": "message",
             "role": "assistant",
-            "model": body["model"],
+            "model": reply.model or body["model"],
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
@@ -260,6 +320,11 @@ class AnthropicServer(_Server):
                 "input_tokens": usage["tokens_in"] - usage["cached"] - usage["cache_write"],
                 "cache_creation_input_tokens": usage["cache_write"],
                 "cache_read_input_tokens": usage["cached"],
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": usage["cache_write"]
+                    - usage.get("cache_write_1h", 0),
+                    "ephemeral_1h_input_tokens": usage.get("cache_write_1h", 0),
+                },
                 "output_tokens": usage["tokens_out"],
             }
         return 200, dict(reply.headers), json.dumps(doc), None if reply.omit_usage else usage
