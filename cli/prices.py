@@ -51,7 +51,8 @@ def _lines(entry: dict[str, Any]) -> list[str]:
     body = [[label, *(_num(rates[k]) for k, _ in _COLUMNS)] for label, rates in rows]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     for r in [head, *body]:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        pairs = enumerate(zip(r, widths, strict=True))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
         lines.append(("  " + "  ".join(cells)).rstrip())
     return lines
 

@@ -313,7 +313,9 @@ def reprice(calls: Iterable[LLMCall], prices: PriceSource) -> list[LLMCall]:
     return out
 
 
-def price_report(models: Iterable[str], prices: Prices, at: float | None = None) -> list[dict[str, Any]]:
+def price_report(
+    models: Iterable[str], prices: Prices, at: float | None = None
+) -> list[dict[str, Any]]:
     """What each model costs at ``at`` (None: now), as ``flowrun prices`` shows it.
 
     Per model: ``priced``; the rates billed (``rates``: every kind of token, fallbacks
