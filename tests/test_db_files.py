@@ -125,6 +125,7 @@ def test_a_flowrun_database_from_before_application_id_is_recognised(tmp_path: P
     assert flowrun("run", "wf.yaml", "--db", str(db), cwd=tmp_path).returncode == 0
     conn = sqlite3.connect(db)  # as an older flowrun left it: no application_id
     conn.execute("PRAGMA application_id = 0")
+    conn.execute("ALTER TABLE llm_calls DROP COLUMN reasoning_tokens")  # nor migration 9's
     conn.execute(f"PRAGMA user_version = {APP_ID_VERSION - 1}")
     tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for later in sorted(tables - legacy_tables(APP_ID_VERSION - 1)):  # made by migrations since

@@ -46,10 +46,15 @@ class SQLiteLedger(SQLiteDB):
 
     def llm_calls(self, run_id: str) -> list[LLMCall]:
         with self._lock:
+            # a file read without upgrading it (read-only) may predate the later columns
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(llm_calls)")}
+            late = ", ".join(
+                c if c in have else f"NULL AS {c}"
+                for c in ("cache_write_1h_tokens", "reasoning_tokens")
+            )
             rows = self.conn.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
-                " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens,"
-                " reasoning_tokens"
+                f" cached_tokens, cache_write_tokens, price, cost_usd, ts, {late}"
                 " FROM llm_calls"
                 " WHERE run_id = ? ORDER BY id",
                 (run_id,),
