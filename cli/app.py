@@ -255,8 +255,9 @@ def prices(
     """What models cost now and where each price came from.
 
     USD per million tokens of each kind (input, output, cache reads and writes,
-    reasoning), long-context tiers and the provider. Prices come from genai-prices' offline snapshot (tiers, cache reads and writes),
-    with --pricing FILE.yaml entries over it. Exits 1 if a model is unpriced.
+    reasoning), long-context tiers and the provider. Prices come from genai-prices'
+    offline snapshot, with --pricing FILE.yaml entries over it. Exits 1 if a model is
+    unpriced.
 
     Example: flowrun prices gpt-4o claude-sonnet-4-5 vertex_ai/gemini-2.5-pro --json
     """
