@@ -250,6 +250,28 @@ def costs(
 
 
 @app.command()
+def prices(
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="Model names, as a workflow names them.")
+    ],
+    json_out: opt.Json = False,
+    pricing: llm_opt.Pricing = None,
+) -> None:
+    """What models cost now and where each price came from.
+
+    USD per million tokens of each kind (input, output, cache reads and writes,
+    reasoning), long-context tiers and the provider. Prices come from genai-prices'
+    offline snapshot, with --pricing FILE.yaml entries over it. Exits 1 if a model is
+    unpriced.
+
+    Example: flowrun prices gpt-4o claude-sonnet-4-5 vertex_ai/gemini-2.5-pro --json
+    """
+    from .prices import do_prices
+
+    do_prices(models=models, json_out=json_out, pricing=pricing)
+
+
+@app.command()
 def runs(
     status: Annotated[
         str | None,

@@ -407,26 +407,16 @@ def cost_table(costs: dict[str, Any], *, by: str = "model", report: bool = False
             where = f"{r['node']}[{r['index']}]" if r["index"] is not None else r["node"]
             served = r["served_model"] or "no reply"
             r["call"] = f"{r['step']}:{where}#{r['attempt']} {r['model']} → {served}"
-            for k in ("tokens_in", "tokens_out", "cached_tokens"):
-                r[k] = r[k] or 0
-    head = [by, "calls", "input", "cached", "output", "cost"]
-    body = [
-        [
-            str(r[by]),
-            f"{r['calls']:,}",
-            f"{r['tokens_in']:,}",
-            f"{r['cached_tokens']:,}",
-            f"{r['tokens_out']:,}",
-            cost_text(r),
-        ]
-        for r in rows
-    ]
+    counts = ["calls", "tokens_in", "cached_tokens", "tokens_out"]
+    head = [by, "calls", "input", "cached", "output"]
+    if costs.get("reasoning_tokens"):  # of the output, shown only when a model reasoned
+        counts.append("reasoning_tokens")
+        head.append("reasoning")
+    head.append("cost")
+    body = [[str(r[by]), *(f"{r.get(k) or 0:,}" for k in counts), cost_text(r)] for r in rows]
     total = [
         "Total",
-        f"{costs['calls']:,}",
-        f"{costs['tokens_in']:,}",
-        f"{costs['cached_tokens']:,}",
-        f"{costs['tokens_out']:,}",
+        *(f"{costs.get(k) or 0:,}" for k in counts),
         cost_text(costs, "total_usd"),
     ]
     title = f"LLM costs of run {costs['run_id']}"

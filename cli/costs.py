@@ -10,7 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from flowrun.engine import Settings, Store
-    from flowrun.engine.costs import PriceTable
+    from flowrun.engine.pricing import Prices
 
 Pricing = Annotated[
     str | None,
@@ -18,7 +18,8 @@ Pricing = Annotated[
         "--pricing",
         metavar="FILE.yaml",
         envvar="FLOWRUN_PRICING",
-        help="A YAML file of LLM prices (USD per million tokens) that extends the built-in table.",
+        help="A YAML file of LLM prices (USD per million tokens) over the maintained ones"
+        " (genai-prices), model by model.",
     ),
 ]
 MaxCost = Annotated[
@@ -53,7 +54,7 @@ class LLMOptions:
     max_cost: float | None = None
     record: str | None = None
     replay: str | None = None
-    prices: PriceTable | None = None
+    prices: Prices | None = None
 
     def prepare(self) -> LLMOptions:
         """Check the files before anything runs (bad input: exit 2 with a hint)."""
@@ -79,7 +80,7 @@ class LLMOptions:
             if not target.parent.is_dir():
                 raise UsageError(f"--llm-record {self.record}: no such directory")
             self.record = str(target)
-        if self.pricing:  # else the engine reads the built-in table when a call arrives
+        if self.pricing:  # else the engine reads the maintained source when a call arrives
             self.prices = load_prices(self.pricing)
         return self
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from .costs import PriceSource, PriceTable, price_for, usd
+from .costs import usd
 from .errors import BudgetExceeded
+from .pricing import Prices, PriceSource
 from .store.base import LLMCall
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Ledger:
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self._prices = prices  # None: the built-in table, read when the first call arrives
+        self._prices = prices  # None: the maintained source, read when the first call arrives
         self.max_cost = max_cost
         self.observer = observer
         self.over_budget = over_budget
@@ -105,10 +106,14 @@ class Ledger:
 
     @property
     def prices(self) -> PriceSource:
-        return self._prices if self._prices is not None else PriceTable.builtin()
+        if self._prices is None:
+            self._prices = Prices()
+        return self._prices
 
     def record(self, ctx: Context, usage: LLMUsage) -> None:
-        price = price_for(self.prices, usage.model, usage.served_model)
+        now = time.time()
+        # the served model's price when the source knows it, else the requested one's
+        price = self.prices.lookup(usage.model, served=usage.served_model, at=now)
         known = usage.tokens_in is not None and usage.tokens_out is not None
         cost = estimate = None
         if price is not None and known:
@@ -118,6 +123,7 @@ class Ledger:
                 usage.cached or 0,
                 usage.cache_write or 0,
                 usage.cache_write_1h or 0,
+                usage.reasoning or 0,
             )
         elif price is not None and usage.bound_in is not None and usage.bound_out is not None:
             estimate = price.cost(usage.bound_in, usage.bound_out)  # all input at the input rate
@@ -133,10 +139,11 @@ class Ledger:
             tokens_out=usage.tokens_out,
             cached_tokens=usage.cached,
             cache_write_tokens=usage.cache_write,
-            price=None if price is None else price.to_json(),
+            price=None if price is None else price.applied(usage.tokens_in or 0).to_json(),
             cost_usd=cost,
-            ts=time.time(),
+            ts=now,
             cache_write_1h_tokens=usage.cache_write_1h,
+            reasoning_tokens=usage.reasoning,
             served_model=usage.served_model,
             estimate_usd=estimate,
         )

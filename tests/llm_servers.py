@@ -13,6 +13,11 @@ drop the connection after reading a request, cut a 200 body short, or answer lat
 such a request is still billed (``Served.charged``) but its usage never reaches the
 client (``Served.usage`` None), as with a real provider.
 
+Each can also keep its own bill: give it the providers' published prices
+(:class:`RateCard` per model) and :attr:`_Server.billed_usd` is what it would charge
+for the usage it returned (long-context tier, cache reads, 5-minute and 1-hour cache
+writes, reasoning as output), computed here, apart from flowrun's pricing.
+
 Only 127.0.0.1, on a free port; a server lives for a ``with`` block.
 """
 
@@ -26,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -37,7 +43,9 @@ class Reply:
     status: int = 200
     text: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    usage: dict[str, int] | None = None  # tokens_in/tokens_out/cached/cache_write
+    # tokens_in/tokens_out/cached/cache_write, and cache_write_1h (of cache_write) and
+    # reasoning (of tokens_out)
+    usage: dict[str, int] | None = None
     omit_usage: bool = False
     raw: str | None = None  # send this body verbatim (with ``status``, an error body)
     message: str | None = None  # the error message of a non-200 reply (else "scripted <status>")
@@ -46,6 +54,37 @@ class Reply:
     delay: float = 0.0  # seconds before answering (past the client's timeout: it never sees it)
     served_model: str | None = None  # the model the reply names (default: the server's rule)
     reasoning: int = 0  # of tokens_out, reasoning tokens (the Responses API reports them)
+    model: str | None = None  # the same as served_model (either may be given)
+
+
+@dataclass(frozen=True)
+class RateCard:
+    """A model's published prices in USD per million tokens (decimal strings), as the
+    provider's bill applies them: above ``above`` prompt tokens (all input, cache reads
+    and writes included) the whole call is billed at ``long``'s rates."""
+
+    input: str
+    output: str
+    cached: str | None = None  # cache reads; default: input
+    write: str | None = None  # 5-minute cache writes; default: input
+    write_1h: str | None = None  # 1-hour cache writes; default: write
+    above: int | None = None
+    long: RateCard | None = None
+
+    def bill(self, u: dict[str, int]) -> Fraction:
+        if self.above is not None and self.long is not None and u["tokens_in"] > self.above:
+            return self.long.bill(u)
+        f = Fraction
+        write = self.write or self.input
+        hour = u.get("cache_write_1h", 0)
+        plain = u["tokens_in"] - u["cached"] - u["cache_write"]
+        return (
+            plain * f(self.input)
+            + u["cached"] * f(self.cached or self.input)
+            + (u["cache_write"] - hour) * f(write)
+            + hour * f(self.write_1h or write)
+            + u["tokens_out"] * f(self.output)  # reasoning tokens are inside tokens_out
+        ) / 1_000_000
 
 
 @dataclass
@@ -61,6 +100,7 @@ class Served:
     # tokens_out, cached, ...; None: no usage reached it
     charged: dict[str, int] | None = None  # what the provider billed, delivered or not
     model: str | None = None  # the model the reply named
+    requested: str = ""  # the model the request named
 
 
 def words(text: str) -> int:
@@ -78,8 +118,10 @@ class _Server:
         answer: Callable[[str, str], str] | None = None,
         cached: int = 0,
         cache_write: int = 0,
+        rates: dict[str, RateCard] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.rates = dict(rates or {})
         self.script = list(script or [])
         self.answer = answer or (lambda model, prompt: f"{model} says: {prompt[:48]}")
         self.cached = cached
@@ -182,6 +224,13 @@ class _Server:
         with self._lock:
             return sum(1 for s in self.served if s.usage is None and s.charged is not None)
 
+    @property
+    def billed_usd(self) -> Fraction:
+        """What this provider would charge for the usage it returned, by its rate cards."""
+        with self._lock:
+            served = [s for s in self.served if s.usage is not None]
+        return sum((self.rates[s.requested].bill(s.usage) for s in served if s.usage), Fraction(0))
+
     # one request ----------------------------------------------------------------
     def handle(
         self, path: str, headers: dict[str, str], raw: bytes
@@ -201,7 +250,15 @@ class _Server:
         with contextlib.suppress(ValueError, AttributeError):
             model = json.loads(text).get("model")
         served = Served(
-            path, headers, body, time.monotonic(), status, usage, self._tl.charged or usage, model
+            path,
+            headers,
+            body,
+            time.monotonic(),
+            status,
+            usage,
+            self._tl.charged or usage,
+            model,
+            str(body.get("model", "")),
         )
         with self._lock:
             self.served.append(served)
@@ -258,7 +315,7 @@ class OpenAIServer(_Server):
             "object": "response",
             "created_at": int(time.time()),
             "status": "completed",
-            "model": reply.served_model or f"{body['model']}-2025-04-14",
+            "model": reply.served_model or reply.model or f"{body['model']}-2025-04-14",
             "output": [
                 {"type": "reasoning", "id": f"rs_{n:032x}", "summary": []},
                 {
@@ -330,7 +387,7 @@ class OpenAIServer(_Server):
             "id": f"chatcmpl-{n}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": reply.served_model or f"{body['model']}-2024-07-18",
+            "model": reply.served_model or reply.model or f"{body['model']}-2024-07-18",
             "choices": [
                 {
                     "index": 0,
@@ -346,8 +403,18 @@ class OpenAIServer(_Server):
                 "prompt_tokens": usage["tokens_in"],
                 "completion_tokens": usage["tokens_out"],
                 "total_tokens": usage["tokens_in"] + usage["tokens_out"],
-                "prompt_tokens_details": {"cached_tokens": usage["cached"], "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+                # both already inside prompt_tokens / completion_tokens, as OpenAI sends them
+                "prompt_tokens_details": {
+                    "cached_tokens": usage["cached"],
+                    "audio_tokens": 0,
+                    **(
+                        {"cache_write_tokens": usage["cache_write"]} if usage["cache_write"] else {}
+                    ),
+                },
+                "completion_tokens_details": {
+                    "reasoning_tokens": usage.get("reasoning", 0),
+                    "audio_tokens": 0,
+                },
             }
         return 200, dict(reply.headers), json.dumps(doc), None if reply.omit_usage else usage
 
@@ -390,7 +457,7 @@ class AnthropicServer(_Server):
             "id": f"msg_{n:024d}",
             "type": "message",
             "role": "assistant",
-            "model": reply.served_model or body["model"],
+            "model": reply.served_model or reply.model or body["model"],
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
@@ -401,6 +468,11 @@ class AnthropicServer(_Server):
                 "input_tokens": usage["tokens_in"] - usage["cached"] - usage["cache_write"],
                 "cache_creation_input_tokens": usage["cache_write"],
                 "cache_read_input_tokens": usage["cached"],
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": usage["cache_write"]
+                    - usage.get("cache_write_1h", 0),
+                    "ephemeral_1h_input_tokens": usage.get("cache_write_1h", 0),
+                },
                 "output_tokens": usage["tokens_out"],
             }
         return 200, dict(reply.headers), json.dumps(doc), None if reply.omit_usage else usage

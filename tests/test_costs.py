@@ -9,10 +9,11 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from flowrun.engine.costs import Price, PriceTable, cost_report, load_prices, parse_prices
+from flowrun.engine.costs import Price, cost_report, load_prices, parse_prices
 from flowrun.engine.errors import WorkflowError
 from flowrun.engine.store.base import LLMCall
 
@@ -39,9 +40,10 @@ def test_cached_input_is_priced_at_its_own_rate_and_never_twice() -> None:
     assert Price(1.0, 2.0).cost(1000, 0, cached=999) == pytest.approx(1000 / 1e6)
 
 
-def test_builtin_table_has_a_date_and_current_models_of_three_providers() -> None:
-    table = PriceTable.builtin()
-    assert table.as_of and table.as_of[:2] == "20"
+def test_the_maintained_source_names_its_snapshot_and_prices_models_of_three_providers() -> None:
+    table = load_prices()
+    mini = table.lookup("gpt-4o-mini")
+    assert mini is not None and mini.source == f"genai-prices {version('genai-prices')} snapshot"
     for model in (
         "gpt-4o-mini",
         "gpt-4.1",
@@ -55,13 +57,14 @@ def test_builtin_table_has_a_date_and_current_models_of_three_providers() -> Non
 
 
 def test_lookup_takes_dated_snapshots_and_provider_prefixes_but_not_other_models() -> None:
-    table = PriceTable.builtin()
+    table = load_prices()
     mini = table.lookup("gpt-4o-mini")
     assert table.lookup("gpt-4o-mini-2024-07-18") == mini
     assert table.lookup("openai/gpt-4o-mini") == mini
     assert table.lookup("GPT-4o-mini") == mini
     assert table.lookup("claude-3-5-haiku-20241022") == table.lookup("claude-3-5-haiku")
-    assert table.lookup("gpt-4o-audio-preview") is None  # not silently priced as gpt-4o
+    audio = table.lookup("gpt-4o-audio-preview")  # its own model, not silently gpt-4o
+    assert audio is not None and audio.model == "gpt-4o-audio-preview"
     assert table.lookup("my-local-model") is None
 
 
@@ -72,9 +75,10 @@ def test_a_pricing_file_extends_and_overrides_the_builtin_table(tmp_path: Path) 
         encoding="utf-8",
     )
     table = load_prices(f)
-    assert table.lookup("gpt-4o-mini") == Price(1.0, 2.0)
+    # the entry names input and output only: the source's cache read rate stays
+    assert table.lookup("gpt-4o-mini") == Price(1.0, 2.0, cached_input=0.075)
     assert table.lookup("my-local-model") == Price(0.0, 0.0)
-    assert table.lookup("gpt-4o") == PriceTable.builtin().lookup("gpt-4o")
+    assert table.lookup("gpt-4o") == load_prices().lookup("gpt-4o")
 
 
 def test_a_bad_pricing_file_names_file_line_column_and_the_near_miss() -> None:
@@ -155,8 +159,8 @@ def test_flowrun_costs_for_a_run_with_two_models_in_table_and_json(
     assert data["tokens_out"] == sum(u["tokens_out"] for u in billed)
     assert data["cached_tokens"] == 2 * 8 + 16
     haiku, mini = (
-        PriceTable.builtin().lookup("claude-3-5-haiku"),
-        PriceTable.builtin().lookup("gpt-4o-mini"),
+        load_prices().lookup("claude-3-5-haiku"),
+        load_prices().lookup("gpt-4o-mini"),
     )
     assert haiku is not None and mini is not None
     want = sum(mini.cost(u["tokens_in"], u["tokens_out"], u["cached"]) for u in o.billed) + sum(
@@ -243,7 +247,7 @@ def test_record_llm_usage_survives_a_kill_9_and_unpriced_models_are_flagged(
     costs = json.loads(r.stdout)["costs"]
     assert costs["calls"] == 4  # both reports of the lost attempt, both of the repeat
     assert costs["unpriced_models"] == ["my-local-model"]
-    mini = PriceTable.builtin().lookup("gpt-4o-mini")
+    mini = load_prices().lookup("gpt-4o-mini")
     assert mini is not None
     assert costs["total_usd"] == pytest.approx(2 * mini.cost(1200, 300, 200), abs=1e-12)
     assert "unpriced" in r.stderr and "no price for my-local-model" in r.stderr
@@ -327,7 +331,7 @@ def test_budget_stops_dispatch_fails_the_run_and_resume_with_more_continues(
     assert len(o.served) == 4 and done["costs"]["calls"] == 4  # item 1 was not asked again
     assert done["costs"]["total_usd"] == pytest.approx(
         sum(
-            PriceTable.builtin().lookup("gpt-4o-mini").cost(u["tokens_in"], u["tokens_out"])  # type: ignore[union-attr]
+            load_prices().lookup("gpt-4o-mini").cost(u["tokens_in"], u["tokens_out"])  # type: ignore[union-attr]
             for u in o.billed
         ),
         abs=1e-12,

@@ -168,7 +168,9 @@ def test_the_served_snapshot_is_recorded_and_priced_not_the_requested_name(
         matches_the_server(costs, o, "gpt-4o-2024-05-13")  # the snapshot's price
     (row,) = ledger(tmp_path / "f.db")
     assert row["model"] == "gpt-4o" and row["served_model"] == "gpt-4o-2024-05-13"
-    assert json.loads(row["price"]) == PRICES["gpt-4o-2024-05-13"]
+    paid = json.loads(row["price"])  # the rates paid, and where they came from
+    assert {k: paid[k] for k in ("input", "output")} == PRICES["gpt-4o-2024-05-13"]
+    assert paid["model"] == "gpt-4o-2024-05-13" and "prices.yaml" in paid["source"]
     assert costs["by_model"][0]["served_models"] == ["gpt-4o-2024-05-13"]
     db = str(tmp_path / "f.db")
     calls = flowrun(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flowrun.engine.costs import Price, parse_prices
+from flowrun.engine.costs import Price, load_prices, parse_prices
 from flowrun.engine.llm import (
     CallSite,
     Cassette,
@@ -326,12 +326,12 @@ def test_one_hour_cache_writes_cost_their_own_rate_never_twice() -> None:
     assert explicit.to_json()["cache_write_1h"] == 7.0
     table = parse_prices("m: {input: 1, output: 2, cache_write: 1.25, cache_write_1h: 2}\n", "p")
     assert table.lookup("m") == Price(1.0, 2.0, None, 1.25, 2.0)
-    builtin = parse_prices(
-        (Path(__file__).resolve().parents[1] / "engine/pricing.yaml").read_text(), "b"
-    )
-    for name, price in builtin.prices.items():
-        if name.startswith("claude"):
-            assert price.cache_write_1h == 2 * price.input, name
+    source = load_prices().source
+    claudes = [n for n in source.names() if n.startswith("claude-") and "opus-4" in n]
+    assert claudes
+    for name in claudes:
+        price = source.find(name)
+        assert price is not None and price.cache_write_1h == 2 * price.input, name
 
 
 def test_a_run_with_one_hour_cache_writes_is_costed_and_reported_at_their_rate(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from flowrun.engine.costs import Price, PriceTable
+from flowrun.engine.costs import Price, load_prices
 from flowrun.engine.llm import LLMRequest, ProviderError, Session
 from flowrun.engine.llm.anthropic import AnthropicProvider
 from flowrun.engine.llm.http import retry_after
@@ -252,7 +252,7 @@ def test_a_run_whose_reply_has_null_usage_records_unknown_tokens(
 def test_the_first_gpt_4o_snapshot_keeps_its_own_higher_price() -> None:
     """gpt-4o-2024-05-13 costs $5/$15, not gpt-4o's $2.50/$10: a dated name must not
     inherit the base price when the snapshot has its own."""
-    table = PriceTable.builtin()
+    table = load_prices()
     assert table.lookup("gpt-4o-2024-05-13") == Price(5.0, 15.0)
     assert table.lookup("gpt-4o-2024-08-06") == table.lookup("gpt-4o")
 

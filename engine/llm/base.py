@@ -56,11 +56,13 @@ class Usage:
     cached: int = 0  # input tokens read from the provider's prompt cache
     cache_write: int = 0  # input tokens written to the cache (Anthropic bills these apart)
     cache_write_1h: int = 0  # of ``cache_write``, those written to the 1-hour cache
+    reasoning: int = 0  # of ``tokens_out``, reasoning tokens (billed as output)
 
     def to_json(self) -> dict[str, int]:
         out = asdict(self)
-        if not self.cache_write_1h:
-            del out["cache_write_1h"]  # cassettes without 1-hour writes read as before
+        for k in ("cache_write_1h", "reasoning"):
+            if not out[k]:
+                del out[k]  # cassettes without them read as before
         return out
 
     @staticmethod
@@ -74,6 +76,7 @@ class Usage:
                 int(data.get("cached") or 0),
                 int(data.get("cache_write") or 0),
                 int(data.get("cache_write_1h") or 0),
+                int(data.get("reasoning") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -25,21 +25,28 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def parse_usage(data: Any) -> Usage | None:
-    """``usage`` of a chat completion; ``prompt_tokens`` already includes the cached ones.
+    """``usage`` of a chat completion.
 
-    Without both counts the usage is unknown (None), never zero.
+    ``prompt_tokens`` already includes the cache reads (``prompt_tokens_details.
+    cached_tokens``) and writes (``cache_write_tokens``), and ``completion_tokens`` the
+    reasoning tokens (``completion_tokens_details.reasoning_tokens``), so none of them
+    is counted twice. Without both counts the usage is unknown (None), never zero.
     """
     if not isinstance(data, dict) or not (
         is_count(data.get("prompt_tokens")) and is_count(data.get("completion_tokens"))
     ):
         return None
-    details = data.get("prompt_tokens_details") or {}
-    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = data.get("prompt_tokens_details")
+    prompt = prompt if isinstance(prompt, dict) else {}
+    completion = data.get("completion_tokens_details")
+    completion = completion if isinstance(completion, dict) else {}
     return Usage(
         token_count(data.get("prompt_tokens")),
         token_count(data.get("completion_tokens")),
-        cached,
+        token_count(prompt.get("cached_tokens")),
+        token_count(prompt.get("cache_write_tokens")),
         0,
+        token_count(completion.get("reasoning_tokens")),
     )
 
 

@@ -56,6 +56,7 @@ class LLMUsage:
     # unknown usage: at most this many input and output tokens were billed (None: no bound)
     bound_in: int | None = None
     bound_out: int | None = None
+    reasoning: int | None = 0  # of tokens_out, reasoning tokens (billed as output)
 
 
 class RunScope:
@@ -128,14 +129,31 @@ class Context:
         return logging.getLogger(f"flowrun.node.{self.node}")
 
     def record_llm_usage(
-        self, model: str, tokens_in: int, tokens_out: int, cached: int = 0
+        self,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        cached: int = 0,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
+        reasoning: int = 0,
     ) -> None:
         """Report an LLM call made by the node itself, so the cost ledger counts it.
 
-        ``tokens_in`` counts every input token, cached ones included (as OpenAI
-        reports them), so ``0 <= cached <= tokens_in``.
+        ``tokens_in`` counts every input token, cache reads (``cached``) and cache
+        writes (``cache_write``) included, as OpenAI reports them; ``cache_write_1h`` is
+        the part of the writes made to Anthropic's 1-hour cache. ``tokens_out`` counts
+        every output token, ``reasoning`` ones included. So ``cached + cache_write <=
+        tokens_in``, ``cache_write_1h <= cache_write`` and ``reasoning <= tokens_out``.
         """
-        counts = {"tokens_in": tokens_in, "tokens_out": tokens_out, "cached": cached}
+        counts = {
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cached": cached,
+            "cache_write": cache_write,
+            "cache_write_1h": cache_write_1h,
+            "reasoning": reasoning,
+        }
         for name, value in counts.items():
             try:
                 counts[name] = operator.index(value)  # int, numpy ints; not floats or bools
@@ -143,13 +161,34 @@ class Context:
                 counts[name] = -1
             if isinstance(value, bool) or counts[name] < 0:
                 raise ValueError(f"record_llm_usage: {name} must be an integer ≥ 0, not {value!r}")
-        tokens_in, tokens_out, cached = counts["tokens_in"], counts["tokens_out"], counts["cached"]
-        if cached > tokens_in:
+        c = counts
+        if c["cached"] > c["tokens_in"]:
             raise ValueError(
-                f"record_llm_usage: cached ({cached}) exceeds tokens_in ({tokens_in}),"
+                f"record_llm_usage: cached ({c['cached']}) exceeds tokens_in ({c['tokens_in']}),"
                 " which counts cached tokens too"
             )
-        u = LLMUsage(model, tokens_in, tokens_out, cached, 0, "python", self.attempt)
+        for part, whole in (
+            ("cached + cache_write", "tokens_in"),
+            ("cache_write_1h", "cache_write"),
+            ("reasoning", "tokens_out"),
+        ):
+            n = sum(c[k] for k in part.split(" + "))
+            if n > c[whole]:
+                raise ValueError(
+                    f"record_llm_usage: {part} ({n}) exceeds {whole} ({c[whole]}),"
+                    " which counts them too"
+                )
+        u = LLMUsage(
+            model,
+            c["tokens_in"],
+            c["tokens_out"],
+            cached=c["cached"],
+            cache_write=c["cache_write"],
+            provider="python",
+            attempt=self.attempt,
+            cache_write_1h=c["cache_write_1h"],
+            reasoning=c["reasoning"],
+        )
         self.report_usage(u)
 
     def report_usage(self, usage: LLMUsage) -> None:

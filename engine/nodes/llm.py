@@ -152,6 +152,7 @@ def report(
             served_model=served,
             bound_in=bounds[0] if u is None else None,
             bound_out=bounds[1] if u is None else None,
+            reasoning=None if u is None else u.reasoning,
         )
     )
 

@@ -155,12 +155,13 @@ class LLMCall:
     tokens_out: int | None
     cached_tokens: int | None = 0
     cache_write_tokens: int | None = 0
-    price: dict[str, float] | None = None  # USD per million tokens, as used; None: unpriced
+    price: dict[str, Any] | None = None  # Price.to_json() of the rates paid; None: unpriced
     cost_usd: float | None = None  # None: unpriced, or usage unknown
     ts: float = 0.0
     cache_write_1h_tokens: int | None = 0  # of cache_write_tokens, 1-hour cache writes
     served_model: str | None = None  # the model the reply named (``model`` is the requested one)
     estimate_usd: float | None = None  # unknown cost: the conservative estimate a budget counts
+    reasoning_tokens: int | None = 0  # of tokens_out, reasoning (thinking) tokens
 
 
 @dataclass(frozen=True, slots=True)

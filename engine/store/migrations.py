@@ -181,6 +181,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE llm_calls ADD COLUMN estimate_usd REAL;
     ALTER TABLE runs ADD COLUMN max_cost_usd REAL;
     """,
+    # 10: reasoning (thinking) tokens, the part of tokens_out a reasoning model spent
+    # thinking; priced as output (NULL on older rows: not recorded then)
+    """
+    ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

@@ -22,8 +22,8 @@ class SQLiteLedger(SQLiteDB):
             c.execute(
                 "INSERT INTO llm_calls (run_id, step, node, idx, attempt, provider, model,"
                 " tokens_in, tokens_out, cached_tokens, cache_write_tokens, price, cost_usd, ts,"
-                " cache_write_1h_tokens, served_model, estimate_usd)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cache_write_1h_tokens, served_model, estimate_usd, reasoning_tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call.run_id,
                     call.step,
@@ -42,6 +42,7 @@ class SQLiteLedger(SQLiteDB):
                     call.cache_write_1h_tokens,
                     call.served_model,
                     call.estimate_usd,
+                    call.reasoning_tokens,
                 ),
             )
 
@@ -50,7 +51,7 @@ class SQLiteLedger(SQLiteDB):
             rows = self.conn.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
                 " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens,"
-                " served_model, estimate_usd"
+                " served_model, estimate_usd, reasoning_tokens"
                 " FROM llm_calls"
                 " WHERE run_id = ? ORDER BY id",
                 (run_id,),
@@ -74,6 +75,7 @@ class SQLiteLedger(SQLiteDB):
                 cache_write_1h_tokens=r[14],
                 served_model=r[15],
                 estimate_usd=r[16],
+                reasoning_tokens=r[17],
             )
             for r in rows
         ]
