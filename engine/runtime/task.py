@@ -21,6 +21,7 @@ from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
 from ..output import Capture
+from ..nodes.tracebacks import Trace
 from ..spec.model import Node, Workflow
 from ..store.base import TaskOutput
 from .observer import Observer
@@ -38,7 +39,9 @@ class Attempt:
 @dataclass(slots=True)
 class TaskOutcome:
     task: dict[str, Any]
-    status: str  # ok | failed | skipped (never ran: picked up after the budget or a signal)
+    # ok | failed | interrupted (stopped by SIGINT/SIGTERM: resume runs it again) |
+    # skipped (never ran: picked up after the budget or a signal)
+    status: str
     delta: dict[str, Any] | None
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
@@ -49,6 +52,7 @@ class TaskOutcome:
     usage: list[LLMUsage] = field(default_factory=list)
     reused: bool = False
     outputs: list[TaskOutput] = field(default_factory=list)  # what each attempt printed
+    trace: Trace | None = None  # the last attempt's Python traceback, trimmed
 
 
 def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
@@ -150,6 +154,11 @@ class StepGate:
                 self._cond.wait(timeout)
             done, self._done, self._changed = self._done, [], False
         return set(done)
+
+    def running(self) -> int:
+        """How many of the step's tasks are running now (started, not finished)."""
+        with self._cond:
+            return self._started - self._finished
 
     # called by run_task on the worker, after the observer heard of it
     def started(self) -> None:
@@ -289,10 +298,14 @@ def _attempts(
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
             # no new attempt once the run is stopping or its budget is spent
             last = attempt >= policy.max_attempts or not exc.retryable
-            if last or scope.stop.is_set() or scope.over_budget.is_set():
+            stopped = scope.stop.is_set()
+            if last or stopped or scope.over_budget.is_set():
+                # a signal that cut the attempt short, or the retry it would have had,
+                # interrupted the task; it did not fail (resume runs it again)
+                interrupted = stopped and (exc.reason == "interrupted" or not last)
                 return TaskOutcome(
                     task,
-                    "failed",
+                    "interrupted" if interrupted else "failed",
                     None,
                     attempts,
                     started,
@@ -302,6 +315,7 @@ def _attempts(
                     stderr,
                     usage,
                     outputs=outputs,
+                    trace=exc.trace,
                 )
             if rng is None:
                 rng = random.Random(f"{scope.run_id}:{task['key']}")
@@ -312,7 +326,7 @@ def _attempts(
             if scope.stop.wait(delay):
                 return TaskOutcome(
                     task,
-                    "failed",
+                    "interrupted",
                     None,
                     attempts,
                     started,
@@ -322,6 +336,7 @@ def _attempts(
                     stderr,
                     usage,
                     outputs=outputs,
+                    trace=exc.trace,
                 )
 
 
