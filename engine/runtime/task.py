@@ -117,6 +117,7 @@ class StepGate:
         self.queue_depth = max(0, queue_depth)
         self._cond = threading.Condition()
         self._submitted = self._started = self._settled = 0
+        self._finished = 0  # for running(): started and finished
         self._done: list[Future[TaskOutcome]] = []
         self._changed = False
 
@@ -169,6 +170,7 @@ class StepGate:
 
     def finished(self) -> None:
         with self._cond:
+            self._finished += 1
             self._changed = True
             self._cond.notify_all()
 
@@ -183,6 +185,7 @@ class StepGate:
         with self._cond:
             if future.cancelled():  # it never reached run_task: nothing to run or commit
                 self._started += 1
+                self._finished += 1
                 self._settled += 1
             self._done.append(future)
             self._cond.notify_all()
