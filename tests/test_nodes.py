@@ -437,7 +437,7 @@ def test_python_exception_fails_with_its_type_and_message(write: Write, db: Path
 
 
 def test_a_failed_foreach_task_is_named_with_its_index(write: Write, db: Path) -> None:
-    lib = write(
+    write(
         "pyidx_lib.py",
         "def value(state, ctx):\n    if ctx.index == 2:\n        raise KeyError('x')\n",
     )
@@ -453,7 +453,7 @@ def test_a_failed_foreach_task_is_named_with_its_index(write: Write, db: Path) -
         """,
     )
     err, store = fail_wf(wf, db)
-    assert f"node 'each[2]' failed after 1 attempt(s): {lib}:3 in value: KeyError: 'x'" in (
+    assert "node 'each[2]' failed after 1 attempt(s): pyidx_lib.py:3 in value: KeyError: 'x'" in (
         err.message
     )
     ok = [r.index for r in results(store, latest_run(store), "each") if r.status == "ok"]

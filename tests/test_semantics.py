@@ -776,7 +776,7 @@ def flaky(state, ctx):
 
 
 def test_a_node_failing_twice_then_succeeding_uses_three_attempts(write: Write, db: Path) -> None:
-    lib = write("retry_lib.py", RETRY_LIB)
+    write("retry_lib.py", RETRY_LIB)
     wf = write("wf.yaml", RETRY_WF.replace("MAX", "3"))
     rec = Recorder()
     res, store = run_wf(wf, db, observer=rec)
@@ -786,21 +786,21 @@ def test_a_node_failing_twice_then_succeeding_uses_three_attempts(write: Write, 
     assert [(n, a) for n, a, _ in rec.retries] == [("flaky", 1), ("flaky", 2)]
     retried = [e for e in store.events(res.run_id) if e.type == "task_retried"]
     assert [(e.attempt, e.error) for e in retried] == [
-        (1, f"{lib}:3 in flaky: RuntimeError: flake 1"),  # the raising frame first
-        (2, f"{lib}:3 in flaky: RuntimeError: flake 2"),
+        (1, "retry_lib.py:3 in flaky: RuntimeError: flake 1"),  # the raising frame first
+        (2, "retry_lib.py:3 in flaky: RuntimeError: flake 2"),
     ]
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2])
 def test_max_attempts_counts_the_first_attempt(write: Write, db: Path, max_attempts: int) -> None:
-    lib = write("retry_lib.py", RETRY_LIB)
+    write("retry_lib.py", RETRY_LIB)
     wf = write("wf.yaml", RETRY_WF.replace("MAX", str(max_attempts)))
     store = SQLiteStore(db)
     with pytest.raises(RunFailed, match=f"failed after {max_attempts} attempt"):
         Engine(store).start(load_workflow(str(wf)))
     (r,) = store.task_results(store.list_runs()[0].run_id)
     assert r.status == "failed" and r.attempts == max_attempts
-    assert r.error == f"{lib}:3 in flaky: RuntimeError: flake {max_attempts}"
+    assert r.error == f"retry_lib.py:3 in flaky: RuntimeError: flake {max_attempts}"
 
 
 def test_jitter_is_seeded_by_the_run_id(write: Write, tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ def _failure(
     """The node's exception as a task error: ``file:line in fn: Type: message``, with its
     trimmed traceback (the raising frame is left out of the line when none is the user's)."""
     tb = trace(exc, base_dir)
-    where = tb.where()
+    where = tb.where
     failure = TaskError(
         f"{prefix}{where + ': ' if where else ''}{type(exc).__name__}: {exc}", retryable=retryable
     )

@@ -46,27 +46,22 @@ TEXT_CUT = 16000  # characters of the whole traceback
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """A trimmed traceback and the frame that raised (``file`` absolute, or None)."""
+    """A trimmed traceback and the frame that raised (``file`` absolute, or None).
+
+    ``where`` is that frame as ``review_lib.py:12 in judge``, the path relative to the
+    workflow's folder (the run's working directory) when it is in it.
+    """
 
     text: str
     file: str | None
     line: int | None
     function: str | None
-
-    def where(self) -> str | None:
-        """``review_lib.py:12 in judge``: the raising frame, its path as the user sees it."""
-        if self.file is None:
-            return None
-        return f"{shown_path(self.file)}:{self.line} in {self.function}"
+    where: str | None
 
 
-def shown_path(file: str) -> str:
-    """``file`` relative to the working directory when it is under it, else absolute."""
-    try:
-        rel = os.path.relpath(file)
-    except ValueError:
-        return file
-    return file if rel.startswith(os.pardir) else rel
+def shown_path(file: str, base: str) -> str:
+    """``file`` relative to the folder ``base`` (ending in a separator) if in it, else as is."""
+    return file[len(base) :] if file.startswith(base) else file
 
 
 def _ours(filename: str) -> bool:
@@ -86,7 +81,7 @@ def _frames(tb: TracebackType | None) -> list[tuple[str, int, str]]:
     return out
 
 
-def _format_frames(frames: list[tuple[str, int, str]], limit: int) -> list[str]:
+def _format_frames(frames: list[tuple[str, int, str]], limit: int, base: str) -> list[str]:
     lines: list[str] = []
     if len(frames) > limit:
         keep = limit // 4
@@ -110,7 +105,7 @@ def _format_frames(frames: list[tuple[str, int, str]], limit: int) -> list[str]:
                 lines.append(f"  [Previous frame repeated {repeated - REPEATS + 1} more time(s)]")
             last, repeated = frame, 0
         file, lineno, name = frame
-        lines.append(f'  File "{shown_path(file)}", line {lineno}, in {name}')
+        lines.append(f'  File "{shown_path(file, base)}", line {lineno}, in {name}')
         source = linecache.getline(file, lineno).strip()
         if source:
             cut = source if len(source) <= LINE_CUT else source[: LINE_CUT - 1] + "…"
@@ -148,13 +143,14 @@ def _only(exc: BaseException) -> list[str]:
 
 def trace(exc: BaseException, base_dir: str) -> Trace:
     """``exc`` trimmed to the user's frames; its raising frame found under ``base_dir``."""
+    base = os.path.abspath(base_dir) + os.sep
     lines: list[str] = []
-    chain = _chain(exc)
-    for e, link in chain:
+    for e, link in _chain(exc):
         frames = _frames(e.__traceback__)
         if frames:
             lines.append("Traceback (most recent call last):")
-            lines.extend(_format_frames(frames, MAX_FRAMES if e is exc else OLDER_FRAMES))
+            limit = MAX_FRAMES if e is exc else OLDER_FRAMES
+            lines.extend(_format_frames(frames, limit, base))
         lines.extend(_only(e))
         if link == "direct cause":
             lines.append("The above exception was the direct cause of:")
@@ -164,10 +160,16 @@ def trace(exc: BaseException, base_dir: str) -> Trace:
     if len(text) > TEXT_CUT:
         text = "…" + text[len(text) - TEXT_CUT + 1 :]
     frames = _frames(exc.__traceback__)
-    base = os.path.abspath(base_dir) + os.sep
     local = [f for f in frames if f[0].startswith(base)]
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:  # the file it is in
-        return Trace(text, os.path.abspath(exc.filename), exc.lineno, "<module>")
-    if local or frames:
-        return Trace(text, *(local or frames)[-1])
-    return Trace(text, None, None, None)
+        raising: tuple[str, int, str] | None = (
+            os.path.abspath(exc.filename),
+            exc.lineno,
+            "<module>",
+        )
+    else:
+        raising = (local or frames)[-1] if frames else None
+    if raising is None:
+        return Trace(text, None, None, None, None)
+    file, line, function = raising
+    return Trace(text, file, line, function, f"{shown_path(file, base)}:{line} in {function}")

@@ -20,8 +20,8 @@ from typing import Any
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
-from ..output import Capture
 from ..nodes.tracebacks import Trace
+from ..output import Capture
 from ..spec.model import Node, Workflow
 from ..store.base import TaskOutput
 from .observer import Observer
