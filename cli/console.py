@@ -161,8 +161,9 @@ class PlainView(Observer):
             tries = f", {attempts} attempts" if attempts > 1 else ""
             self._line(f"step {step}  {label}  ok  {fmt_s(duration)}{tries}")
         else:
+            how = "interrupted" if status == "interrupted" else "FAILED"
             self._line(
-                f"step {step}  {label}  FAILED after {attempts} attempt(s): {error}", always=True
+                f"step {step}  {label}  {how} after {attempts} attempt(s): {error}", always=True
             )
 
     def task_retried(
@@ -197,6 +198,10 @@ class PlainView(Observer):
 
     def run_finished(self, status: str, error: str | None) -> None:
         pass
+
+    def notice(self, text: str) -> None:
+        """A line the person must see now, whatever ``quiet`` says (e.g. ``stopping: ...``)."""
+        self._line(text, always=True)
 
 
 def _label(task: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .options import write_json
 from .running import open_store
 
 STATE_CUT = 200  # characters of a state value `show` prints unless --full
+STDERR_LINES = 10  # lines of a failed task's stderr tail `show` prints
 
 
 def _out(data: Any) -> None:
@@ -144,20 +145,22 @@ def _show_text(detail: dict[str, Any], *, events: bool, full: bool) -> None:
     )
     out(f"costs     {_cost_line(detail['costs'])}")
     out("nodes     (busy: each task from its first attempt to its last, summed)")
-    head = ["node", "tasks", "ok", "failed", "attempts", "busy"]
+    # the interrupted column only when a signal stopped some task
+    stopped = any(n["interrupted"] for n in detail["nodes"].values())
+    counts = ["ok", "failed", *(["interrupted"] if stopped else [])]
+    head = ["node", "tasks", *counts, "attempts", "busy"]
     names = list(detail["nodes"])
     body = [
         [
             f"  {name}",
             str(n["tasks"]),
-            str(n["ok"]),
-            str(n["failed"]),
+            *(str(n[c]) for c in counts),
             str(n["attempts"]),
             fmt(n["duration_s"]),
         ]
         for name, n in detail["nodes"].items()
     ]
-    lines = _table([f"  {head[0]}", *head[1:]], body, right={1, 2, 3, 4, 5})
+    lines = _table([f"  {head[0]}", *head[1:]], body, right=set(range(1, len(head))))
     out(lines[0])
     for name, line in zip(names, lines[1:], strict=True):
         out(line)
@@ -169,8 +172,8 @@ def _show_text(detail: dict[str, Any], *, events: bool, full: bool) -> None:
                 f" {_one_line(r['error'], 100)}"
             )
         for e in n["errors"][-3:]:
-            where = f"step {e['step']}" + (f" [{e['index']}]" if e["index"] is not None else "")
-            out(f"      {where}: failed after {e['attempt']} attempt(s): {e['error']}")
+            for line in _error_lines(e):
+                out(line)
     if events:
         out("events:")
         for e in detail["events"]:
@@ -181,6 +184,19 @@ def _show_text(detail: dict[str, Any], *, events: bool, full: bool) -> None:
     out("state:")
     for line in _state_lines(detail["state"], full):
         out(line)
+
+
+def _error_lines(e: dict[str, Any]) -> list[str]:
+    """A failed or interrupted task: its error, then its traceback and stderr tail."""
+    where = f"step {e['step']}" + (f" [{e['index']}]" if e["index"] is not None else "")
+    lines = [f"      {where}: {e['status']} after {e['attempt']} attempt(s): {e['error']}"]
+    if e["traceback"]:
+        lines.extend(f"        {line}" for line in e["traceback"].splitlines())
+    if e["stderr"]:
+        tail = e["stderr"].rstrip("\n").splitlines()[-STDERR_LINES:]
+        lines.append(f"        stderr (last {len(tail)} line(s)):")
+        lines.extend(f"          {line}" for line in tail)
+    return lines
 
 
 def do_validate(*, file: str, json_out: bool) -> None:

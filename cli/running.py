@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -116,30 +117,65 @@ def parse_inputs(sets: list[str], input_file: str | None) -> dict[str, Any]:
 
 
 class _Signals:
-    """SIGINT/SIGTERM: stop dispatching; a second signal stops waiting for the grace period."""
+    """SIGINT/SIGTERM: stop dispatching; a second signal stops waiting for the grace period.
 
-    def __init__(self, engine: Engine) -> None:
+    Each signal is announced at once on stderr, by a thread of its own: the handler
+    runs between two bytecodes of the main thread, which may hold the locks that
+    counting running tasks and printing take, so it only hands the news over.
+    """
+
+    def __init__(self, engine: Engine, view: console.PlainView) -> None:
         self.engine = engine
+        self.view = view
         self.count = 0
+        self.grace = engine.settings.grace_s  # as it was when the first signal came
         self.previous: dict[int, Any] = {}
+        self.news: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # put() is reentrant
+        self.herald: threading.Thread | None = None
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self.handle)
+            self.herald = threading.Thread(target=self._announce, name="flowrun-signals")
+            self.herald.daemon = True
+            self.herald.start()
         return self
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         self.engine.stop_reason = signal.Signals(signum).name
+        if self.count == 1:
+            self.grace = self.engine.settings.grace_s
         self.engine.stop.set()
         if self.count > 1:
             self.engine.settings.grace_s = 0.0
             self.engine.scope.abort.set()
+        self.news.put(self.engine.stop_reason)
+
+    def _announce(self) -> None:
+        first = True
+        while (name := self.news.get()) is not None:
+            k = self.engine.running_tasks()
+            tasks = f"{k} running task{'' if k == 1 else 's'}"
+            if not first:
+                self.view.notice(f"stopping now: abandoning {tasks}")
+                continue
+            first = False
+            again = "Ctrl-C again" if name == "SIGINT" else f"{name} again"
+            if k:
+                self.view.notice(
+                    f"stopping: waiting up to {self.grace:g}s for {tasks} ({again} to stop now)"
+                )
+            else:
+                self.view.notice(f"stopping: no task is running ({again} to stop now)")
 
     def __exit__(self, *exc: object) -> None:
         for sig, prev in self.previous.items():
             signal.signal(sig, prev)
+        if self.herald is not None:
+            self.news.put(None)
+            self.herald.join(timeout=1.0)
 
 
 @contextlib.contextmanager
@@ -238,7 +274,7 @@ def _drive(
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
-    with _Signals(engine), stdout_to_stderr(True), view:  # stdout holds only --json
+    with _Signals(engine, view), stdout_to_stderr(True), view:  # stdout holds only --json
         try:
             result = go(engine)
             run_id = result.run_id

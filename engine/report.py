@@ -10,6 +10,7 @@ from .store.base import RunRecord, Store
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")  # every status a run can have
 STATUS_EXIT = {"succeeded": 0, "failed": 1, "interrupted": 130}
+STDERR_TAIL = 500  # characters of a failed task's stderr in ``show``
 
 
 def run_summary(rec: RunRecord) -> dict[str, Any]:
@@ -59,6 +60,9 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     ``duration_s`` its step's (their sum is ``steps_duration_s``); a node's
     ``duration_s`` sums its tasks, each from its first attempt's start to its last's
     end (retry waits included), and ``retries`` lists each failed attempt with its own.
+    A node's ``errors`` are its tasks that failed or were interrupted (``status``),
+    each with its stderr tail and, for a Python exception, the ``traceback`` trimmed to
+    the user's frames and the raising frame's ``file`` and ``line``.
     """
     out = run_result(store, run_id)
     nodes: dict[str, dict[str, Any]] = defaultdict(
@@ -66,6 +70,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
             "tasks": 0,
             "ok": 0,
             "failed": 0,
+            "interrupted": 0,
             "attempts": 0,
             "duration_s": 0.0,
             "errors": [],
@@ -75,7 +80,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     for r in store.task_results(run_id):
         n = nodes[r.node]
         n["tasks"] += 1
-        n["ok" if r.status == "ok" else "failed"] += 1
+        n[r.status if r.status in ("ok", "interrupted") else "failed"] += 1
         n["attempts"] += r.attempts
         n["duration_s"] = round(n["duration_s"] + r.duration_s, 6)
         if r.error:
@@ -83,9 +88,13 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
                 {
                     "step": r.step,
                     "index": r.index,
+                    "status": "interrupted" if r.status == "interrupted" else "failed",
                     "attempt": r.attempts,
                     "error": r.error,
-                    "stderr": (r.stderr or "")[-500:] or None,
+                    "stderr": (r.stderr or "")[-STDERR_TAIL:] or None,
+                    "traceback": r.traceback,
+                    "file": r.error_file,
+                    "line": r.error_line,
                 }
             )
     step_s: dict[int, float] = {}

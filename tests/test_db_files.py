@@ -120,19 +120,24 @@ def test_another_applications_id_is_refused_even_with_flowrun_tables(tmp_path: P
     assert sha256(db) == before
 
 
+def _undo_columns_after(conn: sqlite3.Connection, version: int) -> None:
+    """Drop the columns the migrations after ``version`` added to older tables."""
+    for migration in reversed(MIGRATIONS[version:]):
+        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", migration):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
 def test_a_flowrun_database_from_before_application_id_is_recognised(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     (tmp_path / "wf.yaml").write_text(WF)
     assert flowrun("run", "wf.yaml", "--db", str(db), cwd=tmp_path).returncode == 0
     conn = sqlite3.connect(db)  # as an older flowrun left it: no application_id
     conn.execute("PRAGMA application_id = 0")
+    _undo_columns_after(conn, APP_ID_VERSION - 1)
     conn.execute(f"PRAGMA user_version = {APP_ID_VERSION - 1}")
     tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for later in sorted(tables - legacy_tables(APP_ID_VERSION - 1)):  # made by migrations since
         conn.execute(f"DROP TABLE {later}")
-    for script in MIGRATIONS[APP_ID_VERSION - 1 :]:  # nor the columns of later versions
-        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", script):
-            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.close()
     before = sha256(db)
     show = flowrun("show", "latest", "--db", str(db), cwd=tmp_path)

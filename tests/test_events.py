@@ -136,7 +136,7 @@ def test_show_events_lists_the_stream(write: Write, tmp_path: Path) -> None:
         "run_succeeded",
     ]
     assert evs[1]["node"] == "once" and evs[1]["attempt"] == 1
-    assert evs[1]["error"] == "RuntimeError: first try fails"
+    assert evs[1]["error"] == "lib.py:3 in once: RuntimeError: first try fails"
     assert evs[2]["attempt"] == 2 and evs[2]["duration"] >= 0
     human = flowrun("show", "s1", "--db", "f.db", "--events", cwd=tmp_path)
     assert human.returncode == 0

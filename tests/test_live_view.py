@@ -136,7 +136,10 @@ def test_plain_lines_in_a_pipe_one_per_event(write: Write, tmp_path: Path) -> No
     assert re.fullmatch(r"run \S+ \(live\) started", lines[0])
     assert re.fullmatch(r"metrics: http://127\.0\.0\.1:\d+/metrics", lines[1])
     assert any(
-        re.match(r"step 0  prep  attempt 1 failed \(RuntimeError: warming up\)", x) for x in lines
+        re.match(
+            r"step 0  prep  attempt 1 failed \(lib\.py:8 in prep: RuntimeError: warming up\)", x
+        )
+        for x in lines
     )
     assert sum(bool(re.match(r"step 1  work\[\d\]  ok  ", x)) for x in lines) == 5, p.stderr
     assert "\x1b[" not in p.stderr  # no escape codes in a pipe
@@ -162,6 +165,6 @@ def test_quiet_shows_only_errors_and_the_summary(write: Write, tmp_path: Path) -
     )
     bad = _run(tmp_path, "run", "bad.yaml", "--db", "f.db", "-q")
     assert bad.returncode == 1
-    assert "boom  FAILED after 1 attempt(s): ValueError: no good" in bad.stderr
+    assert "boom  FAILED after 1 attempt(s): lib.py:21 in bad: ValueError: no good" in bad.stderr
     assert "flowrun: error:" in bad.stderr
     assert " ok " not in bad.stderr

@@ -453,7 +453,9 @@ def test_a_failed_foreach_task_is_named_with_its_index(write: Write, db: Path) -
         """,
     )
     err, store = fail_wf(wf, db)
-    assert "node 'each[2]' failed after 1 attempt(s): KeyError: 'x'" in err.message
+    assert "node 'each[2]' failed after 1 attempt(s): pyidx_lib.py:3 in value: KeyError: 'x'" in (
+        err.message
+    )
     ok = [r.index for r in results(store, latest_run(store), "each") if r.status == "ok"]
     assert sorted(ok) == [0, 1, 3]  # the step's other tasks finished and were kept
 

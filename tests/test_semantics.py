@@ -786,8 +786,8 @@ def test_a_node_failing_twice_then_succeeding_uses_three_attempts(write: Write, 
     assert [(n, a) for n, a, _ in rec.retries] == [("flaky", 1), ("flaky", 2)]
     retried = [e for e in store.events(res.run_id) if e.type == "task_retried"]
     assert [(e.attempt, e.error) for e in retried] == [
-        (1, "RuntimeError: flake 1"),
-        (2, "RuntimeError: flake 2"),
+        (1, "retry_lib.py:3 in flaky: RuntimeError: flake 1"),  # the raising frame first
+        (2, "retry_lib.py:3 in flaky: RuntimeError: flake 2"),
     ]
 
 
@@ -800,7 +800,7 @@ def test_max_attempts_counts_the_first_attempt(write: Write, db: Path, max_attem
         Engine(store).start(load_workflow(str(wf)))
     (r,) = store.task_results(store.list_runs()[0].run_id)
     assert r.status == "failed" and r.attempts == max_attempts
-    assert r.error == f"RuntimeError: flake {max_attempts}"
+    assert r.error == f"retry_lib.py:3 in flaky: RuntimeError: flake {max_attempts}"
 
 
 def test_jitter_is_seeded_by_the_run_id(write: Write, tmp_path: Path) -> None:

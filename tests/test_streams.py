@@ -245,7 +245,10 @@ def test_show_lists_each_failed_attempt_with_its_own_duration(write: Write, tmp_
     assert flowrun("run", "wf.yaml", "--db", "f.db", cwd=tmp_path).returncode == 0
     detail = json.loads(flowrun("show", "latest", "--db", "f.db", "--json", cwd=tmp_path).stdout)
     (retry,) = detail["nodes"]["once"]["retries"]
-    assert retry["attempt"] == 1 and retry["error"] == "RuntimeError: first try fails"
+    assert (
+        retry["attempt"] == 1
+        and retry["error"] == "flaky.py:3 in work: RuntimeError: first try fails"
+    )
     assert 0 <= retry["duration_s"] <= detail["nodes"]["once"]["duration_s"]
     text = flowrun("show", "latest", "--db", "f.db", cwd=tmp_path).stdout
     assert "step 0: attempt 1 failed after " in text and ": RuntimeError: first try fails" in text

@@ -14,6 +14,7 @@ from typing import Any
 from ..output import DEFAULT_LIMIT, Capture
 from ..secrets import Masker
 from ..spec.model import Node
+from .tracebacks import Trace
 
 
 class TaskError(Exception):
@@ -33,6 +34,7 @@ class TaskError(Exception):
         self.reason = reason
         self.stdout: str | None = None
         self.stderr: str | None = None
+        self.trace: Trace | None = None  # a Python exception's trimmed traceback
 
 
 class TaskTimeout(TaskError):

@@ -186,6 +186,11 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         last = err_tail.strip().splitlines()
         detail = f": {_clip(last[-1])}" if last else ""
         failure = TaskError(f"command failed ({why}){detail}", reason="exit")
+        if proc.returncode == -signal.SIGKILL and ctx.scope.abort.is_set():
+            # the run's own kill at the end of the grace period, seen before the abort
+            failure = TaskError(
+                "interrupted; killed its process group", retryable=False, reason="interrupted"
+            )
         failure.stdout, failure.stderr = out_tail, err_tail
         raise failure
     text = "" if keep is None else b"".join(keep).decode("utf-8", "replace")
@@ -208,6 +213,17 @@ class CommandResult:
         self.stderr = stderr
 
 
+BEGAN = 200  # characters of unparsable stdout quoted in the error
+
+
+def _began(text: str) -> str:
+    """How ``text`` began, on one line: its first characters, JSON-escaped, quoted."""
+    head = json.dumps(text[:BEGAN], ensure_ascii=False)
+    for brk in "\x85\u2028\u2029":  # line breaks to Python that JSON leaves as they are
+        head = head.replace(brk, f"\\u{ord(brk):04x}")
+    return head + ("…" if len(text) > BEGAN else "")
+
+
 def _convert(node: Node, text: str) -> Any:
     if node.output == "none":
         return None
@@ -218,7 +234,11 @@ def _convert(node: Node, text: str) -> Any:
             return jsonvalue.loads(text)
         except json.JSONDecodeError as exc:
             raise TaskError(
-                f"output: json, but stdout is not JSON ({exc.msg} at line {exc.lineno})",
+                "output: json, but stdout is empty"
+                if not text.strip()
+                else f"output: json, but stdout is not JSON"
+                f" (line {exc.lineno} col {exc.colno}: {exc.msg});"
+                f" it began: {_began(text)}",
                 retryable=False,
                 reason="output",
             ) from None

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NoReturn
 from ..output import capturing
 from ..spec.model import Node
 from .base import Context, RunScope, TaskError, TaskTimeout
+from .tracebacks import trace
 
 _path_lock = threading.Lock()
 _owner: dict[str, str] = {}  # top-level module name -> the folder it was imported for
@@ -156,8 +157,8 @@ def resolve(target: str, base_dir: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise TaskError(
-                f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", retryable=False
+            raise _failure(
+                exc, base_dir, f"cannot import {module_name!r}: ", retryable=False
             ) from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
@@ -252,5 +253,19 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
         exc = box["error"]
         if isinstance(exc, TaskError):
             raise exc
-        raise TaskError(f"{type(exc).__name__}: {exc}") from exc
+        raise _failure(exc, str(ctx.scope.base_dir)) from exc
     return box.get("value")
+
+
+def _failure(
+    exc: BaseException, base_dir: str, prefix: str = "", *, retryable: bool = True
+) -> TaskError:
+    """The node's exception as a task error: ``file:line in fn: Type: message``, with its
+    trimmed traceback (the raising frame is left out of the line when none is the user's)."""
+    tb = trace(exc, base_dir)
+    where = tb.where
+    failure = TaskError(
+        f"{prefix}{where + ': ' if where else ''}{type(exc).__name__}: {exc}", retryable=retryable
+    )
+    failure.trace = tb
+    return failure

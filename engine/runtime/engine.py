@@ -112,6 +112,12 @@ class Engine:
         self.token = 0
         self.step = 0
         self.scope = RunScope(Path("."), "")
+        self._gate: StepGate | None = None  # the current step's
+
+    def running_tasks(self) -> int:
+        """How many tasks are running right now (any thread may ask)."""
+        gate = self._gate
+        return 0 if gate is None else gate.running()
 
     # public API ---------------------------------------------------------------
     def start(
@@ -419,7 +425,7 @@ class Engine:
         queue_depth = self.settings.queue_depth
         if queue_depth is None:
             queue_depth = wf.config.queue_depth
-        gate = StepGate(max_conc, queue_depth)
+        gate = self._gate = StepGate(max_conc, queue_depth)
         pending: dict[Future[TaskOutcome], int] = {}
         failed: list[TaskOutcome] = []
         unsaved: list[TaskResult] = []
@@ -442,7 +448,7 @@ class Engine:
                 out = f.result()
                 outcomes[i] = out
                 finished.append(out)
-                if out.status != "ok":
+                if out.status == "failed":  # an interrupted one is no failure of the step
                     failed.append(out)
             results = [self._result(step, out) for out in finished]
             # Results that finished together are saved in one transaction (a group
@@ -528,7 +534,8 @@ class Engine:
             raise RunFailed(
                 f"node {task_label(culprit.task)!r} failed after"
                 f" {len(culprit.attempts)} attempt(s): {culprit.error}{more}",
-                hint="fix the cause, then `flowrun resume` retries this step",
+                hint="fix the cause, then `flowrun resume` retries this step"
+                + (f" (`flowrun show {run_id}` has its traceback)" if culprit.trace else ""),
             )
         return [o for o in outcomes if o is not None], unsaved
 
@@ -572,6 +579,9 @@ class Engine:
             stdout=out.stdout,
             stderr=out.stderr,
             outputs=tuple(out.outputs),
+            traceback=None if out.trace is None else out.trace.text,
+            error_file=None if out.trace is None else out.trace.file,
+            error_line=None if out.trace is None else out.trace.line,
         )
 
     def _finished(self, out: TaskOutcome) -> None:

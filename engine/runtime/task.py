@@ -20,6 +20,7 @@ from typing import Any
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
+from ..nodes.tracebacks import Trace
 from ..output import Capture
 from ..spec.model import Node, Workflow
 from ..store.base import TaskOutput
@@ -38,7 +39,9 @@ class Attempt:
 @dataclass(slots=True)
 class TaskOutcome:
     task: dict[str, Any]
-    status: str  # ok | failed | skipped (never ran: picked up after the budget or a signal)
+    # ok | failed | interrupted (stopped by SIGINT/SIGTERM: resume runs it again) |
+    # skipped (never ran: picked up after the budget or a signal)
+    status: str
     delta: dict[str, Any] | None
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
@@ -49,6 +52,7 @@ class TaskOutcome:
     usage: list[LLMUsage] = field(default_factory=list)
     reused: bool = False
     outputs: list[TaskOutput] = field(default_factory=list)  # what each attempt printed
+    trace: Trace | None = None  # the last attempt's Python traceback, trimmed
 
 
 def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
@@ -113,6 +117,7 @@ class StepGate:
         self.queue_depth = max(0, queue_depth)
         self._cond = threading.Condition()
         self._submitted = self._started = self._settled = 0
+        self._finished = 0  # for running(): started and finished
         self._done: list[Future[TaskOutcome]] = []
         self._changed = False
 
@@ -151,6 +156,11 @@ class StepGate:
             done, self._done, self._changed = self._done, [], False
         return set(done)
 
+    def running(self) -> int:
+        """How many of the step's tasks are running now (started, not finished)."""
+        with self._cond:
+            return self._started - self._finished
+
     # called by run_task on the worker, after the observer heard of it
     def started(self) -> None:
         with self._cond:
@@ -160,6 +170,7 @@ class StepGate:
 
     def finished(self) -> None:
         with self._cond:
+            self._finished += 1
             self._changed = True
             self._cond.notify_all()
 
@@ -174,6 +185,7 @@ class StepGate:
         with self._cond:
             if future.cancelled():  # it never reached run_task: nothing to run or commit
                 self._started += 1
+                self._finished += 1
                 self._settled += 1
             self._done.append(future)
             self._cond.notify_all()
@@ -289,10 +301,14 @@ def _attempts(
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, err, exc.reason))
             # no new attempt once the run is stopping or its budget is spent
             last = attempt >= policy.max_attempts or not exc.retryable
-            if last or scope.stop.is_set() or scope.over_budget.is_set():
+            stopped = scope.stop.is_set()
+            if last or stopped or scope.over_budget.is_set():
+                # a signal that cut the attempt short, or the retry it would have had,
+                # interrupted the task; it did not fail (resume runs it again)
+                interrupted = stopped and (exc.reason == "interrupted" or not last)
                 return TaskOutcome(
                     task,
-                    "failed",
+                    "interrupted" if interrupted else "failed",
                     None,
                     attempts,
                     started,
@@ -302,6 +318,7 @@ def _attempts(
                     stderr,
                     usage,
                     outputs=outputs,
+                    trace=exc.trace,
                 )
             if rng is None:
                 rng = random.Random(f"{scope.run_id}:{task['key']}")
@@ -312,7 +329,7 @@ def _attempts(
             if scope.stop.wait(delay):
                 return TaskOutcome(
                     task,
-                    "failed",
+                    "interrupted",
                     None,
                     attempts,
                     started,
@@ -322,6 +339,7 @@ def _attempts(
                     stderr,
                     usage,
                     outputs=outputs,
+                    trace=exc.trace,
                 )
 
 

@@ -38,7 +38,7 @@ class TaskResult:
     order_key: str
     node: str
     index: int | None
-    status: str  # ok | failed
+    status: str  # ok | failed | interrupted
     delta: dict[str, Any] | None = None
     attempts: int = 1
     started_at: float = 0.0
@@ -46,6 +46,9 @@ class TaskResult:
     error: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    traceback: str | None = None  # a failed Python node's, trimmed to the user's frames
+    error_file: str | None = None  # the raising frame: absolute path and line
+    error_line: int | None = None
     outputs: tuple[TaskOutput, ...] = ()  # what each attempt printed, saved with the result
 
 

@@ -186,6 +186,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE llm_calls ADD COLUMN reasoning_tokens INTEGER;
     """,
+    # 11: where a failed Python node raised: its trimmed traceback, and the raising frame's
+    # absolute file and line (NULL for other node kinds and older rows)
+    """
+    ALTER TABLE task_results ADD COLUMN traceback TEXT;
+    ALTER TABLE task_results ADD COLUMN error_file TEXT;
+    ALTER TABLE task_results ADD COLUMN error_line INTEGER;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

@@ -33,8 +33,8 @@ class SQLiteTaskResults(SQLiteEvents):
     def _insert_result(self, c: sqlite3.Connection, run_id: str, result: TaskResult) -> None:
         c.execute(
             "INSERT OR REPLACE INTO task_results (run_id, step, order_key, node, idx, status,"
-            " delta, attempts, started_at, duration_s, error, stdout, stderr)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " delta, attempts, started_at, duration_s, error, stdout, stderr, traceback,"
+            " error_file, error_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 result.step,
@@ -49,6 +49,9 @@ class SQLiteTaskResults(SQLiteEvents):
                 result.error,
                 result.stdout,
                 result.stderr,
+                result.traceback,
+                result.error_file,
+                result.error_line,
             ),
         )
         if result.outputs:
@@ -70,6 +73,13 @@ class SQLiteTaskResults(SQLiteEvents):
                 ],
             )
 
+    def _failure_cols(self) -> str:
+        """The traceback columns, or NULLs in a file a read-only command did not upgrade."""
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(task_results)")}
+        if "traceback" in cols:
+            return "traceback, error_file, error_line"
+        return "NULL, NULL, NULL"
+
     def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
         return [
             TaskResult(
@@ -85,10 +95,14 @@ class SQLiteTaskResults(SQLiteEvents):
                 error=r[9],
                 stdout=r[10],
                 stderr=r[11],
+                traceback=r[12],
+                error_file=r[13],
+                error_line=r[14],
             )
             for r in self.conn.execute(
                 "SELECT step, order_key, node, idx, status, delta, attempts, started_at,"
-                " duration_s, error, stdout, stderr FROM task_results " + sql,
+                f" duration_s, error, stdout, stderr, {self._failure_cols()}"
+                " FROM task_results " + sql,
                 args,
             )
         ]
