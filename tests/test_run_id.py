@@ -384,3 +384,21 @@ def test_fork_run_id_refuses_an_id_that_exists(tmp_path: Path, job: dict[str, st
         assert f"run id {target!r} already exists" in p.stderr
     assert run_status(tmp_path / "f.db", "j2") == "failed"
     assert executions(tmp_path) == before
+
+
+def test_engine_start_by_id_raises_run_exists_unless_told_to_continue(tmp_path: Path) -> None:
+    from flowrun.engine import Engine, RunExists, SQLiteStore, load_workflow
+
+    (tmp_path / "other.yaml").write_text(OTHER_YAML)
+    wf = load_workflow(str(tmp_path / "other.yaml"))
+    store = SQLiteStore(str(tmp_path / "f.db"))
+    try:
+        first = Engine(store).start(wf, run_id="lib")
+        assert (first.status, first.found) == ("succeeded", None)
+        with pytest.raises(RunExists, match="run id 'lib' already exists"):
+            Engine(store).start(wf, run_id="lib")
+        again = Engine(store).start(wf, run_id="lib", if_exists="continue")
+        assert (again.status, again.found, again.state) == ("succeeded", "succeeded", {"n": 1})
+        assert again.to_json() == {**first.to_json(), "duration_s": again.to_json()["duration_s"]}
+    finally:
+        store.close()
