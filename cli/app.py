@@ -112,8 +112,21 @@ def run(
     ] = None,
     run_id: Annotated[
         str | None,
-        typer.Option("--run-id", metavar="ID", help="Choose the run id (e.g. a CI job id)."),
+        typer.Option(
+            "--run-id",
+            envvar="FLOWRUN_RUN_ID",
+            metavar="ID",
+            help="Choose the run id (e.g. a CI job id); a retry of the same id continues it.",
+        ),
     ] = None,
+    if_exists: Annotated[
+        str,
+        typer.Option(
+            "--if-exists",
+            metavar="continue|fail",
+            help="An --run-id that exists: continue it (report it if it succeeded), or fail.",
+        ),
+    ] = "continue",
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
     json_out: opt.Json = False,
@@ -134,7 +147,8 @@ def run(
     """Start a run of FILE.
 
     Prints the run id first; exits 0 succeeded, 1 failed, 2 bad workflow or usage,
-    130 interrupted.
+    3 refused, 130 interrupted. Run again with the same --run-id, the command
+    continues an unfinished run and reports a finished one without running it.
 
     Example: flowrun run workflows/pipeline/pipeline.yaml --set source=data/reviews.json --json
     """
@@ -147,6 +161,7 @@ def run(
         sets=set_ or [],
         input_file=input_,
         run_id=run_id,
+        if_exists=if_exists,
         db=db,
         max_concurrency=max_concurrency,
         json_out=json_out,

@@ -138,6 +138,11 @@ class PlainView(Observer):
         with self._lock:
             err(text)
 
+    def run_found(self, run_id: str, status: str, step: int) -> None:
+        self._line(
+            f"continuing run {run_id} ({status} at step {step}); resume semantics", always=True
+        )
+
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None:
         verb = f"resumed at step {step}" if resumed else "started"
         self._line(f"run {run_id} ({workflow}) {verb}", always=True)
@@ -370,12 +375,15 @@ def progress_view(*, quiet: bool) -> PlainView:
     return LiveView(quiet) if rich_ok() and not quiet else PlainView(quiet)
 
 
-def final_summary(report: dict[str, Any], *, quiet: bool) -> None:
+def final_summary(report: dict[str, Any], *, quiet: bool, ran: bool = True) -> None:
+    """The run's last line; ``ran=False``: a start by id found it succeeded already."""
     status = report["status"]
     line = (
-        f"run {report['run_id']} {status} after {report['steps']} step(s)"
-        f" in {fmt_s(report['duration_s'])}"
+        f"run {report['run_id']} {'' if ran else 'already '}{status} after"
+        f" {report['steps']} step(s) in {fmt_s(report['duration_s'])}"
     )
+    if not ran:
+        line += "; nothing was run"
     err(line)
 
 

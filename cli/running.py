@@ -274,10 +274,11 @@ def _drive(
     )
     error: FlowrunError | None = None
     run_id = run_id_hint
+    found = None
     with _Signals(engine, view), stdout_to_stderr(True), view:  # stdout holds only --json
         try:
             result = go(engine)
-            run_id = result.run_id
+            run_id, found = result.run_id, result.found
         except (RunFailed, Interrupted) as exc:
             error = exc
             run_id = engine.run_id or run_id
@@ -291,7 +292,7 @@ def _drive(
             )
     report = run_result(store, run_id)
     report["costs"] = run_costs(store, run_id)
-    console.final_summary(report, quiet=quiet)
+    console.final_summary(report, quiet=quiet, ran=found != "succeeded")
     if report["costs"]["calls"]:
         console.cost_table(report["costs"])
     if json_out:
@@ -318,8 +319,11 @@ def do_run(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
+    if_exists: str = "fail",
 ) -> None:
     check_run_id(run_id)
+    if if_exists not in ("continue", "fail"):
+        raise UsageError(f"--if-exists must be continue or fail, not {if_exists!r}")
     wf = load_workflow(file)
     llm = (llm or LLMOptions()).prepare()
     inputs = parse_inputs(sets, input_file)
@@ -333,7 +337,7 @@ def do_run(
 
     def go(engine: Engine) -> Any:
         llm.apply(engine.settings)
-        return engine.start(wf, run_id=run_id, inputs=inputs)
+        return engine.start(wf, run_id=run_id, inputs=inputs, if_exists=if_exists)
 
     _execute(
         store,

@@ -7,6 +7,7 @@ The tree::
     │                                    ``errors`` holds every error the file has
     ├── UsageError               exit 2  bad flags or arguments
     ├── ResumeRefused            exit 3  unknown run, ambiguous prefix, live lease
+    │   └── RunExists            exit 3  a new run's id is taken (``start`` may continue it)
     ├── RunFailed                exit 1  a task failed after its last attempt
     │   └── BudgetExceeded       exit 1  the cost ledger passed --max-cost
     ├── Interrupted              exit 130 SIGINT/SIGTERM
@@ -89,6 +90,10 @@ class UsageError(FlowrunError):
 
 class ResumeRefused(FlowrunError):
     exit_code = 3
+
+
+class RunExists(ResumeRefused):
+    """The id chosen for a new run is already recorded (raised by the store's insert)."""
 
 
 class RunFailed(FlowrunError):

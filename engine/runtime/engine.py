@@ -19,12 +19,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import FlowrunError, Interrupted, RunFailed, UsageError
+from ..errors import FlowrunError, Interrupted, ResumeRefused, RunExists, RunFailed, UsageError
 from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..ledger import Ledger
 from ..nodes.base import RunScope
 from ..output import DEFAULT_LIMIT
+from ..report import display_status
 from ..secrets import run_masker
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
@@ -54,6 +55,9 @@ class RunResult:
     error: str | None = None
     digest: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the status the run id already had when ``start(if_exists="continue")`` found it
+    # recorded (``succeeded``: nothing was run); None: the run was started now
+    found: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -126,7 +130,18 @@ class Engine:
         *,
         run_id: str | None = None,
         inputs: Mapping[str, Any] | None = None,
+        if_exists: str = "fail",
     ) -> RunResult:
+        """Start a run of ``workflow``; an id that is already recorded raises ``RunExists``.
+
+        ``if_exists="continue"`` makes a start by id idempotent (a retried CI job): a
+        run of the same workflow name that succeeded is reported and nothing runs; one
+        that failed, was interrupted or crashed is continued as :meth:`resume` would,
+        with ``workflow`` (it may hold a fix). ``inputs`` must then be the stored ones
+        or empty. A live owner, or a run of another workflow, is ``ResumeRefused``.
+        """
+        if if_exists not in ("fail", "continue"):
+            raise UsageError(f"if_exists must be fail or continue, not {if_exists!r}")
         run_id = run_id or new_run_id()
         masker = run_masker(workflow)  # a secret passed in as an input is not stored either
         masked: dict[str, Any] = {}
@@ -145,16 +160,21 @@ class Engine:
                 raise UsageError(f"input {at}: {exc.problem}", hint=exc.hint) from None
             except (TypeError, ValueError):
                 raise UsageError(f"input {k!r} is not a JSON value") from None
-        self.store.create_run(
-            run_id,
-            workflow_name=workflow.name,
-            workflow_path=str(workflow.base_dir / Path(workflow.path).name),
-            workflow_text=workflow.source,
-            workflow_digest=workflow.digest,
-            state=state,
-            frontier=fr.initial(workflow),
-            inputs=masked,
-        )
+        try:
+            self.store.create_run(
+                run_id,
+                workflow_name=workflow.name,
+                workflow_path=str(workflow.base_dir / Path(workflow.path).name),
+                workflow_text=workflow.source,
+                workflow_digest=workflow.digest,
+                state=state,
+                frontier=fr.initial(workflow),
+                inputs=masked,
+            )
+        except RunExists:
+            if if_exists == "fail":
+                raise
+            return self._continue(workflow, run_id, masked)  # compared as they were stored
         with workflow_dir(workflow.base_dir):
             return self._drive(workflow, run_id, resumed=False, force=False)
 
@@ -162,14 +182,49 @@ class Engine:
         with workflow_dir(workflow.base_dir):
             return self._drive(workflow, run_id, resumed=True, force=force)
 
+    def _continue(self, wf: Workflow, run_id: str, inputs: dict[str, Any]) -> RunResult:
+        """``start`` of a recorded id: report a success, else resume it with ``wf``."""
+        rec = self.store.get_run(run_id)
+        if rec.workflow_name != wf.name:
+            raise ResumeRefused(
+                f"run id {run_id!r} belongs to workflow {rec.workflow_name!r}, not {wf.name!r}",
+                hint="pick another --run-id for this workflow",
+            )
+        stored = self.store.inputs(run_id)
+        if inputs and inputs != stored:
+            diff = sorted(k for k in {*inputs, *stored} if inputs.get(k) != stored.get(k))
+            raise UsageError(
+                f"run {run_id} was started with other inputs"
+                f" (differing: {', '.join(map(repr, diff))}); a continuation keeps its inputs",
+                hint="repeat the first attempt's --set/--input exactly, or give none",
+            )
+        if rec.status == "succeeded":
+            return RunResult(
+                run_id,
+                "succeeded",
+                rec.step,
+                self.store.load_latest(run_id).state,
+                rec.duration_s,
+                digest=rec.state_digest,
+                found="succeeded",
+            )
+        with workflow_dir(wf.base_dir):
+            return self._drive(wf, run_id, resumed=True, force=False, continuing=True)
+
     # the loop -------------------------------------------------------------------
-    def _drive(self, wf: Workflow, run_id: str, *, resumed: bool, force: bool) -> RunResult:
+    def _drive(
+        self, wf: Workflow, run_id: str, *, resumed: bool, force: bool, continuing: bool = False
+    ) -> RunResult:
         store = self.store
         # a forced-out owner, and commands a dead owner left running, die first
         token = take_over(store, run_id, force=force)
         t_start = time.perf_counter()
         self._elapsed = lambda: prior_duration + time.perf_counter() - t_start
         rec = store.get_run(run_id)
+        found = None
+        if continuing:  # the lease is ours: a `running` run's owner was gone
+            found = display_status(rec.status, live=False)
+            self.observer.run_found(run_id, found, rec.step)
         prior_duration = rec.duration_s
         masker = run_masker(wf)  # the secrets of this drive's environment
         outbox = Outbox(store, run_id, self.sinks, masker)
@@ -211,7 +266,13 @@ class Engine:
             state = cp.state
             if cp.status == "succeeded":
                 return RunResult(
-                    run_id, "succeeded", cp.step, state, prior_duration, digest=rec.state_digest
+                    run_id,
+                    "succeeded",
+                    cp.step,
+                    state,
+                    prior_duration,
+                    digest=rec.state_digest,
+                    found=found,
                 )
             step = cp.step
             frontier = cp.frontier
@@ -330,6 +391,7 @@ class Engine:
                 state,
                 prior_duration + time.perf_counter() - t_start,
                 digest=store.get_run(run_id).state_digest,
+                found=found,
             )
         except Interrupted as exc:
             self._finish(run_id, token, "interrupted", exc.message, outbox)

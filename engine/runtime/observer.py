@@ -8,6 +8,10 @@ from typing import Any
 class Observer:
     """No-op base; the console view and the metrics exporter override what they need."""
 
+    def run_found(self, run_id: str, status: str, step: int) -> None:
+        """A start by id found the run recorded (``failed``, ``interrupted``, ``crashed``)
+        and continues it from ``step``; ``run_started`` follows."""
+
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None: ...
 
     def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None: ...

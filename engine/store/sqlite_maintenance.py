@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import ResumeRefused, UsageError
+from ..errors import ResumeRefused, RunExists, UsageError
 from .base import PruneResult, RunRecord
 from .leases import lease_live
 from .sqlite_runs import SQLiteRuns
@@ -78,7 +78,7 @@ class SQLiteMaintenance(SQLiteRuns):
                     (new_run_id, run_id, step),
                 )
         except sqlite3.IntegrityError:
-            raise ResumeRefused(
+            raise RunExists(
                 f"run id {new_run_id!r} already exists", hint="pick another --run-id"
             ) from None
 

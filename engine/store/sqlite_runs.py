@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import ResumeRefused
+from ..errors import ResumeRefused, RunExists
 from ..jsonvalue import dumps
 from . import leases
 from .base import Event, LeaseOwner, RunRecord, TakenLease
@@ -68,9 +68,10 @@ class SQLiteRuns(SQLiteEvents):
                     [(run_id, k, dumps(v)) for k, v in state.items()],
                 )
         except sqlite3.IntegrityError:
-            raise ResumeRefused(
+            raise RunExists(
                 f"run id {run_id!r} already exists",
-                hint=f"use `flowrun resume {run_id}` or pick another --run-id",
+                hint=f"continue it with `flowrun resume {run_id}` (or `run --if-exists continue`),"
+                " or pick another --run-id",
             ) from None
 
     # the lease columns, in the order of :meth:`_owner`, then the heartbeat
