@@ -40,6 +40,7 @@ from flowrun.engine.store.sqlite_file import examine
 from . import console
 from .costs import LLMOptions, run_costs
 from .options import DEFAULT_DB, check_run_id, open_sqlite, stdout_to_stderr, write_json
+from .reports import CIReports
 
 
 def open_store(
@@ -179,6 +180,7 @@ def _execute(
     wf: Workflow,
     metrics: ExportOptions,
     output_limit: int | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     view = console.progress_view(quiet=quiet)
     exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
@@ -196,6 +198,7 @@ def _execute(
             view,
             exporter,
             output_limit,
+            None if reports is None else lambda run_id: reports.write(store, run_id, wf),
         )
     finally:
         if exporter is not None:
@@ -216,6 +219,7 @@ def _drive(
     view: console.PlainView,
     exporter: Exporter | None,
     output_limit: int | None,
+    ended: Callable[[str], None] | None = None,
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -253,6 +257,8 @@ def _drive(
                 f"cannot write events to {sink.path}: {sink.error.strerror or sink.error};"
                 f" the rest stay pending: `flowrun resume {run_id} --events FILE` delivers them"
             )
+    if ended is not None:
+        ended(run_id)  # --junit, the job summary: written however the run ended
     report = run_result(store, run_id)
     report["costs"] = run_costs(store, run_id)
     console.final_summary(report, quiet=quiet)
@@ -282,6 +288,7 @@ def do_run(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     check_run_id(run_id)
     wf = load_workflow(file)
@@ -310,6 +317,7 @@ def do_run(
         wf,
         metrics or ExportOptions(),
         output_limit,
+        reports,
     )
 
 
@@ -347,6 +355,7 @@ def do_resume(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -377,4 +386,5 @@ def do_resume(
         wf,
         metrics or ExportOptions(),
         output_limit,
+        reports,
     )
