@@ -140,9 +140,9 @@ def test_an_interrupted_run_reports_its_unfinished_tasks_as_errors(
 ) -> None:
     write("wf/lib.py", LIB)
     wf = write("wf/wf.yaml", FOREACH.replace("lib:work", "lib:slow"))
+    args = ["--db", str(db), "--junit", "j.xml", "--run-id", "i1", "--max-concurrency", concurrency]
     proc = subprocess.Popen(
-        [FLOWRUN, "run", str(wf), "--db", str(db), "--junit", "j.xml", "--run-id", "i1"]
-        + ["--max-concurrency", concurrency],
+        [FLOWRUN, "run", str(wf), *args],
         cwd=elsewhere,
         env={**os.environ, "FLOWRUN_GRACE": "0"},
         stdout=subprocess.PIPE,
@@ -207,7 +207,7 @@ def test_a_run_that_fails_outside_any_task_is_a_failure_not_green(
     suite = suite_of(elsewhere / "j.xml")
     assert [c.name for c in suite] == ["again", "again (step 1)", "again (step 2)", "(run)"]
     assert suite.failures == 1
-    (failure,) = [c for c in suite if c.name == "(run)"][0].result
+    (failure,) = next(c for c in suite if c.name == "(run)").result
     assert isinstance(failure, Failure) and "max_steps" in (failure.message or "")
 
 
