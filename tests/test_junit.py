@@ -219,3 +219,19 @@ def test_a_junit_path_that_can_never_be_written_is_refused_before_the_run(
     assert p.returncode == 2
     assert "--junit missing/j.xml: no such directory" in p.stderr
     assert not db.exists()  # nothing ran
+
+
+def test_fork_writes_the_report_of_the_new_run(write: Write, elsewhere: Path, db: Path) -> None:
+    lib = write("wf/lib.py", LIB)
+    wf = write("wf/wf.yaml", FOREACH)
+    assert flowrun(elsewhere, "run", str(wf), "--db", str(db), "--run-id", "f0").returncode == 1
+    lib.write_text(LIB.replace("ctx.item == 2", "ctx.item == 99"), encoding="utf-8")
+    p = flowrun(
+        elsewhere, "fork", "f0", "--from-step", "0", "--run-id", "f1", "--db", str(db),
+        "--junit", "fork.xml",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    validate(elsewhere / "fork.xml")
+    suite = suite_of(elsewhere / "fork.xml")
+    assert {p.name: p.value for p in suite.properties()}["run_id"] == "f1"
+    assert (suite.tests, suite.failures, suite.skipped) == (6, 0, 0)
