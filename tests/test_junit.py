@@ -235,3 +235,40 @@ def test_fork_writes_the_report_of_the_new_run(write: Write, elsewhere: Path, db
     suite = suite_of(elsewhere / "fork.xml")
     assert {p.name: p.value for p in suite.properties()}["run_id"] == "f1"
     assert (suite.tests, suite.failures, suite.skipped) == (6, 0, 0)
+
+
+def test_secrets_are_masked_in_the_report_and_the_job_summary(
+    write: Write, elsewhere: Path, db: Path
+) -> None:
+    token = "tok-3f9a-SECRET-value"
+    write(
+        "wf/leak.py",
+        """
+        import os, sys
+        def leak(state, ctx):
+            print("token is", os.environ["DEPLOY_TOKEN"])
+            print("auth failed for", os.environ["DEPLOY_TOKEN"], file=sys.stderr)
+            raise PermissionError("bad token " + os.environ["DEPLOY_TOKEN"])
+        """,
+    )
+    wf = write(
+        "wf/leak.yaml",
+        """
+        name: leak
+        secrets: [DEPLOY_TOKEN]
+        nodes:
+          deploy: {python: "leak:leak"}
+        """,
+    )
+    summary = elsewhere / "summary.md"
+    p = flowrun(
+        elsewhere, "run", str(wf), "--db", str(db), "--junit", "j.xml",
+        DEPLOY_TOKEN=token, GITHUB_STEP_SUMMARY=str(summary),
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    validate(elsewhere / "j.xml")
+    report = (elsewhere / "j.xml").read_text(encoding="utf-8")
+    assert "auth failed for ***" in report and "bad token ***" in report
+    assert "auth failed for ***" in summary.read_text(encoding="utf-8")
+    for text in (report, summary.read_text(encoding="utf-8")):
+        assert token not in text and token.lower() not in text.lower()
