@@ -134,6 +134,7 @@ def run(
     durability: opt.Durability = "normal",
     events: opt.Events = None,
     output_limit: opt.OutputLimit = None,
+    junit: opt.Junit = None,
     metrics_port: MetricsPort = None,
     metrics_addr: MetricsAddr = "127.0.0.1",
     metrics_linger: MetricsLinger = 0.0,
@@ -154,6 +155,7 @@ def run(
     """
     from flowrun.engine.metrics import ExportOptions
 
+    from .reports import ci_reports
     from .running import do_run
 
     do_run(
@@ -173,6 +175,7 @@ def run(
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
         output_limit=opt.output_limit(output_limit),
+        reports=ci_reports(junit),
     )
 
 
@@ -202,6 +205,7 @@ def resume(
     durability: opt.Durability = "normal",
     events: opt.Events = None,
     output_limit: opt.OutputLimit = None,
+    junit: opt.Junit = None,
     metrics_port: MetricsPort = None,
     metrics_addr: MetricsAddr = "127.0.0.1",
     metrics_linger: MetricsLinger = 0.0,
@@ -220,6 +224,7 @@ def resume(
     """
     from flowrun.engine.metrics import ExportOptions
 
+    from .reports import ci_reports
     from .running import do_resume
 
     do_resume(
@@ -237,6 +242,7 @@ def resume(
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
         output_limit=opt.output_limit(output_limit),
+        reports=ci_reports(junit),
     )
 
 
@@ -320,6 +326,12 @@ def show(
     full: Annotated[
         bool, typer.Option("--full", help="Print every state value whole, not cut.")
     ] = False,
+    junit: Annotated[
+        str | None,
+        typer.Option(
+            "--junit", metavar="FILE.xml", help="Also write the run as a JUnit XML report."
+        ),
+    ] = None,
 ) -> None:
     """A run's status, times, costs, attempts per node, errors, state.
 
@@ -330,7 +342,7 @@ def show(
     """
     from .inspecting import do_show
 
-    do_show(ref=run_id, db=db, json_out=json_out, events=events, full=full)
+    do_show(ref=run_id, db=db, json_out=json_out, events=events, full=full, junit=junit)
 
 
 @app.command()
@@ -405,6 +417,7 @@ def fork(
     quiet: opt.Quiet = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
+    junit: opt.Junit = None,
     metrics_port: MetricsPort = None,
     metrics_addr: MetricsAddr = "127.0.0.1",
     metrics_linger: MetricsLinger = 0.0,
@@ -425,6 +438,7 @@ def fork(
     from flowrun.engine.metrics import ExportOptions
 
     from .maintenance import do_fork
+    from .reports import ci_reports
 
     do_fork(
         ref=run_id,
@@ -441,6 +455,7 @@ def fork(
             metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
+        reports=ci_reports(junit),
     )
 
 

@@ -18,6 +18,7 @@ from flowrun.engine.report import (
 
 from . import console
 from .options import write_json
+from .reports import ci_reports
 from .running import open_store
 
 STATE_CUT = 200  # characters of a state value `show` prints unless --full
@@ -105,9 +106,25 @@ def _cost_line(costs: dict[str, Any]) -> str:
     )
 
 
-def do_show(*, ref: str, db: str | None, json_out: bool, events: bool, full: bool = False) -> int:
+def do_show(
+    *,
+    ref: str,
+    db: str | None,
+    json_out: bool,
+    events: bool,
+    full: bool = False,
+    junit: str | None = None,
+) -> int:
     store = open_store(db, create=False, readonly=True)
     run_id = store.resolve_run_id(ref)
+    target = ci_reports(junit, summary=False).junit
+    if target is not None:  # asked for, so a file that cannot be written is an error
+        from flowrun.engine.junit import write_junit
+
+        try:
+            write_junit(store, run_id, target)
+        except OSError as exc:
+            raise UsageError(f"--junit {junit}: not written: {exc.strerror or exc}") from None
     detail = run_detail(store, run_id)
     if events:
         detail["events"] = [e.to_json() for e in store.events(run_id)]

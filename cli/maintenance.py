@@ -22,6 +22,7 @@ from flowrun.engine.store.base import RunRecord
 from . import console
 from .costs import LLMOptions
 from .options import check_run_id, write_json
+from .reports import CIReports
 from .running import _execute, open_store, stored_workflow
 
 _SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")  # a bare number: seconds, as in a workflow
@@ -41,6 +42,7 @@ def do_fork(
     events: str | None,
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     """Copy a run's checkpoint before ``from_step`` into a new run, then drive it as a resume."""
     check_run_id(run_id)
@@ -82,7 +84,16 @@ def do_fork(
         return engine.resume(wf, new_id)
 
     _execute(
-        store, json_out, quiet, events, max_concurrency, go, new_id, wf, metrics or ExportOptions()
+        store,
+        json_out,
+        quiet,
+        events,
+        max_concurrency,
+        go,
+        new_id,
+        wf,
+        metrics or ExportOptions(),
+        reports=reports,
     )
 
 

@@ -50,6 +50,15 @@ OutputLimit = Annotated[
         help="Keep this much of what each task attempt prints, its end (default 1MiB).",
     ),
 ]
+Junit = Annotated[
+    str | None,
+    typer.Option(
+        "--junit",
+        metavar="FILE.xml",
+        envvar="FLOWRUN_JUNIT",
+        help="Write a JUnit XML report here when the run ends, however it ends (atomic).",
+    ),
+]
 RunRef = Annotated[
     str, typer.Argument(metavar="RUN_ID", help="Run id, a unique prefix, or 'latest'.")
 ]

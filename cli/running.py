@@ -41,6 +41,7 @@ from flowrun.engine.store.sqlite_file import examine
 from . import console
 from .costs import LLMOptions, run_costs
 from .options import DEFAULT_DB, check_run_id, open_sqlite, stdout_to_stderr, write_json
+from .reports import CIReports
 
 
 def open_store(
@@ -215,6 +216,7 @@ def _execute(
     wf: Workflow,
     metrics: ExportOptions,
     output_limit: int | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     view = console.progress_view(quiet=quiet)
     exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
@@ -232,6 +234,7 @@ def _execute(
             view,
             exporter,
             output_limit,
+            None if reports is None else lambda run_id: reports.write(store, run_id, wf),
         )
     finally:
         if exporter is not None:
@@ -252,6 +255,7 @@ def _drive(
     view: console.PlainView,
     exporter: Exporter | None,
     output_limit: int | None,
+    ended: Callable[[str], None] | None = None,
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -290,6 +294,8 @@ def _drive(
                 f"cannot write events to {sink.path}: {sink.error.strerror or sink.error};"
                 f" the rest stay pending: `flowrun resume {run_id} --events FILE` delivers them"
             )
+    if ended is not None:
+        ended(run_id)  # --junit, the job summary: written however the run ended
     report = run_result(store, run_id)
     report["costs"] = run_costs(store, run_id)
     console.final_summary(report, quiet=quiet, ran=found != "succeeded")
@@ -320,6 +326,7 @@ def do_run(
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
     if_exists: str = "fail",
+    reports: CIReports | None = None,
 ) -> None:
     check_run_id(run_id)
     if if_exists not in ("continue", "fail"):
@@ -350,6 +357,7 @@ def do_run(
         wf,
         metrics or ExportOptions(),
         output_limit,
+        reports,
     )
 
 
@@ -387,6 +395,7 @@ def do_resume(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
+    reports: CIReports | None = None,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -417,4 +426,5 @@ def do_resume(
         wf,
         metrics or ExportOptions(),
         output_limit,
+        reports,
     )

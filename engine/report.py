@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Any
 
 from .costs import cost_report
-from .store.base import RunRecord, Store
+from .store.base import RunRecord, Store, TaskOutput, TaskResult
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")  # every status a run can have
 STATUS_EXIT = {"succeeded": 0, "failed": 1, "interrupted": 130}
@@ -120,3 +120,50 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     out["steps_duration_s"] = round(sum(s["duration_s"] for s in out["step_log"]), 6)
     out["costs"] = cost_report(run_id, store.llm_calls(run_id))
     return out
+
+
+def last_outcomes(store: Store, run_id: str) -> list[TaskResult]:
+    """Each task's last outcome, in task order: a task a resume ran again counts once.
+
+    Task order is step by step, and within a step its tasks' order (as committed; the
+    step a run stopped in by its frontier's nodes, then index), as ``flowrun logs``.
+    """
+    last: dict[tuple[int, str], TaskResult] = {}
+    for r in store.task_results(run_id):
+        last[(r.step, r.order_key)] = r
+    position = {
+        (s["step"], t["key"]): i for s in store.steps(run_id) for i, t in enumerate(s["tasks"])
+    }
+    frontier = store.load_latest(run_id).frontier.get("entries", [])
+    nodes: dict[str, int] = {}
+    for i, e in enumerate(frontier):
+        nodes.setdefault(e["node"], i)
+
+    def place(r: TaskResult) -> tuple[int, int, int, int]:
+        at = position.get((r.step, r.order_key))
+        if at is not None:
+            return (r.step, at, 0, 0)
+        return (r.step, len(position), nodes.get(r.node, len(nodes)), r.index or 0)
+
+    return sorted(last.values(), key=place)
+
+
+def output_tails(store: Store, run_id: str) -> dict[tuple[int, str], list[TaskOutput]]:
+    """The stored output of each task, ``(step, order_key)`` to its attempts in order."""
+    tails: dict[tuple[int, str], list[TaskOutput]] = defaultdict(list)
+    for o in store.task_outputs(run_id):
+        tails[(o.step, o.order_key)].append(o)
+    return dict(tails)
+
+
+def stream_text(outputs: list[TaskOutput], stream: str) -> str:
+    """What the attempts wrote to one stream, each attempt after the first headed."""
+    parts = []
+    for o in outputs:
+        text = "".join(t for s, t in o.chunks if s == stream)
+        if not text:
+            continue
+        head = f"--- attempt {o.attempt} ---\n" if len(outputs) > 1 else ""
+        cut = f"… {o.cut:,} bytes of output cut …\n" if o.cut else ""
+        parts.append(head + cut + text)
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)

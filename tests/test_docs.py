@@ -6,7 +6,9 @@ the line before it is a marker comment:
 - ``<!-- fragment -->``: part of a workflow (say, just ``nodes:``). It is placed in
   a minimal workflow (a name, and every state key its templates read declared with
   a null default) and validated;
-- ``<!-- pricing -->``: a price table, loaded with the price-table parser.
+- ``<!-- pricing -->``: a price table, loaded with the price-table parser;
+- ``<!-- github-actions -->``, ``<!-- gitlab-ci -->``: a CI job, whose flowrun
+  commands ``tests/test_ci_docs.py`` checks against the CLI.
 
 Each workflow is checked by ``load_workflow`` and against ``flowrun schema``.
 """
@@ -30,7 +32,7 @@ from .schema_check import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:^<!-- (?P<mark>[a-z]+) -->\n)?^```yaml\n(?P<body>.*?)^```", re.M | re.S)
+BLOCK = re.compile(r"(?:^<!-- (?P<mark>[a-z-]+) -->\n)?^```yaml\n(?P<body>.*?)^```", re.M | re.S)
 
 
 def yaml_blocks() -> list[tuple[str, str | None, str]]:
@@ -44,6 +46,7 @@ def yaml_blocks() -> list[tuple[str, str | None, str]]:
 
 
 BLOCKS = yaml_blocks()
+CI_JOBS = ("github-actions", "gitlab-ci")
 
 
 def _strings(value: Any) -> list[str]:
@@ -92,7 +95,10 @@ def stub_modules(doc: dict[str, Any], folder: Path) -> None:
 def test_every_yaml_example_in_the_docs_is_valid(
     where: str, mark: str | None, body: str, tmp_path: Path
 ) -> None:
-    assert mark in (None, "fragment", "pricing"), f"{where}: unknown marker {mark!r}"
+    assert mark in (None, "fragment", "pricing", *CI_JOBS), f"{where}: unknown marker {mark!r}"
+    if mark in CI_JOBS:
+        assert isinstance(yaml.safe_load(body), dict), where  # its commands: test_ci_docs.py
+        return
     if mark == "pricing":
         parse_prices(body, where)
         return
@@ -109,7 +115,7 @@ def test_every_yaml_example_in_the_docs_is_valid(
 
 def test_the_docs_have_yaml_examples_of_every_kind() -> None:
     marks = {mark for _, mark, _ in BLOCKS}
-    assert marks == {None, "fragment", "pricing"}
+    assert marks == {None, "fragment", "pricing", *CI_JOBS}
     assert len([b for b in BLOCKS if b[0].startswith("docs/workflow.md")]) >= 10
 
 
