@@ -219,6 +219,11 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
     # the crashed run: SIGKILL at seeded random instants (the run needs ~8 s of sleeps, far
     # more than 20 lives of at most 0.6 s), then resume until it finishes
     rng = random.Random(int(os.environ.get("FLOWRUN_CRASH_SEED", "20240607")))
+    # the instants count from when a flowrun process is up (imports, workflow loaded), so
+    # a slow or loaded machine moves them, not the share of kills that land mid-run
+    t0 = time.monotonic()
+    assert flowrun("validate", "crash.yaml", cwd=tmp_path).returncode == 0
+    startup = time.monotonic() - t0
     log = tmp_path / "crash.log"
     db = tmp_path / "crash.db"
     events = tmp_path / "events.jsonl"
@@ -235,7 +240,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
             args = ["resume", "crash", "--db", str(db), "-q"]
         args += ["--events", str(events)]
         proc = start(procs, args, tmp_path, env)
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(startup + rng.uniform(0.05, 0.6))
         if proc.poll() is not None:  # it finished before the kill
             assert proc.wait() == 0, (tmp_path / "stderr.txt").read_text()
             finished = True
