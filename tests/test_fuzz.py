@@ -45,7 +45,15 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.load_profile(os.environ.get("FLOWRUN_FUZZ_PROFILE", "ci"))
+PROFILE = os.environ.get("FLOWRUN_FUZZ_PROFILE", "ci")
+settings.load_profile(PROFILE)
+if os.environ.get("FLOWRUN_FUZZ_EXAMPLES"):  # a length between the two profiles
+    settings.register_profile(
+        "custom",
+        parent=settings.get_profile(PROFILE),
+        max_examples=int(os.environ["FLOWRUN_FUZZ_EXAMPLES"]),
+    )
+    settings.load_profile("custom")
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 
