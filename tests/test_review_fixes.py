@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flowrun.engine import Engine, Observer, SQLiteStore, load_workflow
 from flowrun.engine.output import LONG_LINE, MASK_MARGIN, Capture
 from flowrun.engine.secrets import Masker
+from flowrun.engine.store.leases import proc_stat
 
 from .conftest import FLOWRUN
 
@@ -183,3 +187,38 @@ def test_the_heartbeat_goes_on_after_a_beat_fails(write: Write, tmp_path: Path, 
     assert warned[0].startswith("flowrun: warning: run ")
     assert "database is locked" in warned[0]
     assert "Traceback" not in p.stderr
+
+
+# 5. a command whose output cannot be handed on --------------------------------------------
+
+
+class Boom(BaseException):
+    """Not an Exception: what a KeyboardInterrupt on the reading thread looks like."""
+
+
+class FailingView(Observer):
+    def task_output(
+        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+    ) -> None:
+        raise Boom
+
+
+def test_a_command_is_killed_and_reaped_when_reading_its_output_fails(
+    write: Write, tmp_path: Path, db: Path
+) -> None:
+    wf = write(
+        "long.yaml",
+        """
+        name: long
+        nodes:
+          a: {shell: "echo $$ > pid; echo started; exec sleep 60"}
+        """,
+    )
+    with pytest.raises(Boom):
+        Engine(SQLiteStore(db), observer=FailingView()).start(load_workflow(str(wf)))
+    pid = int((tmp_path / "pid").read_text())
+    try:
+        assert proc_stat(pid) is None  # killed, and waited for: not even a zombie
+    finally:
+        if proc_stat(pid) is not None:
+            os.killpg(pid, signal.SIGKILL)
