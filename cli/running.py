@@ -28,6 +28,7 @@ from flowrun.engine import (
     Store,
     UsageError,
     Workflow,
+    envvars,
     jsonvalue,
     load_workflow,
 )
@@ -50,6 +51,8 @@ def open_store(
     """The run database; ``create=False`` never makes one, ``readonly=True`` never writes."""
     if durability not in ("normal", "full"):
         raise UsageError(f"--durability must be normal or full, not {durability!r}")
+    if not readonly:  # FLOWRUN_* seconds: a bad one is refused before anything starts
+        envvars.check()
     path = db or DEFAULT_DB
     if not (create or os.path.lexists(path)):
         examine(Path(path))  # a path no file can be at (under a file, say) is a usage error
@@ -193,18 +196,6 @@ def _signals_call(fn: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, prev)
 
 
-def grace_seconds() -> float:
-    """``FLOWRUN_GRACE``: how long running tasks may finish after SIGINT/SIGTERM."""
-    raw = os.environ.get("FLOWRUN_GRACE", "10")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise UsageError(f"FLOWRUN_GRACE={raw!r} is not a number of seconds ≥ 0")
-    return value
-
-
 def _execute(
     store: Store,
     json_out: bool,
@@ -267,7 +258,7 @@ def _drive(
     if exporter is not None:
         observer = Fanout(view, exporter.metrics)
         sinks.append(exporter.metrics)
-    settings = Settings(max_concurrency=max_concurrency, grace_s=grace_seconds())
+    settings = Settings(max_concurrency=max_concurrency, grace_s=envvars.grace_s())
     if output_limit is not None:
         settings.output_limit = output_limit
     engine = Engine(

@@ -103,6 +103,7 @@ class Capture:
         self._open_size = 0
         self._seq = 0
         self._partial: dict[str, str] = {}  # by stream: a line not ended yet, for on_lines
+        self._before: dict[str, str] = {}  # by stream: the end of a long line's shown pieces
         self._queue: deque[tuple[str, str]] = deque()  # writes not taken into the rings yet
         self._lock = threading.Lock()
         self._closed = False
@@ -155,9 +156,12 @@ class Capture:
             self._emit(stream, lines)
         else:
             self._partial[stream] = self._partial.get(stream, "") + text
-        if len(self._partial[stream]) > LONG_LINE:  # shown in pieces, not held forever
-            self._emit(stream, [self._partial[stream]])
-            self._partial[stream] = ""
+        partial = self._partial[stream]
+        if len(partial) > LONG_LINE:  # shown in pieces, not held forever
+            # the last MASK_MARGIN characters wait for the next piece, so a secret
+            # across the cut is masked whole
+            self._partial[stream] = partial[-MASK_MARGIN:]
+            self._emit(stream, [partial[:-MASK_MARGIN]], held=self._partial[stream])
 
     def _seal(self) -> None:
         if self._open is not None and self._parts:
@@ -168,11 +172,21 @@ class Capture:
             ring.add(self._seq, "".join(self._parts), self._open_size)
         self._parts, self._open_size = [], 0
 
-    def _emit(self, stream: str, lines: list[str]) -> None:
+    def _emit(self, stream: str, lines: list[str], held: str = "") -> None:
+        """Hand on ``lines``, masked; ``held`` is the rest of an unended last line."""
         assert self.on_lines is not None
+        masked = [self.mask(line) for line in lines]
+        if self.mask is not _unmasked:
+            # a line shown in pieces: its piece is masked between the text before
+            # it and the text held back after it
+            before = self._before.pop(stream, "")
+            if before or held:  # ``held`` comes with one line only: a piece
+                masked[0] = masked_between(self.mask, before, lines[0], held)
+            if held:
+                self._before[stream] = (before + lines[0])[-MASK_MARGIN:]
         token = _current.set(None)  # what the sink prints is not this task's output
         try:
-            self.on_lines(stream, [self.mask(line) for line in lines])
+            self.on_lines(stream, masked)
         except (OSError, ValueError):  # a closed stderr never changes a task's outcome
             pass
         finally:
@@ -223,10 +237,13 @@ class Capture:
         )
         kept: list[tuple[str, str]] = []
         room = self.limit
-        for _, stream, text, size in reversed(chunks):
+        before, cut_stream = "", ""  # what the cut chunk's stream wrote just before the cut
+        for i in range(len(chunks) - 1, -1, -1):
+            _, stream, text, size = chunks[i]
             if size > room:
-                if room > 0:
-                    kept.append((stream, _last_bytes(text, room)))
+                end = _last_bytes(text, room) if room > 0 else ""
+                kept.append((stream, end))
+                before, cut_stream = _written_before(chunks, i, len(text) - len(end)), stream
                 break
             kept.append((stream, text))
             room -= size
@@ -237,9 +254,50 @@ class Capture:
                 merged[-1] = (stream, merged[-1][1] + text)
             elif text:
                 merged.append((stream, text))
-        cut = self.written - sum(_size(t) for _, t in merged)
-        parts = tuple((stream, self.mask(text)) for stream, text in merged)
-        return TaskOutput(step, order_key, node, index, attempt, parts, cut)
+        cut = self.written - sum(_size(t) for _, t in merged)  # bytes as written, not masked
+        parts = [(stream, self.mask(text)) for stream, text in merged]
+        if parts and before and parts[0][0] == cut_stream:
+            # masked across the cut, then cut: no part of a secret is kept
+            parts[0] = (parts[0][0], masked_between(self.mask, before, merged[0][1]))
+        return TaskOutput(step, order_key, node, index, attempt, tuple(parts), cut)
+
+
+def _written_before(chunks: list[tuple[int, str, str, int]], i: int, at: int) -> str:
+    """The MASK_MARGIN characters written to chunk ``i``'s stream before its character ``at``."""
+    stream = chunks[i][1]
+    texts = [chunks[i][2][:at]]
+    got = at
+    while got < MASK_MARGIN and i > 0 and chunks[i - 1][1] == stream:
+        i -= 1
+        texts.append(chunks[i][2])
+        got += len(chunks[i][2])
+    return "".join(reversed(texts))[-MASK_MARGIN:]
+
+
+def masked_between(mask: Mask, before: str, text: str, after: str = "") -> str:
+    """``text`` masked as it stands between ``before`` and ``after``.
+
+    ``before + text + after`` is masked whole, and what stands for ``before`` and for
+    ``after`` is dropped: a secret across either edge shows as ``***``, never in part.
+    """
+    whole = mask(before + text + after)
+    head = _common_prefix(whole, mask(before)) if before else 0
+    tail = _common_prefix(whole[::-1], mask(after)[::-1]) if after else 0
+    return whole[head : max(head, len(whole) - tail)]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _last_bytes(text: str, room: int) -> str:

@@ -45,7 +45,8 @@ def _pump(
     """Read both pipes into ``capture`` (and stdout into ``keep``) until the process ends.
 
     Past ``timeout`` or on abort the process group is killed, what it left in the
-    pipes is read for a short while, and the failure raised. A descendant that left
+    pipes is read for a short while, and the failure raised; if reading itself fails
+    the group is killed and waited for before the error goes on. A descendant that left
     the group (``setsid``, a daemon) may still hold the pipes open; the task does not
     wait for it: after the drain the pipes are closed.
     """
@@ -55,40 +56,45 @@ def _pump(
     decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in streams}
     failure: TaskError | None = None
     drain_until = 0.0
-    with selectors.DefaultSelector() as sel:
-        for fd in streams:
-            sel.register(fd, selectors.EVENT_READ)
-        while True:
-            now = time.monotonic()
-            if failure is None and (
-                ctx.scope.abort.is_set() or (deadline is not None and now >= deadline)
-            ):
-                kill_group(proc)
-                failure = _killed(ctx, timeout)
-                drain_until = now + DRAIN_S
-            elif failure is not None and now >= drain_until:
-                break
-            if failure is not None:
-                wait_s = max(0.0, min(POLL_S, drain_until - now))
-            else:
-                wait_s = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - now))
-            if not sel.get_map():  # both pipes are closed: wait for the exit itself
-                try:
-                    proc.wait(timeout=wait_s)
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in streams:
+                sel.register(fd, selectors.EVENT_READ)
+            while True:
+                now = time.monotonic()
+                if failure is None and (
+                    ctx.scope.abort.is_set() or (deadline is not None and now >= deadline)
+                ):
+                    kill_group(proc)
+                    failure = _killed(ctx, timeout)
+                    drain_until = now + DRAIN_S
+                elif failure is not None and now >= drain_until:
                     break
-                except subprocess.TimeoutExpired:
-                    continue
-            for key, _ in sel.select(wait_s):
-                fd = key.fd
-                data = os.read(fd, READ_SIZE)
-                stream = streams[fd]
-                if not data:
-                    sel.unregister(fd)
-                    capture.write(stream, decoders[fd].decode(b"", final=True))
-                    continue
-                if keep is not None and stream == "stdout":
-                    keep.append(data)
-                capture.write(stream, decoders[fd].decode(data))
+                if failure is not None:
+                    wait_s = max(0.0, min(POLL_S, drain_until - now))
+                else:
+                    wait_s = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - now))
+                if not sel.get_map():  # both pipes are closed: wait for the exit itself
+                    try:
+                        proc.wait(timeout=wait_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+                for key, _ in sel.select(wait_s):
+                    fd = key.fd
+                    data = os.read(fd, READ_SIZE)
+                    stream = streams[fd]
+                    if not data:
+                        sel.unregister(fd)
+                        capture.write(stream, decoders[fd].decode(b"", final=True))
+                        continue
+                    if keep is not None and stream == "stdout":
+                        keep.append(data)
+                    capture.write(stream, decoders[fd].decode(data))
+    except BaseException:  # a masker or sink that failed, a KeyboardInterrupt: none is
+        kill_group(proc)  # left running, and the process is waited for
+        _drain(proc)
+        raise
     for pipe in (proc.stdout, proc.stderr):
         with contextlib.suppress(OSError):
             pipe.close()

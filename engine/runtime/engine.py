@@ -9,6 +9,7 @@ take the pool's place (SPEC §9).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -19,7 +20,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import FlowrunError, Interrupted, ResumeRefused, RunExists, RunFailed, UsageError
+from ..errors import (
+    FlowrunError,
+    Interrupted,
+    LeaseLost,
+    ResumeRefused,
+    RunExists,
+    RunFailed,
+    UsageError,
+)
 from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..ledger import Ledger
@@ -38,6 +47,7 @@ from .reducers import ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 from .workdir import workflow_dir
 
+_log = logging.getLogger("flowrun")
 HEARTBEAT_PER_WINDOW = 6  # heartbeats per staleness window (every 5 s of 30 s)
 
 
@@ -216,6 +226,8 @@ class Engine:
         self, wf: Workflow, run_id: str, *, resumed: bool, force: bool, continuing: bool = False
     ) -> RunResult:
         store = self.store
+        # read here, not in the thread: a bad FLOWRUN_LEASE_STALE_S is the caller's error
+        beat_every = stale_after() / HEARTBEAT_PER_WINDOW
         # a forced-out owner, and commands a dead owner left running, die first
         token = take_over(store, run_id, force=force)
         t_start = time.perf_counter()
@@ -231,7 +243,7 @@ class Engine:
         beat_stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat,
-            args=(run_id, token, beat_stop),
+            args=(run_id, token, beat_stop, beat_every),
             name="flowrun-heartbeat",
             daemon=True,
         )
@@ -459,14 +471,32 @@ class Engine:
             )
         return nxt
 
-    def _heartbeat(self, run_id: str, token: int, stop: threading.Event) -> None:
-        every = stale_after() / HEARTBEAT_PER_WINDOW
+    def _heartbeat(self, run_id: str, token: int, stop: threading.Event, every: float) -> None:
+        """Beat every ``every`` seconds until ``stop`` is set or the lease is lost.
+
+        A beat that fails (the database locked past ``busy_timeout``, a full disk) is
+        told once and tried again at the next beat: stopping for good would let the
+        run look abandoned to a flowrun that can only judge it by its heartbeat.
+        """
+        failing = False
         while not stop.wait(every):
             try:
                 if not self.store.heartbeat(run_id, token):
-                    return
-            except Exception:  # the next commit's fencing check reports a lost lease
+                    return  # taken over: the next commit's fencing check reports it
+            except LeaseLost:
                 return
+            except Exception as exc:
+                if not failing:
+                    _log.warning(
+                        "flowrun: warning: run %s: a heartbeat failed, trying again every"
+                        " %.3gs: %s",
+                        run_id,
+                        every,
+                        exc,
+                    )
+                failing = True
+            else:
+                failing = False
 
     # one step -------------------------------------------------------------------
     def _run_step(

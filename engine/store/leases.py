@@ -20,10 +20,10 @@ import functools
 import os
 import socket
 
-from ..errors import UsageError
+from ..envvars import LEASE_STALE_S as LEASE_STALE_S  # the default, FLOWRUN_LEASE_STALE_S
+from ..envvars import lease_stale_s
 from .base import LeaseOwner
 
-LEASE_STALE_S = 30.0  # the default; FLOWRUN_LEASE_STALE_S overrides it
 HOST = socket.gethostname()
 
 _STATES = {"R": "running", "S": "sleeping", "D": "in disk wait", "T": "stopped", "t": "stopped"}
@@ -31,16 +31,7 @@ _STATES = {"R": "running", "S": "sleeping", "D": "in disk wait", "T": "stopped",
 
 def stale_after() -> float:
     """Seconds without a heartbeat after which a lease counts as abandoned."""
-    raw = os.environ.get("FLOWRUN_LEASE_STALE_S")
-    if raw is None:
-        return LEASE_STALE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise UsageError(f"FLOWRUN_LEASE_STALE_S={raw!r} is not a number of seconds > 0")
-    return value
+    return lease_stale_s()
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:

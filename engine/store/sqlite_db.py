@@ -22,27 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
+from ..envvars import BUSY_TIMEOUT_S, busy_timeout_s
+from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError
 from .lockers import locked_message
 from .migrations import MIGRATIONS
 from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
-BUSY_TIMEOUT_MS = 30_000  # the default; FLOWRUN_BUSY_TIMEOUT (seconds) overrides it
+BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT_S * 1000)  # the default; FLOWRUN_BUSY_TIMEOUT overrides it
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
 
 
 def busy_timeout_ms() -> int:
     """How long a write waits for another process's write lock before it fails."""
-    raw = os.environ.get("FLOWRUN_BUSY_TIMEOUT")
-    if raw is None:
-        return BUSY_TIMEOUT_MS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise UsageError(f"FLOWRUN_BUSY_TIMEOUT={raw!r} is not a number of seconds ≥ 0")
-    return int(value * 1000)
+    return int(busy_timeout_s() * 1000)
 
 
 class SQLiteDB:
