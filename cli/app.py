@@ -131,6 +131,7 @@ def run(
     max_concurrency: opt.MaxConcurrency = None,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
     output_limit: opt.OutputLimit = None,
@@ -168,6 +169,7 @@ def run(
         max_concurrency=max_concurrency,
         json_out=json_out,
         quiet=quiet,
+        verbose=verbose,
         durability=durability,
         events=events,
         metrics=ExportOptions(
@@ -202,6 +204,7 @@ def resume(
     max_concurrency: opt.MaxConcurrency = None,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
     output_limit: opt.OutputLimit = None,
@@ -235,6 +238,7 @@ def resume(
         max_concurrency=max_concurrency,
         json_out=json_out,
         quiet=quiet,
+        verbose=verbose,
         durability=durability,
         events=events,
         metrics=ExportOptions(
@@ -415,6 +419,7 @@ def fork(
     max_concurrency: opt.MaxConcurrency = None,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     durability: opt.Durability = "normal",
     events: opt.Events = None,
     junit: opt.Junit = None,
@@ -449,6 +454,7 @@ def fork(
         max_concurrency=max_concurrency,
         json_out=json_out,
         quiet=quiet,
+        verbose=verbose,
         durability=durability,
         events=events,
         metrics=ExportOptions(
@@ -567,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     except WorkflowError as exc:
         fail(exc.message, exc.hint, exc.exit_code, [_located(e) for e in exc.errors])
     except FlowrunError as exc:
+        console.annotate(exc)  # under GitHub Actions, at the workflow's lines
         fail(exc.message, exc.hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", None, 130)

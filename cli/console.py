@@ -16,9 +16,13 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import IO, Any
 
 from flowrun.engine import Observer
+
+from . import cilog
+from .cilog import MAX_ANNOTATIONS, Fold, github_error
 
 
 class _Tolerant:
@@ -118,19 +122,121 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds / 60:.1f}m"
 
 
-class PlainView(Observer):
-    """One line per event; ``quiet`` keeps only errors (the summary is printed anyway)."""
+PROGRESS_EVERY = 5.0  # seconds between a foreach node's progress lines without a terminal
+IDLE_EVERY = 60.0  # ... and while none of its counts changed
 
-    def __init__(self, quiet: bool) -> None:
+
+def progress_every() -> float:
+    """``FLOWRUN_PROGRESS_INTERVAL``: seconds between progress lines (default 5)."""
+    from flowrun.engine import UsageError
+
+    raw = os.environ.get("FLOWRUN_PROGRESS_INTERVAL")
+    if raw is None:
+        return PROGRESS_EVERY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"FLOWRUN_PROGRESS_INTERVAL={raw!r} is not a number of seconds > 0")
+    return value
+
+
+@dataclass(slots=True)
+class _NodeProgress:
+    """One node's tasks in one step, as the plain view counts them."""
+
+    step: int
+    node: str
+    total: int
+    foreach: bool
+    started: float
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    ran: int = 0  # finished in this process (not a saved result reused)
+    shown_at: float = 0.0
+    shown: tuple[int, int, int] = (0, 0, 0)
+
+    def line(self, now: float) -> str:
+        """``score  4,512/20,000 done, 8 running, 3 failed, 1,204 tasks/s``."""
+        parts = [f"{self.done:,}/{self.total:,} done"]
+        if self.running:
+            parts.append(f"{self.running:,} running")
+        if self.failed:
+            parts.append(f"{self.failed:,} failed")
+        elapsed = now - self.started
+        rate = f"{self.ran / elapsed:,.0f} tasks/s" if self.ran and elapsed > 0 else ""
+        text = ", ".join(parts)
+        if self.done + self.failed == self.total:
+            text += f" in {fmt_s(elapsed)}" + (f" ({rate})" if rate else "")
+        elif rate:
+            text += f", {rate}"
+        return f"step {self.step}  {self.node}  {text}"
+
+
+class PlainView(Observer):
+    """Plain lines for a log: what failed or retried, each; progress per node, at a pace.
+
+    A ``foreach`` node gets a progress line every :func:`progress_every` seconds
+    while its counts change (every :data:`IDLE_EVERY` while they do not) and one
+    when its last task ends; a node of one task, a line when it ends. ``verbose``
+    adds a line for each task's start and end; ``quiet`` keeps only errors (the
+    summary is printed anyway). Per task, only counters are touched unless a line
+    is due. ``fold`` (GitHub Actions, GitLab CI) collects each task's output and
+    prints it as one collapsed block when the task ends; ``annotate`` prints a
+    GitHub error annotation for the first failed tasks.
+    """
+
+    def __init__(
+        self,
+        quiet: bool,
+        verbose: bool = False,
+        fold: Fold | None = None,
+        annotate: bool = False,
+    ) -> None:
         self.quiet = quiet
+        self.verbose = verbose and not quiet
+        self.fold = fold
+        self.annotate = annotate
         self._lock = threading.Lock()
         self.metrics_url: str | None = None  # printed right after the run id line
+        self._nodes: dict[str, _NodeProgress] = {}  # of the step running now
+        self._held: dict[str, tuple[float, list[str], int]] = {}  # folded output by task key
+        self._annotated = 0
+        self._every = progress_every()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> PlainView:
+        if not self.quiet:
+            self._ticker = threading.Thread(target=self._tick, name="flowrun-progress", daemon=True)
+            self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(self._every, 1.0)):
+            now = time.monotonic()
+            with self._lock:
+                due = [p.line(now) for p in self._nodes.values() if self._due(p, now)]
+            for text in due:
+                self._line(text)
+
+    def _due(self, p: _NodeProgress, now: float) -> bool:
+        """Whether a foreach node's progress line is due (under the lock); marks it shown."""
+        if not p.foreach or p.done + p.failed == p.total:
+            return False
+        counts = (p.done, p.failed, p.running)
+        wait = self._every if counts != p.shown else max(IDLE_EVERY, self._every)
+        if now - p.shown_at < wait:
+            return False
+        p.shown_at, p.shown = now, counts
+        return True
 
     def _line(self, text: str, *, always: bool = False) -> None:
         if self.quiet and not always:
@@ -149,6 +255,32 @@ class PlainView(Observer):
         if self.metrics_url:
             self._line(f"metrics: {self.metrics_url}", always=True)
 
+    def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None:
+        totals: dict[str, int] = defaultdict(int)
+        foreach: set[str] = set()
+        for t in tasks:
+            totals[t["node"]] += 1
+            if t.get("index") is not None:
+                foreach.add(t["node"])
+        now = time.monotonic()
+        with self._lock:
+            self._nodes = {
+                n: _NodeProgress(step, n, total, n in foreach, now, shown_at=now)
+                for n, total in totals.items()
+            }
+
+    def _progress(self, step: int, node: str) -> _NodeProgress:
+        p = self._nodes.get(node)
+        if p is None or p.step != step:  # a library caller that never said the step began
+            p = self._nodes[node] = _NodeProgress(step, node, 0, False, time.monotonic())
+        return p
+
+    def task_started(self, step: int, task: dict[str, Any]) -> None:
+        with self._lock:
+            self._progress(step, task["node"]).running += 1
+        if self.verbose:
+            self._line(f"step {step}  {_label(task)}  started")
+
     def task_finished(
         self,
         step: int,
@@ -159,32 +291,87 @@ class PlainView(Observer):
         error: str | None,
         reused: bool,
     ) -> None:
+        with self._lock:
+            p = self._progress(step, task["node"])
+            if not reused:
+                p.running = max(0, p.running - 1)
+                p.ran += 1
+            if status == "ok":
+                p.done += 1
+            elif status != "interrupted":  # an interrupted task is run again by resume
+                p.failed += 1
+            ended = p.done + p.failed >= p.total
+            last = p.line(time.monotonic()) if ended and p.foreach else None
+        if self.fold is not None:
+            self._unfold(step, task)
+        if status != "ok":
+            self._failed(step, task, status, attempts, error)
+        elif self.verbose or not p.foreach:
+            self._line(f"step {step}  {_label(task)}  {_ok(duration, attempts, reused)}")
+        if last is not None:
+            self._line(last)
+
+    def _failed(
+        self, step: int, task: dict[str, Any], status: str, attempts: int, error: str | None
+    ) -> None:
         label = _label(task)
-        if reused:
-            self._line(f"step {step}  {label}  ok (saved result reused)")
-        elif status == "ok":
-            tries = f", {attempts} attempts" if attempts > 1 else ""
-            self._line(f"step {step}  {label}  ok  {fmt_s(duration)}{tries}")
-        else:
-            how = "interrupted" if status == "interrupted" else "FAILED"
-            self._line(
-                f"step {step}  {label}  {how} after {attempts} attempt(s): {error}", always=True
-            )
+        how = "interrupted" if status == "interrupted" else "FAILED"
+        self._line(f"step {step}  {label}  {how} after {attempts} attempt(s): {error}", always=True)
+        if not self.annotate or status == "interrupted":
+            return
+        with self._lock:
+            self._annotated += 1
+            if self._annotated > MAX_ANNOTATIONS:
+                return
+        self._line(github_error(str(error), title=f"flowrun: node {label} failed"), always=True)
 
     def task_retried(
-        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
+        self,
+        step: int,
+        task: dict[str, Any],
+        attempt: int,
+        reason: str,
+        error: str,
+        delay: float,
     ) -> None:
         self._line(
-            f"step {step}  {node}  attempt {attempt} failed ({error}); retrying in {fmt_s(delay)}"
+            f"step {step}  {_label(task)}  attempt {attempt} failed ({error});"
+            f" retrying in {fmt_s(delay)}"
         )
 
     def task_output(
         self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
     ) -> None:
-        """What a task prints, as it prints it: ``label | line`` (``--quiet`` hides it)."""
+        """What a task prints, as it prints it: ``label | line`` (``--quiet`` hides it).
+
+        Folded (in CI), a task's lines are held until it ends, at most
+        :data:`FOLD_HOLD` of them: past that, what is held is printed as a block.
+        """
         if self.quiet:
             return
-        self._output(output_lines(_label(task), lines))
+        text = output_lines(_label(task), lines)
+        if self.fold is None:
+            self._output(text)
+            return
+        key = task["key"]
+        with self._lock:
+            started, held, size = self._held.get(key) or (time.time(), [], 0)
+            held.append(text)
+            size += len(text)
+            full = size >= FOLD_HOLD
+            self._held[key] = (time.time(), [], 0) if full else (started, held, size)
+        if full:
+            header = f"step {step}  {_label(task)}  output (continued below)"
+            self._output(self.fold.block(_label(task), header, "".join(held), started))
+
+    def _unfold(self, step: int, task: dict[str, Any]) -> None:
+        with self._lock:
+            entry = self._held.pop(task["key"], None)
+        if entry is not None and self.fold is not None:
+            started, held, _ = entry
+            if held:
+                header = f"step {step}  {_label(task)}  output"
+                self._output(self.fold.block(_label(task), header, "".join(held), started))
 
     def wants_output(self) -> bool:
         return not self.quiet
@@ -201,12 +388,32 @@ class PlainView(Observer):
             always=True,
         )
 
-    def run_finished(self, status: str, error: str | None) -> None:
-        pass
-
     def notice(self, text: str) -> None:
         """A line the person must see now, whatever ``quiet`` says (e.g. ``stopping: ...``)."""
         self._line(text, always=True)
+
+    def run_finished(self, status: str, error: str | None) -> None:
+        """Nodes cut short (a failure elsewhere, a signal, the budget) show where they got."""
+        now = time.monotonic()
+        with self._lock:
+            cut = [
+                p.line(now)
+                for p in self._nodes.values()
+                if p.foreach and p.done + p.failed < p.total
+            ]
+            self._nodes = {}
+        for text in cut:
+            self._line(text)
+
+
+FOLD_HOLD = 1 << 20  # bytes of a task's output held for folding before a block is printed
+
+
+def _ok(duration: float, attempts: int, reused: bool) -> str:
+    if reused:
+        return "ok (saved result reused)"
+    tries = f", {attempts} attempts" if attempts > 1 else ""
+    return f"ok  {fmt_s(duration)}{tries}"
 
 
 def _label(task: dict[str, Any]) -> str:
@@ -227,8 +434,8 @@ class LiveView(PlainView):
 
     SHOW_RUNNING = 6
 
-    def __init__(self, quiet: bool) -> None:
-        super().__init__(quiet)
+    def __init__(self, quiet: bool, verbose: bool = False) -> None:
+        super().__init__(quiet, verbose)
         from rich.console import Console
         from rich.live import Live
 
@@ -257,7 +464,7 @@ class LiveView(PlainView):
         self.live.stop()
 
     def _line(self, text: str, *, always: bool = False) -> None:
-        if always:
+        if always or self.verbose:
             self.console.print(text, markup=False, highlight=False)
 
     def _output(self, text: str) -> None:  # printed above the live display
@@ -322,6 +529,8 @@ class LiveView(PlainView):
             c["queued"] = max(0, c["queued"] - 1)
             c["running"] += 1
             self.running[task["key"]] = (_label(task), time.monotonic())
+        if self.verbose:
+            self._line(f"step {step}  {_label(task)}  started")
 
     def task_finished(
         self,
@@ -340,13 +549,23 @@ class LiveView(PlainView):
                 self.running.pop(task["key"], None)
             c["done" if status == "ok" else "failed"] += 1
         if status != "ok":
-            super().task_finished(step, task, status, duration, attempts, error, reused)
+            self._failed(step, task, status, attempts, error)
+        elif self.verbose:
+            self._line(f"step {step}  {_label(task)}  {_ok(duration, attempts, reused)}")
 
     def task_retried(
-        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
+        self,
+        step: int,
+        task: dict[str, Any],
+        attempt: int,
+        reason: str,
+        error: str,
+        delay: float,
     ) -> None:
         with self._lock:
-            self.nodes[node]["retries"] += 1
+            self.nodes[task["node"]]["retries"] += 1
+        if self.verbose:
+            super().task_retried(step, task, attempt, reason, error, delay)
 
     def llm_usage(
         self,
@@ -371,8 +590,20 @@ class LiveView(PlainView):
                 c["running"] = c["queued"] = 0
 
 
-def progress_view(*, quiet: bool) -> PlainView:
-    return LiveView(quiet) if rich_ok() and not quiet else PlainView(quiet)
+def progress_view(*, quiet: bool, verbose: bool = False) -> PlainView:
+    """The live view on a terminal; plain lines otherwise, folded for GitHub or GitLab."""
+    ci = cilog.system()
+    if ci is None and rich_ok() and not quiet:
+        return LiveView(quiet, verbose)
+    return PlainView(quiet, verbose, cilog.fold_for(ci), annotate=ci == "github")
+
+
+def annotate(exc: Any) -> None:
+    """Under GitHub Actions, an invalid workflow's errors as annotations at their lines."""
+    if cilog.system() != "github" or not hasattr(exc, "file"):
+        return
+    for line in cilog.workflow_error_lines(getattr(exc, "errors", None) or [exc]):
+        err(line)
 
 
 def final_summary(report: dict[str, Any], *, quiet: bool, ran: bool = True) -> None:

@@ -43,6 +43,7 @@ def do_fork(
     metrics: ExportOptions | None = None,
     llm: LLMOptions | None = None,
     reports: CIReports | None = None,
+    verbose: bool = False,
 ) -> None:
     """Copy a run's checkpoint before ``from_step`` into a new run, then drive it as a resume."""
     check_run_id(run_id)
@@ -94,6 +95,7 @@ def do_fork(
         wf,
         metrics or ExportOptions(),
         reports=reports,
+        verbose=verbose,
     )
 
 

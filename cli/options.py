@@ -27,6 +27,12 @@ MaxConcurrency = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the final summary.")]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="A line for each task's start and end (with its duration)."
+    ),
+]
 Durability = Annotated[
     str,
     typer.Option(

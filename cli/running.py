@@ -208,8 +208,11 @@ def _execute(
     metrics: ExportOptions,
     output_limit: int | None = None,
     reports: CIReports | None = None,
+    verbose: bool = False,
 ) -> None:
-    view = console.progress_view(quiet=quiet)
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose: pick one")
+    view = console.progress_view(quiet=quiet, verbose=verbose)
     exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
     if exporter is not None:
         view.metrics_url = exporter.start()  # before the first step; raises UsageError (exit 2)
@@ -318,6 +321,7 @@ def do_run(
     output_limit: int | None = None,
     if_exists: str = "fail",
     reports: CIReports | None = None,
+    verbose: bool = False,
 ) -> None:
     check_run_id(run_id)
     if if_exists not in ("continue", "fail"):
@@ -349,6 +353,7 @@ def do_run(
         metrics or ExportOptions(),
         output_limit,
         reports,
+        verbose,
     )
 
 
@@ -387,6 +392,7 @@ def do_resume(
     llm: LLMOptions | None = None,
     output_limit: int | None = None,
     reports: CIReports | None = None,
+    verbose: bool = False,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -418,4 +424,5 @@ def do_resume(
         metrics or ExportOptions(),
         output_limit,
         reports,
+        verbose,
     )

@@ -173,9 +173,15 @@ class RunMetrics(Observer):
         self.latency.labels(task["node"], status).observe(duration)
 
     def task_retried(
-        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
+        self,
+        step: int,
+        task: dict[str, Any],
+        attempt: int,
+        reason: str,
+        error: str,
+        delay: float,
     ) -> None:
-        self.retries.labels(node, reason or "error").inc()
+        self.retries.labels(task["node"], reason or "error").inc()
 
     def backpressure(self) -> None:
         self.waits.inc()

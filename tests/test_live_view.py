@@ -127,10 +127,11 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_plain_lines_in_a_pipe_one_per_event(write: Write, tmp_path: Path) -> None:
+def test_plain_lines_in_a_pipe_verbose_one_per_event(write: Write, tmp_path: Path) -> None:
+    """``--verbose``: a line for each task's start and end (without it, one per node)."""
     write("lib.py", LIB)
     write("live.yaml", WF)
-    p = _run(tmp_path, "run", "live.yaml", "--db", "f.db", "--metrics-port", "0")
+    p = _run(tmp_path, "run", "live.yaml", "--db", "f.db", "--metrics-port", "0", "--verbose")
     assert p.returncode == 0, p.stderr
     lines = p.stderr.splitlines()
     assert re.fullmatch(r"run \S+ \(live\) started", lines[0])
@@ -142,6 +143,7 @@ def test_plain_lines_in_a_pipe_one_per_event(write: Write, tmp_path: Path) -> No
         for x in lines
     )
     assert sum(bool(re.match(r"step 1  work\[\d\]  ok  ", x)) for x in lines) == 5, p.stderr
+    assert sum(bool(re.fullmatch(r"step 1  work\[\d\]  started", x)) for x in lines) == 5
     assert "\x1b[" not in p.stderr  # no escape codes in a pipe
 
 

@@ -628,7 +628,7 @@ def _fed_metrics(write: Write) -> RunMetrics:
     task = {"node": "ask", "key": "k", "index": None}
     m.task_queued(0, task)
     m.task_started(0, task)
-    m.task_retried(0, "ask", 1, "http_429", "rate limited", 0.5)
+    m.task_retried(0, task, 1, "http_429", "rate limited", 0.5)
     m.llm_usage("ask", "gpt-4o-mini", 1200, 300, 200, 0.00042)
     m.llm_usage("ask", "mystery-model", 10, 5, 0, None)
     m.task_finished(0, task, "ok", 0.004, 2, None, False)

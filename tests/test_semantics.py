@@ -104,10 +104,16 @@ class Recorder(Observer):
             self.conflicts.append((key, nodes))
 
     def task_retried(
-        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
+        self,
+        step: int,
+        task: dict[str, Any],
+        attempt: int,
+        reason: str,
+        error: str,
+        delay: float,
     ) -> None:
         with self.lock:
-            self.retries.append((node, attempt, delay))
+            self.retries.append((task["node"], attempt, delay))
 
 
 SLEEPY = """

@@ -35,8 +35,15 @@ class Observer:
     ) -> None: ...
 
     def task_retried(
-        self, step: int, node: str, attempt: int, reason: str, error: str, delay: float
-    ) -> None: ...
+        self,
+        step: int,
+        task: dict[str, Any],
+        attempt: int,
+        reason: str,
+        error: str,
+        delay: float,
+    ) -> None:
+        """Attempt ``attempt`` of ``task`` failed with ``error``; the next starts in ``delay`` s."""
 
     def task_output(
         self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]

@@ -325,7 +325,7 @@ def _attempts(
             delay = policy.delay(attempt, rng.random())
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
-            observer.task_retried(step, node.name, attempt, exc.reason, err, delay)
+            observer.task_retried(step, task, attempt, exc.reason, err, delay)
             if scope.stop.wait(delay):
                 return TaskOutcome(
                     task,
