@@ -37,4 +37,8 @@ def db(tmp_path: Path) -> Path:
 def _plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("FLOWRUN_DB", raising=False)
+    # the suite may itself run in GitHub Actions or GitLab CI: its runs log as a terminal-less
+    # shell would, unless a test asks for a CI system's format
+    for name in ("GITHUB_ACTIONS", "GITHUB_WORKSPACE", "GITLAB_CI", "FLOWRUN_PROGRESS_INTERVAL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
