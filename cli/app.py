@@ -571,9 +571,9 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             opt.close_stores()  # SQLite folds the WAL back: no -wal/-shm left behind
     except WorkflowError as exc:
+        console.annotate(exc)  # under GitHub Actions, each error at its line
         fail(exc.message, exc.hint, exc.exit_code, [_located(e) for e in exc.errors])
     except FlowrunError as exc:
-        console.annotate(exc)  # under GitHub Actions, at the workflow's lines
         fail(exc.message, exc.hint, exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", None, 130)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from flowrun.engine import Observer
+from flowrun.engine.errors import WorkflowError
 
 from . import cilog
 from .cilog import MAX_ANNOTATIONS, Fold, github_error
@@ -598,12 +599,11 @@ def progress_view(*, quiet: bool, verbose: bool = False) -> PlainView:
     return PlainView(quiet, verbose, cilog.fold_for(ci), annotate=ci == "github")
 
 
-def annotate(exc: Any) -> None:
+def annotate(exc: WorkflowError) -> None:
     """Under GitHub Actions, an invalid workflow's errors as annotations at their lines."""
-    if cilog.system() != "github" or not hasattr(exc, "file"):
-        return
-    for line in cilog.workflow_error_lines(getattr(exc, "errors", None) or [exc]):
-        err(line)
+    if cilog.system() == "github":
+        for line in cilog.workflow_error_lines(exc.errors[: cilog.MAX_ANNOTATIONS]):
+            err(line)
 
 
 def final_summary(report: dict[str, Any], *, quiet: bool, ran: bool = True) -> None:

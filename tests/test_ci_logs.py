@@ -251,6 +251,53 @@ def test_github_annotation_of_a_workflow_error_exact_and_escaped(
     assert "::error" not in plain.stderr
 
 
+THREE = """
+name: three
+state: {}
+start: [a, b, c]
+nodes:
+  a:
+    python: lib:items
+    nxt: END
+  b:
+    python: lib:items
+    tiemout: 5
+  c:
+    run: [echo, hi]
+    retyr: {}
+"""
+
+
+def test_github_annotations_for_each_error_of_a_workflow_and_json_intact(
+    write: Write, tmp_path: Path
+) -> None:
+    write("lib.py", LIB)
+    write("three.yaml", THREE)
+    p = _flowrun(tmp_path, "validate", "three.yaml", "--json", GITHUB_ACTIONS="true")
+    assert p.returncode == 2
+    assert len(json.loads(p.stdout)["errors"]) == 3  # stdout: one JSON document
+    assert [x for x in p.stderr.splitlines() if x.startswith("::")] == [
+        "::error file=three.yaml,line=7,col=5::nodes.a: unknown key 'nxt'"
+        "%0Ahint: did you mean 'next'?",
+        "::error file=three.yaml,line=10,col=5::nodes.b: unknown key 'tiemout'"
+        "%0Ahint: did you mean 'timeout'?",
+        "::error file=three.yaml,line=13,col=5::nodes.c: unknown key 'retyr'"
+        "%0Ahint: did you mean 'retry'?",
+    ]
+    # GitHub shows 10 annotations of a step: no more are written
+    many = "name: many\nstate: {}\nnodes:\n" + "".join(
+        f"  n{i}: {{python: lib:items, nxt: END}}\n" for i in range(15)
+    )
+    write("many.yaml", many)
+    m = _flowrun(tmp_path, "validate", "many.yaml", GITHUB_ACTIONS="true")
+    assert m.returncode == 2
+    shown = [x for x in m.stderr.splitlines() if x.startswith("::error ")]
+    assert [re.sub(r"line=\d+", "line=L", x).split("::")[1] for x in shown] == [
+        "error file=many.yaml,line=L,col=27"
+    ] * 10
+    assert m.stderr.count("flowrun: error: many.yaml:") > 10  # more errors than annotations
+
+
 def test_github_annotations_one_per_error_of_an_invalid_workflow(tmp_path: Path) -> None:
     errors = [
         SimpleNamespace(
