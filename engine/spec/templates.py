@@ -100,6 +100,12 @@ class _Env(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         bounds.step()
+        if "caller" in kwargs and not isinstance(__obj, jinja2.runtime.Macro):
+            # A {% call %} block writes its callee's result unquoted: only a macro's
+            # output is template text and placeholders (see :mod:`.rewrite`).
+            raise jinja2.exceptions.SecurityError(
+                "{% call %} can only call a macro, and this callee is not one"
+            )
         bounds.check_method(__obj, args, kwargs)
         return bounds.checked(super().call(__context, __obj, *args, **kwargs))
 
