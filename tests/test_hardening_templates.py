@@ -309,6 +309,7 @@ BOMBS = [
     "{{ lipsum(100000000) }}",
     "{{ [1] | batch(2000000000, 0) | list }}",
     "{{ [1, 2] | slice(2000000000) | list }}",
+    "{{ (1).to_bytes(2000000000, 'big') }}",
 ]
 
 _BOMB_RUNNER = """
@@ -345,6 +346,47 @@ def test_every_way_to_build_a_huge_string_fails_cleanly_naming_the_limit() -> No
         if error is None or not any(limit in error for limit in named)
     ]
     assert failures == []
+
+
+INTEGER_BOMBS = [
+    "{{ ((10**1000)**1000)**10 }}",
+    "{{ (10**1000)**1000 % 7 }}",
+    "{{ (2**1000)**101 % 7 }}",
+    "{% set ns = namespace(n=10**1000) %}{% for i in range(40) %}"
+    "{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=9**999) %}{% for i in range(100) %}"
+    "{% set ns.n = ns.n * 9**999 %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=(2**1000)**90) %}{% for i in range(100000) %}"
+    "{% set ns.n = (ns.n + ns.n) + (ns.n + ns.n) %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=(2**1000)**90) %}{% for i in range(100000) %}"
+    "{% set ns.n = (ns.n - -ns.n) - -(ns.n - -ns.n) %}{% endfor %}{{ ns.n % 7 }}",
+    "{{ ('f' * 1000000) | int(base=16) % 7 }}",
+    "{{ (0).from_bytes(('x' * 1000000).encode(), 'big') % 7 }}",
+]
+
+
+def test_every_way_to_build_a_huge_integer_fails_cleanly_naming_the_limit() -> None:
+    # Integer arithmetic costs more than its size: refused before it runs where it can be.
+    p = subprocess.run(
+        [sys.executable, "-c", _BOMB_RUNNER, json.dumps(INTEGER_BOMBS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    failures = [
+        (text, shell, error)
+        for text, shell, error in json.loads(p.stdout)
+        if error is None or "the template limit of 100,000 bits" not in error
+    ]
+    assert failures == []
+
+
+def test_integers_under_the_limit_still_compute() -> None:
+    assert render("{{ (2**1000)**99 % 1000003 }}", scope()) == (2**1000) ** 99 % 1000003
+    assert render("{{ 10**1000 * 10**1000 % 999 }}", scope()) == 10**2000 % 999
+    assert render("{{ (-3)**1000 - 1 }}", scope()) == 3**1000 - 1
+    assert render("{{ (2**1000)**99 // (2**1000)**98 }}", scope()) == 2**1000
 
 
 def test_large_input_values_still_render_under_the_limit() -> None:

@@ -83,7 +83,7 @@ class _Env(ImmutableSandboxedEnvironment):
     """The sandbox: mapping items before attributes, every value bounded (:mod:`.bounds`)."""
 
     template_class = _Template
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "-"})
     concat = staticmethod(bounds.concat)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -96,7 +96,8 @@ class _Env(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         bounds.check_binop(operator, left, right)
-        return bounds.checked(super().call_binop(context, operator, left, right))
+        result = super().call_binop(context, operator, left, right)
+        return bounds.checked(result, f"the result of `{operator}`")
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         bounds.step()
