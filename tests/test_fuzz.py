@@ -283,6 +283,12 @@ SHELL_SHAPES = [
     "printf '%s' {{ '%s' | format(state.a) }}",
     "{% set v = state.a %}printf '%s' {{ v }}",
     "{% macro m(x) %}{{ x }}{% endmacro %}printf '%s' {{ m(state.a) }}",
+    "{% macro m() %}printf '%s' {{ caller() }}{% endmacro %}"
+    "{% call m() %}{{ state.a }}{% endcall %}",
+    "printf '%s' {% call state.a.format() %}{% endcall %}",
+    "printf '%s' {% call '{}'.format(state.a) %}{% endcall %}",
+    "{% macro m() %}{% endmacro %}{% set m = state.a.format %}"
+    "printf '%s' {% call m() %}{% endcall %}",
 ]
 PAYLOADS = st.one_of(
     st.text(alphabet=string.printable, max_size=40),

@@ -78,6 +78,11 @@ CONSTRUCTS = {
         "{% call m(state.v) %}{% endcall %}",
         lambda v: v,
     ),
+    "call block, caller(value) body": (
+        "{% macro m() %}printf '%s' {{ caller(state.v) }}{% endmacro %}"
+        "{% call(x) m() %}{{ x }}{% endcall %}",
+        lambda v: v,
+    ),
     "set block with a filter taking the value": (
         """{% set x | replace("T", state.v) %}T{% endset %}printf '%s' {{ x }}""",
         lambda v: v,
@@ -116,6 +121,88 @@ def test_every_construct_that_emits_text_in_a_shell_template_passes_values_as_da
 ) -> None:
     template, expected = CONSTRUCTS[construct]
     assert run_sh(tmp_path, template, value) == expected(value)
+
+
+# A call block writes its callee's result unquoted: a callee that is not a macro is
+# refused before running, or when it renders if a name was rebound to it.
+CALLS_ON_A_VALUE = {
+    "a method of the value": "printf '%s' {% call state.v.format() %}{% endcall %}",
+    "format taking the value": """printf '%s' {% call "{}".format(state.v) %}{% endcall %}""",
+    "another method": "printf '%s' {% call state.v.strip() %}{% endcall %}",
+    "a global": "printf '%s' {% call lipsum(1, false) %}{% endcall %}",
+}
+CALLS_ON_A_REBOUND_MACRO = {
+    "a macro name set to a method": (
+        "{% macro m() %}{% endmacro %}{% set m = state.v.format %}"
+        "printf '%s' {% call m() %}{% endcall %}"
+    ),
+    "caller set to a method": (
+        "{% set caller = state.v.format %}printf '%s' {% call caller() %}{% endcall %}"
+    ),
+}
+
+
+def rendered_or_refused(tmp_path: Path, template: str, value: str) -> str | None:
+    """Render and run ``template``: its refusal, or None after the script ran."""
+    try:
+        run_sh(tmp_path, template, value)
+    except TemplateError as exc:
+        assert not (tmp_path / "X").exists()
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("value", PAYLOADS)
+@pytest.mark.parametrize("construct", sorted(CALLS_ON_A_VALUE))
+def test_a_call_block_on_anything_but_a_macro_is_refused_before_running(
+    tmp_path: Path, construct: str, value: str
+) -> None:
+    template = CALLS_ON_A_VALUE[construct]
+    with pytest.raises(TemplateError, match="template line 1") as err:
+        templates.check(template, shell=True)
+    assert "{% call %} can only call a macro defined in this template" in str(err.value)
+    refused = rendered_or_refused(tmp_path, template, value)
+    assert refused is not None and "can only call a macro" in refused
+
+
+@pytest.mark.parametrize("value", PAYLOADS)
+@pytest.mark.parametrize("construct", sorted(CALLS_ON_A_REBOUND_MACRO))
+def test_a_call_block_on_a_name_rebound_from_a_macro_is_refused_when_it_renders(
+    tmp_path: Path, construct: str, value: str
+) -> None:
+    template = CALLS_ON_A_REBOUND_MACRO[construct]
+    templates.check(template, shell=True)  # the name is a macro's: only rendering can tell
+    refused = rendered_or_refused(tmp_path, template, value)
+    assert refused is not None and "{% call %} can only call a macro" in refused
+
+
+@pytest.mark.parametrize(
+    "shell",
+    [
+        "echo {% call state.title.format() %}{% endcall %}",
+        'echo {% call "{}".format(state.title) %}{% endcall %}',
+    ],
+)
+def test_a_real_run_refuses_a_call_block_on_a_value_and_runs_nothing(
+    tmp_path: Path, shell: str
+) -> None:
+    # The reviewer's reproductions, inj1.yaml and inj2.yaml.
+    (tmp_path / "wf.yaml").write_text(
+        "name: inj\nstate:\n  title: {default: x}\nnodes:\n  a:\n"
+        f"    shell: {json.dumps(shell)}\n"
+    )
+    p = subprocess.run(
+        [FLOWRUN, "run", "wf.yaml", "--set", 'title="$(touch PWNED)"', "--db", "f.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert not (tmp_path / "PWNED").exists()
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("flowrun: error: wf.yaml:6:12: nodes.a.shell: "), p.stderr
+    assert "{% call %} can only call a macro defined in this template" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_a_filter_block_output_is_one_value_even_its_template_text(tmp_path: Path) -> None:
@@ -222,6 +309,7 @@ BOMBS = [
     "{{ lipsum(100000000) }}",
     "{{ [1] | batch(2000000000, 0) | list }}",
     "{{ [1, 2] | slice(2000000000) | list }}",
+    "{{ (1).to_bytes(2000000000, 'big') }}",
 ]
 
 _BOMB_RUNNER = """
@@ -258,6 +346,47 @@ def test_every_way_to_build_a_huge_string_fails_cleanly_naming_the_limit() -> No
         if error is None or not any(limit in error for limit in named)
     ]
     assert failures == []
+
+
+INTEGER_BOMBS = [
+    "{{ ((10**1000)**1000)**10 }}",
+    "{{ (10**1000)**1000 % 7 }}",
+    "{{ (2**1000)**101 % 7 }}",
+    "{% set ns = namespace(n=10**1000) %}{% for i in range(40) %}"
+    "{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=9**999) %}{% for i in range(100) %}"
+    "{% set ns.n = ns.n * 9**999 %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=(2**1000)**90) %}{% for i in range(100000) %}"
+    "{% set ns.n = (ns.n + ns.n) + (ns.n + ns.n) %}{% endfor %}{{ ns.n % 7 }}",
+    "{% set ns = namespace(n=(2**1000)**90) %}{% for i in range(100000) %}"
+    "{% set ns.n = (ns.n - -ns.n) - -(ns.n - -ns.n) %}{% endfor %}{{ ns.n % 7 }}",
+    "{{ ('f' * 1000000) | int(base=16) % 7 }}",
+    "{{ (0).from_bytes(('x' * 1000000).encode(), 'big') % 7 }}",
+]
+
+
+def test_every_way_to_build_a_huge_integer_fails_cleanly_naming_the_limit() -> None:
+    # Integer arithmetic costs more than its size: refused before it runs where it can be.
+    p = subprocess.run(
+        [sys.executable, "-c", _BOMB_RUNNER, json.dumps(INTEGER_BOMBS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    failures = [
+        (text, shell, error)
+        for text, shell, error in json.loads(p.stdout)
+        if error is None or "the template limit of 100,000 bits" not in error
+    ]
+    assert failures == []
+
+
+def test_integers_under_the_limit_still_compute() -> None:
+    assert render("{{ (2**1000)**99 % 1000003 }}", scope()) == (2**1000) ** 99 % 1000003
+    assert render("{{ 10**1000 * 10**1000 % 999 }}", scope()) == 10**2000 % 999
+    assert render("{{ (-3)**1000 - 1 }}", scope()) == 3**1000 - 1
+    assert render("{{ (2**1000)**99 // (2**1000)**98 }}", scope()) == 2**1000
 
 
 def test_large_input_values_still_render_under_the_limit() -> None:

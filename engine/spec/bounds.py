@@ -5,7 +5,10 @@ filter, a ``str`` method, ``format``, an operator or ``~`` builds is at most
 :data:`MAX_SIZE` (characters, or items counted through nested lists, shared
 ones each time, so ``[s] * n`` counts ``n * len(s)``). Where the size is known
 before the work (``center(10**9)``, ``replace``, ``join``, ``'%.999999999f'``)
-the call is refused before it runs; otherwise the result is measured. One render
+the call is refused before it runs; otherwise the result is measured. An integer
+has at most :data:`MAX_INT_BITS` bits: ``*`` and ``**`` between integers are
+refused before they run (their cost grows faster than their size), any other
+integer result is measured. One render
 emits at most :data:`MAX_SIZE` characters and runs at most :data:`MAX_STEPS`
 loop iterations and calls. Every refusal is a :class:`jinja2.exceptions.SecurityError`
 naming the limit, which the caller turns into a failed task.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,6 +32,9 @@ from jinja2.exceptions import SecurityError
 MAX_SIZE = 10_000_000  # characters in one string or one render; items in one list
 MAX_STEPS = 1_000_000  # loop iterations and calls in one render
 MAX_EXPONENT = 1000
+# Bits in one integer (about 30,000 digits; Python prints at most 4,300). At the
+# limit one `*` or `//` costs what one pass over MAX_SIZE characters does.
+MAX_INT_BITS = 100_000
 
 # printf-style conversions: %[(key)][flags][width][.precision]type
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?")
@@ -37,6 +44,17 @@ _CONTEXT_PARAMETERS = frozenset({"eval_ctx", "context", "environment", "env"})
 
 def too_big(what: str) -> SecurityError:
     return SecurityError(f"{what} would be larger than the template limit of {MAX_SIZE:,}")
+
+
+def int_too_big(what: str) -> SecurityError:
+    return SecurityError(
+        f"{what} would be an integer larger than the template limit of {MAX_INT_BITS:,} bits"
+    )
+
+
+def _int_bits(what: str, bits: float) -> None:
+    if bits > MAX_INT_BITS:
+        raise int_too_big(what)
 
 
 def size(value: Any, limit: int = MAX_SIZE) -> int:
@@ -64,6 +82,8 @@ def size(value: Any, limit: int = MAX_SIZE) -> int:
 
 
 def checked(value: Any, what: str = "a template value") -> Any:
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise int_too_big(what)
     if size(value) > MAX_SIZE:
         raise too_big(what)
     return value
@@ -206,6 +226,9 @@ def check_method(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
     """Before a ``str`` method runs: the size of what it will build."""
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
+    if isinstance(owner, int) and name == "to_bytes":
+        length = args[0] if args else kwargs.get("length", 1)
+        _count(f"to_bytes({length})", length)
     if not isinstance(owner, str):
         return
     if name in _WIDE_METHODS and args:
@@ -226,13 +249,18 @@ def check_method(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
 
 def check_binop(operator: str, left: Any, right: Any) -> None:
     """Before ``*``, ``**`` or ``%`` runs."""
+    integers = isinstance(left, int) and isinstance(right, int)
     if operator == "*":
         for seq, times in ((left, right), (right, left)):
             if isinstance(seq, str | list | tuple) and isinstance(times, int):
                 _count(f"`*` by {times}", size(seq) * times)
+        if integers:
+            _int_bits("`*`", left.bit_length() + right.bit_length())
     elif operator == "**":
         if isinstance(right, int | float) and abs(right) > MAX_EXPONENT and left not in (0, 1, -1):
             raise SecurityError(f"an exponent above {MAX_EXPONENT} is not allowed in a template")
+        if integers and right > 0 and abs(left) > 1:
+            _int_bits("`**`", right * math.log2(abs(left)))
     elif operator == "%" and isinstance(left, str):
         check_printf(left)
 

@@ -15,9 +15,13 @@ ways to emit text, and each is either made a value here or refused:
   placeholders put back, so filters on it see the real text; ``{{ x }}`` is a value.
   With filters (``{% set x | f(a) %}``) it is split the same way, in every template,
   because Jinja2 does not resolve names used in a block's filter arguments.
-- ``{% call %}``, ``{% block %}`` and macros write what their bodies wrote:
-  template text and placeholders, nothing else. ``caller()``, ``self.b()``,
-  ``super()`` and ``m()`` used in ``{{ }}`` are outputs like any other.
+- ``{% block %}`` and macros write what their bodies wrote: template text and
+  placeholders, nothing else. ``caller()``, ``self.b()``, ``super()`` and ``m()``
+  used in ``{{ }}`` are outputs like any other.
+- ``{% call f(...) %}`` writes what ``f`` returns, unfinalized, so ``f`` must be a
+  macro: in every template its callee must name a macro defined in the template
+  (or ``caller``), and at render time :class:`~.templates._Env` refuses a call
+  block on anything that is not a macro (a name rebound by ``{% set %}``).
 - ``{% include %}``, ``{% import %}``, ``{% extends %}`` (no loader) and any
   statement not listed in :data:`_SHELL_STATEMENTS` are refused at validate time.
 """
@@ -70,6 +74,7 @@ def _hidden_filter(name: str, node: nodes.Expr | None, lineno: int) -> nodes.Fil
 
 def rewrite(tree: nodes.Template, *, shell: bool) -> nodes.Template:
     """Check and rewrite ``tree`` in place; raises :class:`RewriteError`."""
+    macros = {m.name for m in tree.find_all(nodes.Macro)} | {"caller"}
     for node in list(tree.find_all(nodes.Node)):
         for kind, tag in _LOADING.items():
             if isinstance(node, kind):
@@ -78,6 +83,10 @@ def rewrite(tree: nodes.Template, *, shell: bool) -> nodes.Template:
             raise RewriteError(f"names starting with {HIDDEN!r} are reserved", node.lineno)
         if isinstance(node, nodes.Getitem) and _scalar(node.node):
             raise RewriteError("a number, boolean or none has no items to index", node.lineno)
+        if isinstance(node, nodes.CallBlock) and not _calls_a_macro(node, macros):
+            raise RewriteError(
+                "{% call %} can only call a macro defined in this template", node.lineno
+            )
         if isinstance(node, nodes.For) and isinstance(node.iter, nodes.Expr):
             node.iter = _hidden_filter(STEPS, node.iter, node.lineno)
         if shell and isinstance(node, nodes.Stmt) and not isinstance(node, _SHELL_STATEMENTS):
@@ -87,6 +96,11 @@ def rewrite(tree: nodes.Template, *, shell: bool) -> nodes.Template:
             )
     _split_blocks(tree, shell=shell)
     return tree
+
+
+def _calls_a_macro(block: nodes.CallBlock, macros: set[str]) -> bool:
+    callee = block.call.node
+    return isinstance(callee, nodes.Name) and callee.name in macros
 
 
 def _scalar(node: nodes.Node) -> bool:

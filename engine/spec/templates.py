@@ -83,7 +83,7 @@ class _Env(ImmutableSandboxedEnvironment):
     """The sandbox: mapping items before attributes, every value bounded (:mod:`.bounds`)."""
 
     template_class = _Template
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    intercepted_binops = frozenset({"*", "**", "%", "+", "-"})
     concat = staticmethod(bounds.concat)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -96,10 +96,17 @@ class _Env(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         bounds.check_binop(operator, left, right)
-        return bounds.checked(super().call_binop(context, operator, left, right))
+        result = super().call_binop(context, operator, left, right)
+        return bounds.checked(result, f"the result of `{operator}`")
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         bounds.step()
+        if "caller" in kwargs and not isinstance(__obj, jinja2.runtime.Macro):
+            # A {% call %} block writes its callee's result unquoted: only a macro's
+            # output is template text and placeholders (see :mod:`.rewrite`).
+            raise jinja2.exceptions.SecurityError(
+                "{% call %} can only call a macro, and this callee is not one"
+            )
         bounds.check_method(__obj, args, kwargs)
         return bounds.checked(super().call(__context, __obj, *args, **kwargs))
 
