@@ -37,7 +37,7 @@ class SQLiteMaintenance(SQLiteRuns):
         try:
             with self._tx() as c:
                 parent = c.execute(
-                    "SELECT workflow_name, workflow_path, workflow_digest, inputs FROM runs"
+                    "SELECT workflow_name, workflow_path, workflow_digest FROM runs"
                     " WHERE run_id = ?",
                     (run_id,),
                 ).fetchone()
@@ -49,7 +49,7 @@ class SQLiteMaintenance(SQLiteRuns):
                 ).fetchone()
                 if base is None:
                     raise UsageError(f"run {run_id} has no checkpoint before step {step}")
-                name, path, digest, inputs = parent
+                name, path, digest = parent
                 if workflow_digest is not None and workflow_text is not None:
                     c.execute(
                         "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
@@ -60,9 +60,14 @@ class SQLiteMaintenance(SQLiteRuns):
                     digest = workflow_digest
                 c.execute(
                     "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_digest,"
-                    " inputs, status, step, frontier, created_at, updated_at, parent_run_id,"
-                    " parent_step) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                    (new_run_id, name, path, digest, inputs, step, base[1], now, now, run_id, step),
+                    " status, step, frontier, created_at, updated_at, parent_run_id,"
+                    " parent_step) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (new_run_id, name, path, digest, step, base[1], now, now, run_id, step),
+                )
+                c.execute(
+                    "INSERT INTO run_inputs (run_id, inputs)"
+                    " SELECT ?, inputs FROM run_inputs WHERE run_id = ?",
+                    (new_run_id, run_id),
                 )
                 c.execute(
                     "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
