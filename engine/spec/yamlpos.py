@@ -430,10 +430,11 @@ class _Builder:
         """A scalar as its tag reads it, if JSON can hold it; else an error at its place."""
         if node.tag not in _SCALARS:
             raise self._tag(node, path)
-        text, tag = node.value, show_tag(node.tag)
-        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        text = node.value
         if node.tag == _STR:
             return self._unicode(node, path, text)
+        tag = show_tag(node.tag)
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
         if node.tag == _INT and len(text) > sys.get_int_max_str_digits():
             raise self._fail(
                 node,
