@@ -204,6 +204,12 @@ MIGRATIONS: list[str] = [
     INSERT INTO run_inputs (run_id, inputs) SELECT run_id, inputs FROM runs;
     UPDATE runs SET inputs = '{}' WHERE inputs != '{}';
     """,
+    # 13: an append/extend key stored as what each step added: a delta row's value is the
+    # JSON array of the items appended to the key's previous version; the key's value at
+    # a step is its last whole row (delta 0) followed by the deltas after it
+    """
+    ALTER TABLE state_kv ADD COLUMN delta INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused, RunExists, UsageError
+from ..jsonvalue import dumps
 from .base import PruneResult, RunRecord
 from .leases import lease_live
 from .sqlite_runs import SQLiteRuns
+from .sqlite_steps import SQLiteSteps
 
 
-class SQLiteMaintenance(SQLiteRuns):
+class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
     """``fork_run`` and ``prune_runs``: whole runs in, whole runs out."""
 
     def fork_run(
@@ -75,12 +77,12 @@ class SQLiteMaintenance(SQLiteRuns):
                     (new_run_id, step - 1, f"fork:{new_run_id}", base[0], base[1], now),
                 )
                 # each key's latest value as of the checkpoint, as the fork's initial value
-                c.execute(
-                    "INSERT INTO state_kv (run_id, key, step, value)"
-                    " SELECT ?, s.key, -1, s.value FROM state_kv s WHERE s.run_id = ?"
-                    " AND s.step = (SELECT max(step) FROM state_kv"
-                    " WHERE run_id = s.run_id AND key = s.key AND step < ?)",
-                    (new_run_id, run_id, step),
+                c.executemany(
+                    "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                    [
+                        (new_run_id, k, dumps(v))
+                        for k, v in self._state_at(run_id, step - 1).items()
+                    ],
                 )
         except sqlite3.IntegrityError:
             raise RunExists(
