@@ -88,3 +88,60 @@ def test_a_run_resumed_from_delta_rows_ends_as_an_uninterrupted_one(
     assert [s["digest"] for s in two.steps("r")] == [s["digest"] for s in one.steps("r")]
     one.close()
     two.close()
+
+
+def test_a_python_node_sees_a_grown_list_whole_and_only_new_items_are_frozen(
+    write: Callable[[str, str], Path], db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowrun.engine.nodes import python as python_node
+
+    calls = 0
+    real = python_node.freeze
+
+    def counting(value: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(value)
+
+    monkeypatch.setattr(python_node, "freeze", counting)
+    write(
+        "seen.py",
+        "def look(state, ctx):\n"
+        "    assert list(state['out']) == [{'i': s, 'z': [s]} for s in range(0, ctx.step, 3)]\n"
+        "    try:\n"
+        "        state['out'].append(1)\n"
+        "    except TypeError:\n"
+        "        return {}\n"
+        "    raise AssertionError('the view is writable')\n",
+    )
+    _loop(write)  # its lib.py
+    path = write(
+        "look.yaml",
+        f"""
+        name: look
+        state:
+          out: {{default: [], reducer: append}}
+          n: {{default: 0}}
+        config: {{max_steps: {2 * N}}}
+        nodes:
+          push:
+            python: lib:push
+            next: look
+          look:
+            python: seen:look
+            routes:
+              - {{when: "{{{{ state.n < {N // 2 - 1} }}}}", to: bump}}
+              - {{to: END}}
+          bump:
+            set: {{n: "{{{{ state.n + 1 }}}}"}}
+            next: push
+        """,
+    )
+    store = SQLiteStore(db)
+    res = Engine(store).start(load_workflow(path))
+    store.close()
+    assert res.status == "succeeded"
+    pushes = len(res.state["out"])
+    assert pushes == N // 2
+    # frozen whole at every step this is ~3 * pushes**2 / 2 (about 34,000) calls
+    assert calls < 20 * pushes, calls

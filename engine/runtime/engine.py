@@ -768,6 +768,7 @@ class Engine:
                 if k not in touched:
                     touched.append(k)
         changed, appended, digests = {}, {}, {}
+        extended: dict[str, tuple[list[Any], list[Any]]] = {}
         for k in touched:
             start = grown.get(k, -1)
             if start >= 0 and not log.snapshot_due(k):
@@ -778,6 +779,7 @@ class Engine:
                     new_state[k][start:] = json.loads(items)
                 appended[k] = items
                 digests[k] = log.delta(k, items, was_empty=start == 0)
+                extended[k] = (state[k], new_state[k])  # the same items, then the new ones
                 continue
             text = dumps(new_state[k])
             if "{" in text:  # hold dicts as stored (sorted keys), so a resume sees the same
@@ -786,4 +788,5 @@ class Engine:
                 digests[k] = log.snapshot(k, text)
             if text != texts[k]:
                 changed[k] = text
+        self.scope.grown = extended  # read-only views freeze only the new items
         return new_state, changed, appended, digests
