@@ -30,13 +30,15 @@ lint: $(STAMP)
 	ln -s ../../../cli build/typecheck/flowrun/cli && ln -s ../../../engine build/typecheck/flowrun/engine
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p flowrun.engine -p flowrun.cli
 
-# The benchmark venv also holds LangGraph 1.2 + its SQLite checkpointer, for the
-# ratios SPEC §8 asks for; the project's own venv never does.
+# The benchmark venv also holds the peers, LangGraph 1.2 + its SQLite checkpointer
+# and DBOS 3.4 on its default SQLite system database, for the ratios SPEC §8 asks
+# for; the project's own venv never does.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e . 'langgraph>=1.2,<1.3' 'langgraph-checkpoint-sqlite>=3,<4'
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . 'langgraph>=1.2,<1.3' 'langgraph-checkpoint-sqlite>=3,<4' \
+		'dbos>=3.4,<3.5'
 	touch $(BENCH_VENV)/.installed
 
 bench: $(BENCH_VENV)/.installed

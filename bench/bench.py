@@ -1,8 +1,12 @@
 """`make bench`: flowrun's speed figures (SPEC §8), printed, never asserted.
 
-Each figure is the median of several runs on this machine. Where LangGraph 1.2
-with its SQLite checkpointer is importable (make bench installs it into its own
-venv), the same graphs run on it in the same process for a ratio.
+Each figure is the median of several runs on this machine. flowrun is measured
+twice: in process (the engine's loop, around ``Engine.start``) and as a whole
+``flowrun run`` process with a one-node run's start-up subtracted (loading the
+file, validating, opening the store, running). Where the peers are importable
+(make bench installs them into its own venv), the same graphs run on LangGraph
+1.2 with its SQLite checkpointer and on DBOS 3.4 with its SQLite system database,
+timed around their invoke call only (in their favour), for the ratios.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from flowrun.engine import Engine, Settings, SQLiteStore, load_workflow
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+PEERS = os.environ.get("BENCH_PEERS", "LangGraph,DBOS").split(",")  # which peers to run
 BIN = Path(sys.executable).parent
 
 
@@ -171,23 +176,61 @@ def bench_big_foreach(d: Path, n: int) -> tuple[float, float]:
     return dt, rss_kb / 1024
 
 
-def bench_process(d: Path, args: list[str]) -> float:
+def bench_process(d: Path, args: list[str], n: int = 7) -> float:
     def once() -> float:
         t0 = time.perf_counter()
-        subprocess.run([str(BIN / "flowrun"), *args], cwd=d, capture_output=True, check=False)
-        return time.perf_counter() - t0
+        p = subprocess.run([str(BIN / "flowrun"), *args], cwd=d, capture_output=True, check=False)
+        dt = time.perf_counter() - t0
+        if p.returncode != 0 and args[0] == "run":
+            raise RuntimeError(p.stderr[-2000:])
+        return dt
 
-    return median(once, 7)
+    return median(once, n)
 
 
-def langgraph_figures(d: Path) -> dict[str, float] | None:
+def bench_whole(d: Path, name: str, yaml_text: str, start_up: float) -> float:
+    """Seconds of a whole ``flowrun run`` of ``yaml_text`` beyond a one-node run's."""
+    (d / name).write_text(yaml_text)
+    runs = iter(range(1_000_000))
+
+    def once() -> float:
+        db = d / f"whole-{name}-{next(runs)}.db"
+        return bench_process(d, ["run", name, "--db", str(db), "-q"], 1) - start_up
+
+    return median(once, 3)
+
+
+def bench_load(d: Path) -> tuple[float, float]:
+    """Wall and CPU milliseconds to load and validate a 1,000-node workflow."""
+    wf = d / "load1000.yaml"
+    wf.write_text(chain_yaml(1000))
+    walls, cpus = [], []
+    for _ in range(REPEAT):
+        t0, c0 = time.perf_counter(), time.process_time()
+        load_workflow(wf)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
+
+
+def peer_figures(d: Path) -> dict[str, dict[str, float]]:
+    """Each installed peer's {"chain": steps/s, "foreach": tasks/s}."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        import lg  # type: ignore[import-not-found]
-    except ImportError:  # LangGraph is not installed in this venv
-        return None
-    figures: dict[str, float] = lg.run(d)
-    return figures
+    out: dict[str, dict[str, float]] = {}
+    if "LangGraph" not in PEERS:
+        pass
+    else:
+        try:
+            import lg  # type: ignore[import-not-found]
+        except ImportError:  # LangGraph is not installed in this venv
+            pass
+        else:
+            out["LangGraph"] = lg.run(d)
+    import dbos_peer  # type: ignore[import-not-found]
+
+    if "DBOS" in PEERS and dbos_peer.available():
+        out["DBOS"] = dbos_peer.run(d)
+    return out
 
 
 def main() -> None:
@@ -198,10 +241,12 @@ def main() -> None:
             f"flowrun bench — {os.cpu_count()} cores, Python {sys.version.split()[0]},"
             f" median of {REPEAT}"
         )
+        wall_ms, cpu_ms = bench_load(d)
+        print(f"load+validate 1,000-node file    : {wall_ms:8.1f} ms ({cpu_ms:.1f} ms CPU)")
         chain = median(lambda: bench_chain(d))
-        print(f"1,000-node chain of python nodes : {chain:8,.0f} durable steps/s")
+        print(f"1,000-node chain of python nodes : {chain:8,.0f} durable steps/s (in process)")
         fe = median(lambda: bench_foreach(d))
-        print(f"1,000-item foreach               : {fe:8,.0f} tasks/s")
+        print(f"1,000-item foreach               : {fe:8,.0f} tasks/s (in process)")
         steps, rows = bench_big_value(d)
         print(f"unchanging 1 MB value            : stored {rows}x over {steps} steps")
         for n, s in bench_resume_cost(d):
@@ -222,17 +267,29 @@ def main() -> None:
         print(f"flowrun --help                   : {bench_process(d, ['--help']) * 1000:8.0f} ms")
         one = bench_process(d, ["run", "one.yaml", "--db", str(d / "one.db"), "-q"])
         print(f"one-node run (whole process)     : {one * 1000:8.0f} ms")
-        lg = langgraph_figures(d)
-        if lg is None:
-            print("langgraph: not installed here; ratios skipped")
-        else:
+        whole = {
+            "chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one),
+            "foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one),
+        }
+        peers = peer_figures(d)
+        if not peers:
+            print("peers: none installed here (make bench installs them); ratios skipped")
+        names = list(peers)
+        print()
+        print("whole process (flowrun run minus a one-node run; peers: invoke only), median of 3")
+        print(
+            f"{'shape':<28}{'flowrun':>10}{'in-proc':>10}"
+            + "".join(f"{n:>11}" for n in names)
+            + "".join(f"{'/' + n:>13}" for n in names)
+        )
+        for shape, label, ours in (
+            ("chain", "1,000-node chain (steps/s)", chain),
+            ("foreach", "1,000-item foreach (tasks/s)", fe),
+        ):
             print(
-                f"langgraph 1,000-node chain       : {lg['chain']:8,.0f} steps/s"
-                f"  → flowrun {chain / lg['chain']:.1f}x"
-            )
-            print(
-                f"langgraph 1,000-item fan-out     : {lg['foreach']:8,.0f} tasks/s"
-                f"  → flowrun {fe / lg['foreach']:.1f}x"
+                f"{label:<28}{whole[shape]:>10,.0f}{ours:>10,.0f}"
+                + "".join(f"{peers[n][shape]:>11,.0f}" for n in names)
+                + "".join(f"{whole[shape] / peers[n][shape]:>12.1f}x" for n in names)
             )
 
 

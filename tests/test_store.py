@@ -355,3 +355,51 @@ def test_creating_a_run_id_twice_is_refused(store: SQLiteStore) -> None:
     new_run(store)
     with pytest.raises(ResumeRefused, match="already exists"):
         new_run(store)
+
+
+def test_run_inputs_are_stored_once_apart_from_the_row_each_step_rewrites(
+    store: SQLiteStore, db: Path
+) -> None:
+    big = {"doc": "x" * 100_000, "n": 1}
+    store.create_run(
+        "r1",
+        workflow_name="wf",
+        workflow_path="/x/wf.yaml",
+        workflow_text="name: wf\n",
+        workflow_digest="d0",
+        state={"n": 0},
+        frontier=FRONTIER0,
+        inputs=big,
+    )
+    token = store.acquire_lease("r1")
+    for step in range(5):
+        store.save_step("r1", token, commit(step))
+    store.fork_run("r1", 3, "r2")
+    assert store.inputs("r1") == big and store.inputs("r2") == big
+    c = sqlite3.connect(db)
+    # the runs row (UPDATEd at every step, rewritten whole by SQLite) holds no copy
+    assert c.execute("SELECT max(length(inputs)) FROM runs").fetchone() == (2,)
+    assert c.execute("SELECT run_id FROM run_inputs ORDER BY run_id").fetchall() == [
+        ("r1",),
+        ("r2",),
+    ]
+    c.close()
+
+
+def test_migration_moves_inputs_out_of_the_runs_row(db: Path) -> None:
+    s = SQLiteStore(db)
+    new_run(s)
+    s.close()
+    before = next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE run_inputs" in m)
+    c = sqlite3.connect(db, isolation_level=None)  # as the version before it left it
+    c.execute("DROP TABLE run_inputs")
+    c.execute("""UPDATE runs SET inputs = '{"topic": "tea"}'""")
+    c.execute("ALTER TABLE state_kv DROP COLUMN delta")  # the migrations after it, undone
+    c.execute(f"PRAGMA user_version = {before}")
+    c.close()
+    s = SQLiteStore(db)
+    assert s.inputs("r1") == {"topic": "tea"}
+    assert pragma(s, "user_version") == len(MIGRATIONS)
+    (row,) = s.conn.execute("SELECT inputs FROM runs").fetchall()
+    assert row == ("{}",)
+    s.close()

@@ -86,6 +86,10 @@ class RunScope:
         self.proc_log: Any = None
         self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
         self.output_limit = DEFAULT_LIMIT  # bytes of what an attempt printed that are kept
+        # append/extend keys the last step grew at their end: key -> (the list before, the
+        # list after, whose first len(before) items are before's own); set by the engine,
+        # so a read-only view of the state freezes only the new items
+        self.grown: dict[str, tuple[list[Any], list[Any]]] = {}
         # masks the run's secrets in every text a task hands back; set by the engine
         self.masker = Masker()
 

@@ -94,7 +94,9 @@ class _Views:
         self.view: Mapping[str, Any] = MappingProxyType({})
         self.values: dict[str, tuple[Any, Any]] = {}
 
-    def of(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+    def of(
+        self, state: Mapping[str, Any], grown: dict[str, tuple[list[Any], list[Any]]]
+    ) -> Mapping[str, Any]:
         with self.lock:
             if state is self.snapshot:
                 return self.view
@@ -103,11 +105,22 @@ class _Views:
             for k, v in state.items():
                 seen = self.values.get(k)
                 if seen is None or seen[0] is not v:
-                    seen = (v, freeze(v))
+                    grew = grown.get(k)
+                    if seen is not None and grew and grew[0] is seen[0] and grew[1] is v:
+                        seen = (v, _extended(seen[1], v[len(seen[0]) :]))
+                    else:
+                        seen = (v, freeze(v))
                 values[k] = seen
                 frozen[k] = seen[1]
             self.snapshot, self.view, self.values = state, MappingProxyType(frozen), values
             return self.view
+
+
+def _extended(frozen: FrozenList, items: list[Any]) -> FrozenList:
+    """``frozen`` followed by ``items`` frozen: a list that grew costs its new items."""
+    out = FrozenList(frozen)
+    list.extend(out, map(freeze, items))
+    return out
 
 
 _views: weakref.WeakKeyDictionary[RunScope, _Views] = weakref.WeakKeyDictionary()
@@ -119,7 +132,7 @@ def state_view(state: Mapping[str, Any], scope: RunScope) -> Mapping[str, Any]:
         views = _views.get(scope)
         if views is None:
             views = _views[scope] = _Views()
-    return views.of(state)
+    return views.of(state, scope.grown)
 
 
 def _is_local(module: Any, base_dir: str) -> bool:

@@ -43,7 +43,7 @@ from . import frontier as fr
 from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
 from .orphans import ProcLog, take_over
-from .reducers import ReduceError, reduce
+from .reducers import AppendLog, ReduceError, reduce
 from .task import Attempt, StepGate, TaskOutcome, run_task
 from .workdir import workflow_dir
 
@@ -326,6 +326,7 @@ class Engine:
             self.observer.run_started(run_id, wf.name, step, resumed)
             texts = {k: dumps(v) for k, v in state.items()}
             digests = {k: value_digest(t) for k, t in texts.items()}
+            log = AppendLog()  # append/extend keys stored as what each step added
             max_steps = self.settings.max_steps or wf.config.max_steps
             status, error = "succeeded", None
             while frontier["entries"]:
@@ -348,14 +349,18 @@ class Engine:
                     wf, executor, tasks, state, step, max_conc, saved if step == cp.step else {}
                 )
                 try:
-                    new_state, changed = self._merge(wf, outcomes, state, texts, step)
+                    new_state, changed, appended, grew = self._merge(
+                        wf, outcomes, state, texts, log, step
+                    )
                     nxt = self._advance(wf, tasks, frontier, new_state, step)
                 except RunFailed:  # the step is not committed: keep what finished for resume
                     store.save_task_results(run_id, token, unsaved)
                     raise
                 for k in changed:
                     texts[k] = changed[k]
-                    digests[k] = value_digest(changed[k])
+                    digests[k] = grew.get(k) or value_digest(changed[k])
+                for k in appended:  # its text is not kept: only a snapshot compares it
+                    digests[k] = grew[k]
                 sdig = state_digest(digests)
                 keys = [t["key"] for t in tasks]
                 events = self._task_events(outbox, step, outcomes)
@@ -378,6 +383,7 @@ class Engine:
                         idempotency_key=idempotency_key(run_id, step, keys),
                         digest=step_digest(step, keys, sdig),
                         changed=changed,
+                        appended=appended,
                         frontier=nxt,
                         tasks=[
                             {"key": t["key"], "node": t["node"], "index": t.get("index")}
@@ -719,14 +725,21 @@ class Engine:
         outcomes: list[TaskOutcome],
         state: dict[str, Any],
         texts: dict[str, str],
+        log: AppendLog,
         step: int,
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """Merge the step's deltas in task order; return the new state and changed keys' JSON."""
+    ) -> tuple[dict[str, Any], dict[str, str], dict[str, str], dict[str, str]]:
+        """Merge the step's deltas in task order.
+
+        Returns the new state, the JSON of the keys stored whole, the JSON of the
+        items each append/extend key stored as a delta gained, and the digests of
+        those delta keys.
+        """
         policy = self.settings.conflict_policy or wf.config.conflict_policy
         new_state = dict(state)
         owned: set[str] = set()
         writer: dict[str, dict[str, Any]] = {}  # replace key -> the task that wrote it
         touched: list[str] = []
+        grown: dict[str, int] = {}  # append/extend key -> its length before this step
         for o in outcomes:
             for k, v in (o.delta or {}).items():
                 reducer = wf.state[k].reducer
@@ -743,6 +756,9 @@ class Engine:
                                 " config.conflict_policy: last_writer_wins",
                             )
                     writer[k] = o.task
+                if reducer in ("append", "extend") and k not in grown:
+                    before = new_state[k]
+                    grown[k] = len(before) if isinstance(before, list) else -1
                 try:
                     new_state[k] = reduce(reducer, new_state[k], v, k, owned=k in owned)
                 except ReduceError as exc:
@@ -751,11 +767,26 @@ class Engine:
                     owned.add(k)
                 if k not in touched:
                     touched.append(k)
-        changed = {}
+        changed, appended, digests = {}, {}, {}
+        extended: dict[str, tuple[list[Any], list[Any]]] = {}
         for k in touched:
+            start = grown.get(k, -1)
+            if start >= 0 and not log.snapshot_due(k):
+                if len(new_state[k]) == start:
+                    continue  # extended by nothing
+                items = dumps(new_state[k][start:])
+                if "{" in items:  # hold dicts as stored (sorted keys), as below
+                    new_state[k][start:] = json.loads(items)
+                appended[k] = items
+                digests[k] = log.delta(k, items, was_empty=start == 0)
+                extended[k] = (state[k], new_state[k])  # the same items, then the new ones
+                continue
             text = dumps(new_state[k])
             if "{" in text:  # hold dicts as stored (sorted keys), so a resume sees the same
                 new_state[k] = json.loads(text)
+            if start >= 0:
+                digests[k] = log.snapshot(k, text)
             if text != texts[k]:
                 changed[k] = text
-        return new_state, changed
+        self.scope.grown = extended  # read-only views freeze only the new items
+        return new_state, changed, appended, digests

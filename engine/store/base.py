@@ -140,6 +140,9 @@ class StepCommit:
     state_digest: str | None = None
     duration_s: float = 0.0
     results: list[TaskResult] = field(default_factory=list)  # task results not yet saved
+    # append/extend key -> JSON array of the items it gained this step, stored as a delta
+    # on its previous value (a key is in ``changed`` or here, never both)
+    appended: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

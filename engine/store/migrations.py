@@ -193,6 +193,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE task_results ADD COLUMN error_file TEXT;
     ALTER TABLE task_results ADD COLUMN error_line INTEGER;
     """,
+    # 12: a run's --input values apart from its row (as the workflow text is): runs is
+    # updated at every step, and SQLite rewrites a whole row, overflow pages too, so a
+    # 10 MB input was written again at each step. runs.inputs is left empty ('{}').
+    """
+    CREATE TABLE run_inputs (
+        run_id TEXT PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
+        inputs TEXT NOT NULL
+    );
+    INSERT INTO run_inputs (run_id, inputs) SELECT run_id, inputs FROM runs;
+    UPDATE runs SET inputs = '{}' WHERE inputs != '{}';
+    """,
+    # 13: an append/extend key stored as what each step added: a delta row's value is the
+    # JSON array of the items appended to the key's previous version; the key's value at
+    # a step is its last whole row (delta 0) followed by the deltas after it
+    """
+    ALTER TABLE state_kv ADD COLUMN delta INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

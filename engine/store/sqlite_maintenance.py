@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused, RunExists, UsageError
+from ..jsonvalue import dumps
 from .base import PruneResult, RunRecord
 from .leases import lease_live
 from .sqlite_runs import SQLiteRuns
+from .sqlite_steps import SQLiteSteps
 
 
-class SQLiteMaintenance(SQLiteRuns):
+class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
     """``fork_run`` and ``prune_runs``: whole runs in, whole runs out."""
 
     def fork_run(
@@ -37,7 +39,7 @@ class SQLiteMaintenance(SQLiteRuns):
         try:
             with self._tx() as c:
                 parent = c.execute(
-                    "SELECT workflow_name, workflow_path, workflow_digest, inputs FROM runs"
+                    "SELECT workflow_name, workflow_path, workflow_digest FROM runs"
                     " WHERE run_id = ?",
                     (run_id,),
                 ).fetchone()
@@ -49,7 +51,7 @@ class SQLiteMaintenance(SQLiteRuns):
                 ).fetchone()
                 if base is None:
                     raise UsageError(f"run {run_id} has no checkpoint before step {step}")
-                name, path, digest, inputs = parent
+                name, path, digest = parent
                 if workflow_digest is not None and workflow_text is not None:
                     c.execute(
                         "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
@@ -60,9 +62,14 @@ class SQLiteMaintenance(SQLiteRuns):
                     digest = workflow_digest
                 c.execute(
                     "INSERT INTO runs (run_id, workflow_name, workflow_path, workflow_digest,"
-                    " inputs, status, step, frontier, created_at, updated_at, parent_run_id,"
-                    " parent_step) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                    (new_run_id, name, path, digest, inputs, step, base[1], now, now, run_id, step),
+                    " status, step, frontier, created_at, updated_at, parent_run_id,"
+                    " parent_step) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (new_run_id, name, path, digest, step, base[1], now, now, run_id, step),
+                )
+                c.execute(
+                    "INSERT INTO run_inputs (run_id, inputs)"
+                    " SELECT ?, inputs FROM run_inputs WHERE run_id = ?",
+                    (new_run_id, run_id),
                 )
                 c.execute(
                     "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
@@ -70,12 +77,12 @@ class SQLiteMaintenance(SQLiteRuns):
                     (new_run_id, step - 1, f"fork:{new_run_id}", base[0], base[1], now),
                 )
                 # each key's latest value as of the checkpoint, as the fork's initial value
-                c.execute(
-                    "INSERT INTO state_kv (run_id, key, step, value)"
-                    " SELECT ?, s.key, -1, s.value FROM state_kv s WHERE s.run_id = ?"
-                    " AND s.step = (SELECT max(step) FROM state_kv"
-                    " WHERE run_id = s.run_id AND key = s.key AND step < ?)",
-                    (new_run_id, run_id, step),
+                c.executemany(
+                    "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                    [
+                        (new_run_id, k, dumps(v))
+                        for k, v in self._state_at(run_id, step - 1).items()
+                    ],
                 )
         except sqlite3.IntegrityError:
             raise RunExists(

@@ -45,18 +45,21 @@ class SQLiteRuns(SQLiteEvents):
                 )
                 c.execute(
                     "INSERT INTO runs (run_id, workflow_name, workflow_path,"
-                    " workflow_digest, inputs, status, step, frontier, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, 'running', 0, ?, ?, ?)",
+                    " workflow_digest, status, step, frontier, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'running', 0, ?, ?, ?)",
                     (
                         run_id,
                         workflow_name,
                         workflow_path,
                         workflow_digest,
-                        dumps(inputs),
                         dumps(frontier),
                         now,
                         now,
                     ),
+                )
+                c.execute(  # apart from the run row, for the same reason as the text
+                    "INSERT INTO run_inputs (run_id, inputs) VALUES (?, ?)",
+                    (run_id, dumps(inputs)),
                 )
                 c.execute(
                     "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
@@ -221,7 +224,9 @@ class SQLiteRuns(SQLiteEvents):
         return str(row[0]), str(row[1])
 
     def inputs(self, run_id: str) -> dict[str, Any]:
-        row = self.conn.execute("SELECT inputs FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT inputs FROM run_inputs WHERE run_id = ?", (run_id,)
+        ).fetchone()
         return {} if row is None else dict(json.loads(row[0]))
 
     def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:

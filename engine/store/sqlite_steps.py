@@ -3,7 +3,8 @@
 ``save_step`` is the one transaction per superstep: the run row (fenced), the step
 row (UNIQUE idempotency key), the changed state keys, the remaining task results
 and the step's events. State is versioned per key (``state_kv``), so a checkpoint
-after any step reads back without copying unchanged values.
+after any step reads back without copying unchanged values; an append/extend key's
+version may be a delta (the items it gained) on the one before.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class SQLiteSteps(SQLiteTaskResults):
                         "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, ?, ?)",
                         [(run_id, k, commit.step, v) for k, v in commit.changed.items()],
                     )
+                if commit.appended:
+                    c.executemany(
+                        "INSERT INTO state_kv (run_id, key, step, value, delta)"
+                        " VALUES (?, ?, ?, ?, 1)",
+                        [(run_id, k, commit.step, v) for k, v in commit.appended.items()],
+                    )
                 for result in commit.results:
                     self._insert_result(c, run_id, result)
                 if commit.events:
@@ -94,12 +101,18 @@ class SQLiteSteps(SQLiteTaskResults):
         ]
         state: dict[str, Any] = {}
         for k in keys:
-            (value,) = self.conn.execute(
-                "SELECT value FROM state_kv WHERE run_id = ? AND key = ? AND step <= ?"
-                " ORDER BY step DESC LIMIT 1",
+            deltas: list[str] = []  # newest first; the engine bounds how many (AppendLog)
+            for value, delta in self.conn.execute(
+                "SELECT value, delta FROM state_kv WHERE run_id = ? AND key = ? AND step <= ?"
+                " ORDER BY step DESC",
                 (run_id, k, step),
-            ).fetchone()
+            ):
+                if not delta:
+                    break
+                deltas.append(value)
             state[k] = json.loads(value)
+            for items in reversed(deltas):
+                state[k].extend(json.loads(items))
         return state
 
     def load_latest(self, run_id: str) -> Checkpoint:
