@@ -85,6 +85,7 @@ class _Validator(Checker):
         # False once an edge was dropped (an unknown node, a bad route, a node that
         # failed to load): the graph-wide checks would then report the error's echoes
         self.edges_whole = True
+        self.node_names: frozenset[str] = frozenset()
 
     # the document ----------------------------------------------------------
     def workflow(self) -> Workflow:
@@ -139,6 +140,7 @@ class _Validator(Checker):
                     hint="node names match [A-Za-z_][A-Za-z0-9_-]*",
                 )
         names = list(raw_nodes)
+        self.node_names = frozenset(names)  # for node_ref: a set, not the list
         nodes: dict[str, Node] = {}
         for n in names:
             with self.collect() as section:
@@ -309,11 +311,11 @@ class _Validator(Checker):
             )
         if value == END and allow_end:
             return END
-        if value not in names:
+        if value not in self.node_names:
             choices = [*names, END] if allow_end else names
             what = "END cannot be used here" if value == END else f"unknown node {value!r}"
             near = did_you_mean(value, choices)
-            if allow_end and value.upper() == END and value not in names:
+            if allow_end and value.upper() == END and value not in self.node_names:
                 near = f"did you mean {END!r}? (END is written in capitals)"
             self.err(path, what, hint=near or f"nodes: {', '.join(names)}")
         return value
