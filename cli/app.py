@@ -6,12 +6,15 @@ import os
 import sys
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from . import costs as llm_opt
 from . import options as opt
+
+if TYPE_CHECKING:
+    from .running import Shown
 
 # --metrics-* on run and resume (SPEC §7); the exporter itself lives in engine/metrics.py
 MetricsPort = Annotated[
@@ -95,6 +98,34 @@ def _root(
     pass
 
 
+def _shown(
+    json_out: bool,
+    quiet: bool,
+    verbose: bool,
+    events: str | None,
+    max_concurrency: int | None,
+    output_limit: str | None,
+    junit: str | None,
+    metrics: tuple[int | None, str, float, str | None, str | None],
+) -> Shown:
+    """The flags ``run``, ``resume`` and ``fork`` share for showing and reporting a run."""
+    from flowrun.engine.metrics import ExportOptions
+
+    from .reports import ci_reports
+    from .running import Shown
+
+    return Shown(
+        json_out=json_out,
+        quiet=quiet,
+        verbose=verbose,
+        events=events,
+        max_concurrency=max_concurrency,
+        metrics=ExportOptions(*metrics),
+        output_limit=opt.output_limit(output_limit),
+        reports=ci_reports(junit),
+    )
+
+
 @app.command()
 def run(
     file: opt.WorkflowFile,
@@ -154,9 +185,6 @@ def run(
 
     Example: flowrun run workflows/pipeline/pipeline.yaml --set source=data/reviews.json --json
     """
-    from flowrun.engine.metrics import ExportOptions
-
-    from .reports import ci_reports
     from .running import do_run
 
     do_run(
@@ -166,18 +194,18 @@ def run(
         run_id=run_id,
         if_exists=if_exists,
         db=db,
-        max_concurrency=max_concurrency,
-        json_out=json_out,
-        quiet=quiet,
-        verbose=verbose,
         durability=durability,
-        events=events,
-        metrics=ExportOptions(
-            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        shown=_shown(
+            json_out,
+            quiet,
+            verbose,
+            events,
+            max_concurrency,
+            output_limit,
+            junit,
+            (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
-        output_limit=opt.output_limit(output_limit),
-        reports=ci_reports(junit),
     )
 
 
@@ -225,9 +253,6 @@ def resume(
 
     Example: flowrun resume latest --max-cost 5
     """
-    from flowrun.engine.metrics import ExportOptions
-
-    from .reports import ci_reports
     from .running import do_resume
 
     do_resume(
@@ -235,18 +260,18 @@ def resume(
         workflow=workflow,
         force=force,
         db=db,
-        max_concurrency=max_concurrency,
-        json_out=json_out,
-        quiet=quiet,
-        verbose=verbose,
         durability=durability,
-        events=events,
-        metrics=ExportOptions(
-            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        shown=_shown(
+            json_out,
+            quiet,
+            verbose,
+            events,
+            max_concurrency,
+            output_limit,
+            junit,
+            (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
-        output_limit=opt.output_limit(output_limit),
-        reports=ci_reports(junit),
     )
 
 
@@ -440,10 +465,7 @@ def fork(
 
     Example: flowrun fork latest --from-step 3 --workflow fixed.yaml
     """
-    from flowrun.engine.metrics import ExportOptions
-
     from .maintenance import do_fork
-    from .reports import ci_reports
 
     do_fork(
         ref=run_id,
@@ -451,17 +473,18 @@ def fork(
         workflow=workflow,
         run_id=new_run_id,
         db=db,
-        max_concurrency=max_concurrency,
-        json_out=json_out,
-        quiet=quiet,
-        verbose=verbose,
         durability=durability,
-        events=events,
-        metrics=ExportOptions(
-            metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file
+        shown=_shown(
+            json_out,
+            quiet,
+            verbose,
+            events,
+            max_concurrency,
+            None,
+            junit,
+            (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
-        reports=ci_reports(junit),
     )
 
 

@@ -15,15 +15,13 @@ from flowrun.engine import (
     load_workflow,
     new_run_id,
 )
-from flowrun.engine.metrics import ExportOptions
 from flowrun.engine.report import STATUSES, run_summary
 from flowrun.engine.store.base import RunRecord
 
 from . import console
 from .costs import LLMOptions
 from .options import check_run_id, write_json
-from .reports import CIReports
-from .running import _execute, open_store, stored_workflow
+from .running import Shown, _execute, open_store, stored_workflow
 
 _SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")  # a bare number: seconds, as in a workflow
 
@@ -35,15 +33,9 @@ def do_fork(
     workflow: str | None,
     run_id: str | None,
     db: str | None,
-    max_concurrency: int | None,
-    json_out: bool,
-    quiet: bool,
     durability: str,
-    events: str | None,
-    metrics: ExportOptions | None = None,
+    shown: Shown,
     llm: LLMOptions | None = None,
-    reports: CIReports | None = None,
-    verbose: bool = False,
 ) -> None:
     """Copy a run's checkpoint before ``from_step`` into a new run, then drive it as a resume."""
     check_run_id(run_id)
@@ -84,19 +76,7 @@ def do_fork(
         llm.apply(engine.settings)
         return engine.resume(wf, new_id)
 
-    _execute(
-        store,
-        json_out,
-        quiet,
-        events,
-        max_concurrency,
-        go,
-        new_id,
-        wf,
-        metrics or ExportOptions(),
-        reports=reports,
-        verbose=verbose,
-    )
+    _execute(store, go, new_id, wf, shown)
 
 
 def _bad_step(rec: RunRecord, step: int) -> UsageError:

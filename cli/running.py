@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -196,38 +197,40 @@ def _signals_call(fn: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, prev)
 
 
-def _execute(
-    store: Store,
-    json_out: bool,
-    quiet: bool,
-    events: str | None,
-    max_concurrency: int | None,
-    go: Any,
-    run_id_hint: str | None,
-    wf: Workflow,
-    metrics: ExportOptions,
-    output_limit: int | None = None,
-    reports: CIReports | None = None,
-    verbose: bool = False,
-) -> None:
-    if quiet and verbose:
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """How a run that ``run``, ``resume`` and ``fork`` drive is shown and reported."""
+
+    json_out: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    events: str | None = None
+    max_concurrency: int | None = None
+    metrics: ExportOptions = field(default_factory=ExportOptions)
+    output_limit: int | None = None
+    reports: CIReports | None = None
+
+
+def _execute(store: Store, go: Any, run_id_hint: str | None, wf: Workflow, shown: Shown) -> None:
+    if shown.quiet and shown.verbose:
         raise UsageError("--quiet and --verbose: pick one")
-    view = console.progress_view(quiet=quiet, verbose=verbose)
-    exporter = exporter_for(metrics, wf, warn=console.warn, info=console.err)
+    view = console.progress_view(quiet=shown.quiet, verbose=shown.verbose)
+    reports = shown.reports
+    exporter = exporter_for(shown.metrics, wf, warn=console.warn, info=console.err)
     if exporter is not None:
         view.metrics_url = exporter.start()  # before the first step; raises UsageError (exit 2)
     try:
         _drive(
             store,
-            json_out,
-            quiet,
-            events,
-            max_concurrency,
+            shown.json_out,
+            shown.quiet,
+            shown.events,
+            shown.max_concurrency,
             go,
             run_id_hint,
             view,
             exporter,
-            output_limit,
+            shown.output_limit,
             None if reports is None else lambda run_id: reports.write(store, run_id, wf),
         )
     finally:
@@ -311,17 +314,10 @@ def do_run(
     input_file: str | None,
     run_id: str | None,
     db: str | None,
-    max_concurrency: int | None,
-    json_out: bool,
-    quiet: bool,
     durability: str,
-    events: str | None,
-    metrics: ExportOptions | None = None,
+    shown: Shown,
     llm: LLMOptions | None = None,
-    output_limit: int | None = None,
     if_exists: str = "fail",
-    reports: CIReports | None = None,
-    verbose: bool = False,
 ) -> None:
     check_run_id(run_id)
     if if_exists not in ("continue", "fail"):
@@ -341,20 +337,7 @@ def do_run(
         llm.apply(engine.settings)
         return engine.start(wf, run_id=run_id, inputs=inputs, if_exists=if_exists)
 
-    _execute(
-        store,
-        json_out,
-        quiet,
-        events,
-        max_concurrency,
-        go,
-        run_id,
-        wf,
-        metrics or ExportOptions(),
-        output_limit,
-        reports,
-        verbose,
-    )
+    _execute(store, go, run_id, wf, shown)
 
 
 def stored_workflow(store: Store, run_id: str) -> Workflow:
@@ -383,16 +366,9 @@ def do_resume(
     workflow: str | None,
     force: bool,
     db: str | None,
-    max_concurrency: int | None,
-    json_out: bool,
-    quiet: bool,
     durability: str,
-    events: str | None,
-    metrics: ExportOptions | None = None,
+    shown: Shown,
     llm: LLMOptions | None = None,
-    output_limit: int | None = None,
-    reports: CIReports | None = None,
-    verbose: bool = False,
 ) -> None:
     llm = (llm or LLMOptions()).prepare()
     store = open_store(db, durability, create=False)
@@ -402,27 +378,14 @@ def do_resume(
     else:
         wf = stored_workflow(store, run_id)
         if file_changed(wf):
-            shown = _shown_path(wf.path)
+            here = _shown_path(wf.path)
             console.err(
-                f"note: {shown} changed since this run started; resuming with the stored"
-                f" version (use --workflow {shown} to resume with the new one)"
+                f"note: {here} changed since this run started; resuming with the stored"
+                f" version (use --workflow {here} to resume with the new one)"
             )
 
     def go(engine: Engine) -> Any:
         llm.apply(engine.settings)
         return engine.resume(wf, run_id, force=force)
 
-    _execute(
-        store,
-        json_out,
-        quiet,
-        events,
-        max_concurrency,
-        go,
-        run_id,
-        wf,
-        metrics or ExportOptions(),
-        output_limit,
-        reports,
-        verbose,
-    )
+    _execute(store, go, run_id, wf, shown)
