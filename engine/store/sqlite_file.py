@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -51,7 +52,37 @@ def read_only_uri(path: Path) -> str:
 
 
 def examine(path: Path) -> DbFile:
-    """The path as a database: a :class:`DatabaseRefused` (exit 2) if it cannot be flowrun's."""
+    """The path as a database: a :class:`DatabaseRefused` (exit 2) if it cannot be flowrun's.
+
+    The read-only look may be ``immutable`` (it never makes ``-wal``/``-shm``), so it
+    sees no writer's locks: a file another flowrun is creating and migrating at that
+    moment can look half-made. A refusal is therefore only final once the file held
+    still while it was read; while it is changing, it is read again.
+    """
+    for _ in range(100):  # at most ~5 s of another process's migrations
+        before = _stamp(path)
+        try:
+            return _examine(path)
+        except DatabaseRefused:
+            if _stamp(path) == before:
+                raise
+        time.sleep(0.05)
+    return _examine(path)
+
+
+def _stamp(path: Path) -> tuple[tuple[int, int] | None, ...]:
+    """Size and modification time of the file and its ``-wal``: what a writer changes."""
+    out: list[tuple[int, int] | None] = []
+    for p in (str(path), f"{path}-wal"):
+        try:
+            st = os.stat(p)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _examine(path: Path) -> DbFile:
     _check_path(path)
     if not path.exists():
         return DbFile(path, exists=False, fresh=True)
