@@ -144,7 +144,9 @@ def do_prune(
     if dry_run:
         console.out(f"dry run: would delete {runs}{kept}")
     else:
-        console.out(f"deleted {runs}, reclaimed {_fmt_bytes(result.bytes_reclaimed)}{kept}")
+        freed = result.bytes_reclaimed  # None: the server's space (autovacuum reuses it)
+        reclaimed = "" if freed is None else f", reclaimed {_fmt_bytes(freed)}"
+        console.out(f"deleted {runs}{reclaimed}{kept}")
 
 
 def _fmt_bytes(n: int) -> str:

@@ -18,7 +18,7 @@ Db = Annotated[
         "--db",
         envvar="FLOWRUN_DB",
         metavar="FILE",
-        help="SQLite file (default .flowrun/flowrun.db).",
+        help="SQLite file (default .flowrun/flowrun.db) or postgresql:// URL.",
     ),
 ]
 MaxConcurrency = Annotated[
@@ -153,11 +153,12 @@ def stdout_to_stderr(active: bool) -> Iterator[None]:
 
 
 def open_sqlite(db: str, make: Callable[[], T]) -> T:
-    """``make()`` the store at ``db``; a path that cannot be a database is a usage error."""
+    """``make()`` the store at ``db``; a path that cannot be a database is a usage error
+    (a server URL's failures are the store's own)."""
     from flowrun.engine import UsageError
     from flowrun.engine.errors import DatabaseRefused, StoreError
 
-    existed = os.path.lexists(db)
+    existed = "://" in db or os.path.lexists(db)
     try:
         store = make()
     except StoreError as exc:

@@ -25,7 +25,6 @@ from flowrun.engine import (
     ResumeRefused,
     RunFailed,
     Settings,
-    SQLiteStore,
     Store,
     UsageError,
     Workflow,
@@ -38,6 +37,7 @@ from flowrun.engine.events import EventSink
 from flowrun.engine.metrics import Exporter, ExportOptions, exporter_for
 from flowrun.engine.report import run_result
 from flowrun.engine.spec import file_changed
+from flowrun.engine.store import open as store_open
 from flowrun.engine.store.sqlite_file import examine
 
 from . import console
@@ -48,20 +48,24 @@ from .reports import CIReports
 
 def open_store(
     db: str | None, durability: str = "normal", *, create: bool = True, readonly: bool = False
-) -> SQLiteStore:
+) -> Store:
     """The run database; ``create=False`` never makes one, ``readonly=True`` never writes."""
     if durability not in ("normal", "full"):
         raise UsageError(f"--durability must be normal or full, not {durability!r}")
     if not readonly:  # FLOWRUN_* seconds: a bad one is refused before anything starts
         envvars.check()
-    path = db or DEFAULT_DB
-    if not (create or os.path.lexists(path)):
+    url = db or DEFAULT_DB
+    path = store_open.sqlite_path(url) if store_open.scheme_of(url) in (None, "sqlite") else None
+    if path is not None and not (create or os.path.lexists(path)):
         examine(Path(path))  # a path no file can be at (under a file, say) is a usage error
         raise ResumeRefused(
             f"no flowrun database at {path}",
             hint="run a workflow here first, or point --db (or FLOWRUN_DB) at its database",
         )
-    return open_sqlite(path, lambda: SQLiteStore(path, durability=durability, readonly=readonly))
+    return open_sqlite(
+        path or url,
+        lambda: store_open.open_store(url, durability=durability, readonly=readonly),
+    )
 
 
 _BARE_CONSTANTS = ("NaN", "Infinity", "-Infinity")  # not JSON: bare words, kept as strings

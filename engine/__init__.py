@@ -39,15 +39,17 @@ _LAZY = {
     "new_run_id": ".runtime",
     "Workflow": ".spec",
     "load_workflow": ".spec",
+    "RunHistory": ".store",
     "SQLiteStore": ".store",
     "Store": ".store",
+    "open_store": ".store",
 }
 
 if TYPE_CHECKING:
     from .events import EventSink, JsonlSink
     from .runtime import Engine, Fanout, Observer, RunResult, Settings, new_run_id
     from .spec import Workflow, load_workflow
-    from .store import SQLiteStore, Store
+    from .store import RunHistory, SQLiteStore, Store, open_store
 
 
 def __getattr__(name: str) -> Any:
@@ -73,6 +75,7 @@ __all__ = [
     "ResumeRefused",
     "RunExists",
     "RunFailed",
+    "RunHistory",
     "RunResult",
     "SQLiteStore",
     "Settings",
@@ -84,4 +87,5 @@ __all__ = [
     "WorkflowError",
     "load_workflow",
     "new_run_id",
+    "open_store",
 ]

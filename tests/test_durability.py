@@ -323,8 +323,8 @@ def test_a_commit_that_fails_midway_changes_nothing_and_resume_completes(
 def test_durability_flag_sets_synchronous_through_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowrun.cli import running
     from flowrun.cli.app import app
+    from flowrun.engine.store import sqlite
 
     (tmp_path / "chain.yaml").write_text(CHAIN_YAML.replace("< 50", "< 2"))
     seen: list[Any] = []
@@ -334,7 +334,7 @@ def test_durability_flag_sets_synchronous_through_the_cli(
             super().__init__(*args, **kwargs)
             seen.append(self.conn.execute("PRAGMA synchronous").fetchone()[0])
 
-    monkeypatch.setattr(running, "SQLiteStore", Spy)
+    monkeypatch.setattr(sqlite, "SQLiteStore", Spy)  # what open_store builds for a path
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     for flags, want in (([], 1), (["--durability", "full"], 2), (["--durability", "normal"], 1)):

@@ -263,7 +263,7 @@ def test_prune_deletes_old_runs_with_all_their_rows_but_keeps_recent_and_live_on
     store = SQLiteStore(cli.db)
     store.save_checkpoint("old-1", "mark", 0)
     store.record_llm_call(LLMCall("old-1", 0, "talk", None, 1, "openai", "gpt-4o-mini", 10, 2))
-    token = store.acquire_lease("old-1")  # a command a crash left in flight (procs)
+    token = store.take_lease("old-1").token  # a command a crash left in flight (procs)
     store.record_proc("old-1", token, ProcRecord("old-1", "h", 1, 1, 1, 1, 1, 0, "talk"))
     store.release_lease("old-1", token)
     store.close()

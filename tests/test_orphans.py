@@ -169,11 +169,11 @@ def record(
 def test_a_recorded_pid_with_another_start_time_is_not_killed(
     store: SQLiteStore, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    old = store.acquire_lease("r")
+    old = store.take_lease("r").token
     started = start_time(sleeper.pid)
     assert started is not None
     record(store, old, sleeper.pid, started + 1, owner=dead_pid(), owner_start=1)
-    new = store.acquire_lease("r", force=True)
+    new = store.take_lease("r", force=True).token
     assert reap_orphans(store, "r", new) == []
     assert sleeper.poll() is None  # the pid was reused by another process: left alone
     assert store.procs("r") == []  # the dead owner's row is gone all the same
@@ -182,13 +182,13 @@ def test_a_recorded_pid_with_another_start_time_is_not_killed(
 def test_the_group_a_dead_owner_left_is_killed_and_one_of_a_live_owner_is_not(
     store: SQLiteStore, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    old = store.acquire_lease("r")
+    old = store.take_lease("r").token
     started = start_time(sleeper.pid)
     me = start_time(os.getpid())
     assert started is not None and me is not None
     # owner alive (this very process): its command is its own business
     record(store, old, sleeper.pid, started, owner=os.getpid(), owner_start=me)
-    new = store.acquire_lease("r", force=True)
+    new = store.take_lease("r", force=True).token
     assert reap_orphans(store, "r", new) == []
     assert sleeper.poll() is None
     assert len(store.procs("r")) == 1
@@ -197,7 +197,7 @@ def test_the_group_a_dead_owner_left_is_killed_and_one_of_a_live_owner_is_not(
     with pytest.raises(LeaseLost):  # the old holder can note nothing any more
         record(store, old, sleeper.pid, started, owner=os.getpid(), owner_start=me + 1)
     record(store, new, sleeper.pid, started, owner=os.getpid(), owner_start=me + 1)
-    newest = store.acquire_lease("r", force=True)
+    newest = store.take_lease("r", force=True).token
     killed = reap_orphans(store, "r", newest)
     assert [(k.pid, k.node) for k in killed] == [(sleeper.pid, "slow")]
     assert sleeper.wait() == -signal.SIGKILL

@@ -39,7 +39,7 @@ def new_run(store: SQLiteStore, run_id: str = "r1", **state: Any) -> int:
         frontier=FRONTIER0,
         inputs={},
     )
-    return store.acquire_lease(run_id)
+    return store.take_lease(run_id).token
 
 
 def commit(
@@ -251,13 +251,13 @@ def test_only_changed_keys_are_written_and_history_reads_back(store: SQLiteStore
 
 def test_task_results_are_saved_one_by_one_and_replaced_on_retry(store: SQLiteStore) -> None:
     token = new_run(store)
-    store.save_task_result("r1", token, result(0, "a", "failed"))
-    store.save_task_result("r1", token, result(0, "b"))
+    store.save_task_results("r1", token, [result(0, "a", "failed")])
+    store.save_task_results("r1", token, [result(0, "b")])
     assert {k: r.status for k, r in store.load_task_results("r1", 0).items()} == {
         "a": "failed",
         "b": "ok",
     }
-    store.save_task_result("r1", token, result(0, "a"))
+    store.save_task_results("r1", token, [result(0, "a")])
     assert store.load_task_results("r1", 0)["a"].status == "ok"
 
 
@@ -281,14 +281,14 @@ def test_a_store_whose_lease_was_taken_over_cannot_commit(db: Path) -> None:
     token_a = new_run(a)
     a.save_step("r1", token_a, commit(0))
     b = SQLiteStore(db)
-    token_b = b.acquire_lease("r1", force=True)
+    token_b = b.take_lease("r1", force=True).token
     assert token_b > token_a
 
     before = b.load_latest("r1")
     with pytest.raises(LeaseLost, match="taken over"):
         a.save_step("r1", token_a, commit(1))
     with pytest.raises(LeaseLost):
-        a.save_task_result("r1", token_a, result(1))
+        a.save_task_results("r1", token_a, [result(1)])
     with pytest.raises(LeaseLost):
         a.set_status("r1", token_a, "failed", error="late")
     assert not a.heartbeat("r1", token_a)
@@ -328,27 +328,27 @@ def test_a_live_owner_is_refused_even_when_silent_and_a_dead_one_taken_over(
 ) -> None:
     token = new_run(store)
     store.release_lease("r1", token)
-    store.acquire_lease("r1")
+    store.take_lease("r1").token
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     started = start_time(live.pid)
     try:
         set_lease(db, live.pid, started, time.time())
         with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}") as exc:
-            store.acquire_lease("r1")
+            store.take_lease("r1").token
         assert exc.value.exit_code == 3 and exc.value.hint and "--force" in exc.value.hint
-        assert store.acquire_lease("r1", force=True) > token
+        assert store.take_lease("r1", force=True).token > token
 
         # no heartbeat for too long, but the owner is alive on this host: still its run
         set_lease(db, live.pid, started, time.time() - LEASE_STALE_S - 1)
         with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}"):
-            store.acquire_lease("r1")
+            store.take_lease("r1").token
     finally:
         live.kill()
         live.wait()
     set_lease(db, live.pid, started, time.time())  # a fresh heartbeat, but the process is gone
-    store.acquire_lease("r1")
+    store.take_lease("r1").token
     with pytest.raises(ResumeRefused, match="no run"):
-        store.acquire_lease("nope")
+        store.take_lease("nope").token
 
 
 def test_creating_a_run_id_twice_is_refused(store: SQLiteStore) -> None:
@@ -371,7 +371,7 @@ def test_run_inputs_are_stored_once_apart_from_the_row_each_step_rewrites(
         frontier=FRONTIER0,
         inputs=big,
     )
-    token = store.acquire_lease("r1")
+    token = store.take_lease("r1").token
     for step in range(5):
         store.save_step("r1", token, commit(step))
     store.fork_run("r1", 3, "r2")

@@ -89,7 +89,7 @@ class StoreContract:
             frontier=FRONTIER0,
             inputs={"n": 0},
         )
-        return store.acquire_lease(run_id)
+        return store.take_lease(run_id).token
 
     # runs --------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class StoreContract:
         self.new_run(store)
         with pytest.raises(ResumeRefused, match="already exists"):
             self.new_run(store)
-        for read in (store.get_run, store.load_latest, store.workflow_text, store.acquire_lease):
+        for read in (store.get_run, store.load_latest, store.workflow_text, store.take_lease):
             with pytest.raises(ResumeRefused, match="no run 'nope'"):
                 read("nope")
 
@@ -157,14 +157,14 @@ class StoreContract:
         self, store: Store
     ) -> None:
         first = self.new_run(store)
-        second = store.acquire_lease("r1", force=True)
+        second = store.take_lease("r1", force=True).token
         assert second > first
         assert store.heartbeat("r1", second)
         assert not store.heartbeat("r1", first)
         store.release_lease("r1", first)  # a stale release leaves the holder's lease alone
         assert store.heartbeat("r1", second)
         store.release_lease("r1", second)
-        third = store.acquire_lease("r1")  # released: free to take without force
+        third = store.take_lease("r1").token  # released: free to take without force
         assert third > second and store.heartbeat("r1", third)
 
     def test_a_lease_that_was_taken_over_cannot_write_anything_for_the_run(
@@ -172,11 +172,11 @@ class StoreContract:
     ) -> None:
         old = self.new_run(store)
         store.save_step("r1", old, commit(0))
-        new = store.acquire_lease("r1", force=True)
+        new = store.take_lease("r1", force=True).token
         before = store.load_latest("r1")
         fenced_writes = [
             lambda: store.save_step("r1", old, commit(1, events=[event("r1", 1)])),
-            lambda: store.save_task_result("r1", old, result(1)),
+            lambda: store.save_task_results("r1", old, [result(1)]),
             lambda: store.save_task_results("r1", old, [result(1, "a"), result(1, "b")]),
             lambda: store.set_status("r1", old, "failed", error="late"),
             lambda: store.append_events("r1", old, [event("r1", 1)]),
@@ -214,7 +214,7 @@ class StoreContract:
             stdout="out",
             stderr="err",
         )
-        store.save_task_result("r1", token, failed)
+        store.save_task_results("r1", token, [failed])
         store.save_task_results(
             "r1", token, [result(0, "0002", delta={"x": [1, "é"]}), result(1, "0001")]
         )
@@ -242,7 +242,7 @@ class StoreContract:
             data={"key": "k0", "index": None},
         )
         store.save_step("r1", token, commit(0, events=[done]))
-        store.save_task_result("r1", token, result(1, "k1", "failed", error="boom"))
+        store.save_task_results("r1", token, [result(1, "k1", "failed", error="boom")])
         history = store.task_results("r1")
         assert [(r.step, r.order_key, r.node, r.status) for r in history] == [
             (0, "k0", "a", "ok"),
@@ -445,7 +445,7 @@ class StoreContract:
         )
         store.record_llm_call(first)
         store.record_llm_call(call("b"))
-        store.acquire_lease("a", force=True)  # money spent still counts for a lost run
+        store.take_lease("a", force=True).token  # money spent still counts for a lost run
         store.record_llm_call(unknown)
         assert store.llm_calls("a") == [first, unknown]
         assert [c.run_id for c in store.llm_calls("b")] == ["b"]
@@ -468,7 +468,7 @@ class StoreContract:
         assert (cp.step, cp.state, cp.frontier) == (2, store.load_at("p", 2).state, frontier(1))
         assert store.load_latest("p") == parent_before
 
-        ftoken = store.acquire_lease("f")
+        ftoken = store.take_lease("f").token
         store.save_step("f", ftoken, commit(2, key="f-2", changed={"n": "100"}))
         assert store.load_latest("f").state["n"] == 100
         assert store.load_latest("p").state["n"] == 4

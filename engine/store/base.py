@@ -1,8 +1,10 @@
-"""The Store protocol: everything the engine persists goes through it.
+"""The Store protocols: everything the engine persists goes through them.
 
-The SQLite implementation (``sqlite.py``) is the default; the protocol keeps the
-engine free of SQL so a PostgreSQL store can follow (SPEC §9). Records are plain
-frozen dataclasses holding JSON-able values.
+:class:`RunHistory` is what the history commands read (``runs``, ``show``, ``logs``,
+``costs``, reports); :class:`Store` adds what the engine writes. Both stores,
+SQLite (``sqlite.py``, the default) and PostgreSQL (``postgres.py``), are one SQL
+layer (``sql.py``) with a dialect each; ``open.py`` picks one by URL. Records are
+plain frozen dataclasses holding JSON-able values.
 """
 
 from __future__ import annotations
@@ -227,13 +229,17 @@ class PruneResult:
 
     runs: list[RunRecord]
     skipped_live: list[str]  # old enough, but their lease is live
-    bytes_before: int = 0  # the database file (and its WAL) before and after
-    bytes_after: int = 0
+    # a store that is one file (SQLite): its size (and its WAL's) before and after; None
+    # where the space is the server's (PostgreSQL: autovacuum reuses it, nothing shrinks)
+    bytes_before: int | None = None
+    bytes_after: int | None = None
     dry_run: bool = False
     vacuum_error: str | None = None  # the rows are gone, but VACUUM could not run
 
     @property
-    def bytes_reclaimed(self) -> int:
+    def bytes_reclaimed(self) -> int | None:
+        if self.bytes_before is None or self.bytes_after is None:
+            return None
         return max(0, self.bytes_before - self.bytes_after)
 
 
@@ -246,8 +252,53 @@ class Checkpoint:
     status: str
 
 
-class Store(Protocol):
-    """Everything the engine, the reports, the cost ledger and the CLI ask of a store.
+class RunHistory(Protocol):
+    """What the history commands and the reports read; never writes."""
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    def resolve_run_id(self, ref: str) -> str: ...
+
+    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]: ...
+
+    def run_is_live(self, run_id: str) -> bool: ...
+
+    def workflow_text(self, run_id: str) -> tuple[str, str]: ...
+
+    def inputs(self, run_id: str) -> dict[str, Any]: ...
+
+    def load_latest(self, run_id: str) -> Checkpoint: ...
+
+    def load_at(self, run_id: str, step: int) -> Checkpoint: ...
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    def events(self, run_id: str) -> list[Event]: ...
+
+    def task_results(self, run_id: str) -> list[TaskResult]: ...
+
+    def task_outputs(
+        self,
+        run_id: str,
+        *,
+        node: str | None = None,
+        index: int | None = None,
+        attempt: int | None = None,
+    ) -> list[TaskOutput]: ...
+
+    def task_output(
+        self, run_id: str, step: int, node: str, index: int | None, attempt: int
+    ) -> TaskOutput | None: ...
+
+    def llm_calls(self, run_id: str) -> list[LLMCall]: ...
+
+    def procs(self, run_id: str) -> list[ProcRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class Store(RunHistory, Protocol):
+    """Everything the engine, the cost ledger and the maintenance commands write.
 
     Writes for a run take its lease token and raise ``LeaseLost`` once another
     holder has a newer one (``record_llm_call`` excepted: money spent is kept).
@@ -268,19 +319,13 @@ class Store(Protocol):
         inputs: dict[str, Any],
     ) -> None: ...
 
-    def acquire_lease(self, run_id: str, *, force: bool = False) -> int: ...
-
     def take_lease(self, run_id: str, *, force: bool = False) -> TakenLease: ...
 
     def heartbeat(self, run_id: str, token: int) -> bool: ...
 
-    def run_is_live(self, run_id: str) -> bool: ...
-
     def release_lease(self, run_id: str, token: int) -> None: ...
 
     def set_max_cost(self, run_id: str, token: int, max_cost_usd: float | None) -> None: ...
-
-    def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None: ...
 
     def add_state_keys(self, run_id: str, token: int, values: dict[str, Any]) -> None: ...
 
@@ -289,16 +334,6 @@ class Store(Protocol):
     def load_task_results(self, run_id: str, step: int) -> dict[str, TaskResult]: ...
 
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None: ...
-
-    def load_latest(self, run_id: str) -> Checkpoint: ...
-
-    def load_at(self, run_id: str, step: int) -> Checkpoint: ...
-
-    def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None: ...
-
-    def load_checkpoint(self, run_id: str, name: str) -> Checkpoint: ...
-
-    def check_idempotency(self, key: str) -> bool: ...
 
     def set_status(
         self,
@@ -315,48 +350,15 @@ class Store(Protocol):
 
     def next_event_seq(self, run_id: str) -> int: ...
 
-    def steps(self, run_id: str) -> list[dict[str, Any]]: ...
-
     def pending_events(self, run_id: str) -> list[Event]: ...
 
     def mark_events_emitted(self, run_id: str, upto_seq: int) -> None: ...
 
-    def events(self, run_id: str) -> list[Event]: ...
-
-    def get_run(self, run_id: str) -> RunRecord: ...
-
-    def resolve_run_id(self, ref: str) -> str: ...
-
-    def workflow_text(self, run_id: str) -> tuple[str, str]: ...
-
-    def inputs(self, run_id: str) -> dict[str, Any]: ...
-
-    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]: ...
-
-    def task_results(self, run_id: str) -> list[TaskResult]: ...
-
-    def task_outputs(
-        self,
-        run_id: str,
-        *,
-        node: str | None = None,
-        index: int | None = None,
-        attempt: int | None = None,
-    ) -> list[TaskOutput]: ...
-
-    def task_output(
-        self, run_id: str, step: int, node: str, index: int | None, attempt: int
-    ) -> TaskOutput | None: ...
-
     def record_llm_call(self, call: LLMCall) -> None: ...
-
-    def llm_calls(self, run_id: str) -> list[LLMCall]: ...
 
     def record_proc(self, run_id: str, token: int, proc: ProcRecord) -> int: ...
 
     def forget_procs(self, run_id: str, token: int, ids: list[int]) -> None: ...
-
-    def procs(self, run_id: str) -> list[ProcRecord]: ...
 
     def fork_run(
         self,
@@ -373,5 +375,3 @@ class Store(Protocol):
     def prune_runs(
         self, *, before: float, status: str | None = None, dry_run: bool = False
     ) -> PruneResult: ...
-
-    def close(self) -> None: ...

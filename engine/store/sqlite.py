@@ -5,16 +5,19 @@ and each building on the plumbing of ``sqlite_db.py``:
 
 ==========================  ==============================================================
 ``sqlite_db.py``            connect + pragmas, ``_tx`` (``BEGIN IMMEDIATE``), migrations,
-                            ``_fence`` (the lease-token check inside a transaction)
-``sqlite_events.py``        the event outbox (``events``, ``event_seq``, ``events_emitted``)
-``sqlite_runs.py``          runs: create, lease, heartbeat, status, look-ups and listing
-``sqlite_results.py``       task results, saved as each task finishes
-``sqlite_steps.py``         the atomic step commit, state per key, checkpoints
-``sqlite_ledger.py``        the LLM cost ledger
-``sqlite_procs.py``         commands in flight (killed on takeover if their owner died)
-``sqlite_maintenance.py``   ``fork_run`` and ``prune_runs``
+                            the SQLite side of the seam of ``sql.py``
+``sql.py``                  the seam, and ``_fence`` (the lease-token check in a transaction)
+``events.py``               the event outbox (``events``, ``event_seq``, ``events_emitted``)
+``runs.py``                 runs: create, lease, heartbeat, status, look-ups and listing
+``results.py``              task results, saved as each task finishes
+``steps.py``                the atomic step commit, state per key
+``ledger.py``               the LLM cost ledger
+``procs.py``                commands in flight (killed on takeover if their owner died)
+``maintenance.py``          ``fork_run`` and ``prune_runs``
 ``leases.py``               when a lease is live (store-agnostic)
 ==========================  ==============================================================
+
+All but ``sqlite_db.py`` and ``sqlite_file.py`` are shared with the PostgreSQL store.
 
 Every write is a ``BEGIN IMMEDIATE`` … ``COMMIT`` block from the one ``_tx``, and
 every write made on behalf of a run is fenced by its lease token: a process whose
@@ -29,12 +32,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .leases import HOST, LEASE_STALE_S, lease_live, pid_alive
+from .ledger import SQLLedger
+from .maintenance import SQLMaintenance
+from .procs import SQLProcs
 from .sqlite_db import BUSY_TIMEOUT_MS, SQLiteDB
 from .sqlite_file import damage_error
-from .sqlite_ledger import SQLiteLedger
-from .sqlite_maintenance import SQLiteMaintenance
-from .sqlite_procs import SQLiteProcs
-from .sqlite_steps import SQLiteSteps
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -76,7 +78,7 @@ def _store_boundary(cls: C) -> C:
 
 
 @_store_boundary
-class SQLiteStore(SQLiteMaintenance, SQLiteSteps, SQLiteLedger, SQLiteProcs):
+class SQLiteStore(SQLMaintenance, SQLLedger, SQLProcs, SQLiteDB):
     """The :class:`~.base.Store` on one SQLite file (``SQLiteStore(path, durability=...)``).
 
     ``durability="full"`` sets ``synchronous=FULL`` (every commit survives power

@@ -7,7 +7,9 @@ Every write made on behalf of a run checks the run's lease token inside its
 transaction (:meth:`SQLiteDB._fence`): a process whose lease was taken over can
 never commit. The schema is brought up to date on open (``migrations.py``), once
 ``sqlite_file.examine`` has found the file to be flowrun's; ``readonly=True``
-opens it ``mode=ro`` and never writes or creates anything.
+opens it ``mode=ro`` and never writes or creates anything. This module fills in
+the SQLite side of the seam of ``sql.py`` (``flowrun_now()`` is this process's
+clock, registered on the connection).
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..envvars import BUSY_TIMEOUT_S, busy_timeout_s
-from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError
+from ..errors import DatabaseRefused, ResumeRefused, StoreError
 from .lockers import locked_message
 from .migrations import MIGRATIONS
+from .sql import SQLDB, SQLConn
 from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
 BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT_S * 1000)  # the default; FLOWRUN_BUSY_TIMEOUT overrides it
@@ -37,13 +40,16 @@ def busy_timeout_ms() -> int:
     return int(busy_timeout_s() * 1000)
 
 
-class SQLiteDB:
-    """One database file and one shared connection: open, migrate, transact, fence."""
+class SQLiteDB(SQLDB):
+    """One database file and one shared connection: open, migrate, transact."""
+
+    _IntegrityError = sqlite3.IntegrityError
 
     def __init__(
         self, path: str | os.PathLike[str], *, durability: str = "normal", readonly: bool = False
     ) -> None:
         self.path = Path(path)
+        self.label = str(self.path)
         self.durability = durability
         self.readonly = readonly
         found = examine(self.path)  # nothing is written to a file not known to be flowrun's
@@ -99,6 +105,7 @@ class SQLiteDB:
                 check_same_thread=False,
                 uri=uri is not None,
             )
+            conn.create_function("flowrun_now", 0, time.time)  # the seam's _NOW
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             if uri is None:
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -182,18 +189,35 @@ class SQLiteDB:
                 c.execute(f"PRAGMA user_version = {version + 1}")
             version += 1
 
-    def _fence(self, c: sqlite3.Connection, run_id: str, token: int, **updates: Any) -> None:
-        updates["updated_at"] = time.time()
-        cols = ", ".join(f"{k} = ?" for k in updates)
-        cur = c.execute(
-            f"UPDATE runs SET {cols} WHERE run_id = ? AND lease_token = ?",
-            (*updates.values(), run_id, token),
-        )
-        if cur.rowcount != 1:
-            raise LeaseLost(
-                f"run {run_id} was taken over by another process; this one stops",
-                hint="two processes drove the same run; only the newest lease may commit",
-            )
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.conn
+
+    def _insert_id(self, c: SQLConn, sql: str, args: Sequence[Any]) -> int:
+        return int(c.execute(sql, args).lastrowid or 0)
+
+    def _failure_cols(self) -> str:
+        """The traceback columns, or NULLs in a file a read-only command did not upgrade."""
+        with self._lock:
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(task_results)")}
+        if "traceback" in cols:
+            return "traceback, error_file, error_line"
+        return "NULL, NULL, NULL"
+
+    def _size(self) -> int:
+        """The size of the database file and its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
+    def _reclaim(self) -> str | None:
+        with self._lock:
+            try:  # not inside a transaction: VACUUM cannot run in one
+                self.conn.execute("VACUUM")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                return str(exc)
+        return None
 
     def close(self) -> None:
         self.conn.close()

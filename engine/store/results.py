@@ -1,4 +1,4 @@
-"""Task results in SQLite: each task's outcome, saved as soon as it finishes.
+"""Task results: each task's outcome, saved as soon as it finishes.
 
 Results of a step that has not committed yet let a resumed run skip the tasks
 that already succeeded; ``task_results`` joins them with the task events for
@@ -9,19 +9,16 @@ result, in the same transaction, and read back in task order for ``flowrun logs`
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from ..jsonvalue import dumps
 from .base import TaskOutput, TaskResult
-from .sqlite_events import SQLiteEvents
+from .events import SQLEvents
+from .sql import SQLConn
 
 
-class SQLiteTaskResults(SQLiteEvents):
+class SQLTaskResults(SQLEvents):
     """The ``task_results`` table (and, for the history, the task events)."""
-
-    def save_task_result(self, run_id: str, token: int, result: TaskResult) -> None:
-        self.save_task_results(run_id, token, [result])
 
     def save_task_results(self, run_id: str, token: int, results: list[TaskResult]) -> None:
         """Results that finished together, in one transaction (a group commit)."""
@@ -30,11 +27,12 @@ class SQLiteTaskResults(SQLiteEvents):
             for result in results:
                 self._insert_result(c, run_id, result)
 
-    def _insert_result(self, c: sqlite3.Connection, run_id: str, result: TaskResult) -> None:
+    def _insert_result(self, c: SQLConn, run_id: str, result: TaskResult) -> None:
         c.execute(
-            "INSERT OR REPLACE INTO task_results (run_id, step, order_key, node, idx, status,"
+            "INSERT INTO task_results (run_id, step, order_key, node, idx, status,"
             " delta, attempts, started_at, duration_s, error, stdout, stderr, traceback,"
-            " error_file, error_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " error_file, error_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id, step, order_key) DO UPDATE SET " + _REPLACE_RESULT,
             (
                 run_id,
                 result.step,
@@ -73,14 +71,14 @@ class SQLiteTaskResults(SQLiteEvents):
                 ],
             )
 
-    def _failure_cols(self) -> str:
-        """The traceback columns, or NULLs in a file a read-only command did not upgrade."""
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(task_results)")}
-        if "traceback" in cols:
-            return "traceback, error_file, error_line"
-        return "NULL, NULL, NULL"
-
     def _results(self, sql: str, args: tuple[Any, ...]) -> list[TaskResult]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT step, order_key, node, idx, status, delta, attempts, started_at,"
+                f" duration_s, error, stdout, stderr, {self._failure_cols()}"
+                " FROM task_results " + sql,
+                args,
+            ).fetchall()
         return [
             TaskResult(
                 step=r[0],
@@ -99,12 +97,7 @@ class SQLiteTaskResults(SQLiteEvents):
                 error_file=r[13],
                 error_line=r[14],
             )
-            for r in self.conn.execute(
-                "SELECT step, order_key, node, idx, status, delta, attempts, started_at,"
-                f" duration_s, error, stdout, stderr, {self._failure_cols()}"
-                " FROM task_results " + sql,
-                args,
-            )
+            for r in rows
         ]
 
     def load_task_results(self, run_id: str, step: int) -> dict[str, TaskResult]:
@@ -121,7 +114,8 @@ class SQLiteTaskResults(SQLiteEvents):
         rows = {
             (r.step, r.order_key, r.status): r for r in self._results("WHERE run_id = ?", (run_id,))
         }
-        row = self.conn.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        with self._read() as c:
+            row = c.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         current = row[0] if row else 0
         out: list[TaskResult] = []
         for e in self._events(
@@ -170,27 +164,27 @@ class SQLiteTaskResults(SQLiteEvents):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self.conn.execute(
-            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
-            f" WHERE {' AND '.join(where)} ORDER BY id",
-            args,
-        ).fetchall()
-        if not rows:
-            return []
-        steps = sorted({r[1] for r in rows})
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+                f" WHERE {' AND '.join(where)} ORDER BY id",
+                args,
+            ).fetchall()
+            if not rows:
+                return []
+            steps = sorted({r[1] for r in rows})
+            marks = ",".join("?" * len(steps))
+            step_tasks = c.execute(
+                f"SELECT step, tasks FROM steps WHERE run_id = ? AND step IN ({marks})",
+                [run_id, *steps],
+            ).fetchall()
+            entries = c.execute("SELECT frontier FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         position: dict[tuple[int, str], tuple[int, int, int]] = {}
-        marks = ",".join("?" * len(steps))
-        for step, tasks in self.conn.execute(
-            f"SELECT step, tasks FROM steps WHERE run_id = ? AND step IN ({marks})",
-            [run_id, *steps],
-        ):
+        for step, tasks in step_tasks:
             for i, t in enumerate(json.loads(tasks)):
                 position[(step, t["key"])] = (i, 0, 0)
         # the step the run stopped in has no task list yet: its frontier gives the order of
         # its nodes, and a foreach node's tasks go by index
-        entries = self.conn.execute(
-            "SELECT frontier FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
         nodes: dict[str, int] = {}
         for i, e in enumerate(json.loads(entries[0]).get("entries", []) if entries else []):
             nodes.setdefault(e["node"], i)
@@ -210,13 +204,23 @@ class SQLiteTaskResults(SQLiteEvents):
         self, run_id: str, step: int, node: str, index: int | None, attempt: int
     ) -> TaskOutput | None:
         """What one attempt printed (the latest such attempt, if the step ran again)."""
-        row = self.conn.execute(
-            "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
-            " WHERE run_id = ? AND step = ? AND node = ? AND idx IS ? AND attempt = ?"
-            " ORDER BY id DESC LIMIT 1",
-            (run_id, step, node, index, attempt),
-        ).fetchone()
+        with self._read() as c:
+            row = c.execute(
+                "SELECT id, step, order_key, node, idx, attempt, cut, chunks FROM task_output"
+                f" WHERE run_id = ? AND step = ? AND node = ? AND idx {self._IS} ? AND attempt = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (run_id, step, node, index, attempt),
+            ).fetchone()
         return None if row is None else _output(row)
+
+
+_REPLACE_RESULT = ", ".join(  # a retried task's new result replaces the earlier one
+    f"{col} = excluded.{col}"
+    for col in (
+        *("node", "idx", "status", "delta", "attempts", "started_at", "duration_s", "error"),
+        *("stdout", "stderr", "traceback", "error_file", "error_line"),
+    )
+)
 
 
 def _output(row: tuple[Any, ...]) -> TaskOutput:

@@ -1,14 +1,15 @@
-"""Runs in SQLite: creating one, its lease (take, heartbeat, release), its status, finding it.
+"""Runs: creating one, its lease (take, heartbeat, release), its status, finding it.
 
 A run row carries its lease (its owner: host, pid, start time, pid namespace, boot id;
 its heartbeat and token); :func:`.leases.lease_live` decides whether a holder may be
-displaced. Every lease change is one ``_tx``.
+displaced. Every lease change is one ``_tx``. Heartbeats are written, and judged, on
+the database's clock (``_NOW``): on a server shared by many hosts no client's clock
+decides whether another host's owner is stale.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -16,10 +17,10 @@ from ..errors import ResumeRefused, RunExists
 from ..jsonvalue import dumps
 from . import leases
 from .base import Event, LeaseOwner, RunRecord, TakenLease
-from .sqlite_events import SQLiteEvents
+from .events import SQLEvents
 
 
-class SQLiteRuns(SQLiteEvents):
+class SQLRuns(SQLEvents):
     """The ``runs`` table: create, lease, status (with its closing events), look-ups."""
 
     def create_run(
@@ -39,8 +40,9 @@ class SQLiteRuns(SQLiteEvents):
             with self._tx() as c:
                 # The text lives apart from the run row: runs is updated every step,
                 # and SQLite rewrites a whole row (overflow pages too) on UPDATE.
+                self._workflows_lock(c, exclusive=False)
                 c.execute(
-                    "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
+                    "INSERT INTO workflows (digest, text) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     (workflow_digest, workflow_text),
                 )
                 c.execute(
@@ -70,7 +72,7 @@ class SQLiteRuns(SQLiteEvents):
                     "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
                     [(run_id, k, dumps(v)) for k, v in state.items()],
                 )
-        except sqlite3.IntegrityError:
+        except self._IntegrityError:
             raise RunExists(
                 f"run id {run_id!r} already exists",
                 hint=f"continue it with `flowrun resume {run_id}` (or `run --if-exists continue`),"
@@ -88,19 +90,18 @@ class SQLiteRuns(SQLiteEvents):
             return None, beat
         return LeaseOwner(host, pid, start, pidns, boot), beat
 
-    def acquire_lease(self, run_id: str, *, force: bool = False) -> int:
-        return self.take_lease(run_id, force=force).token
-
     def take_lease(self, run_id: str, *, force: bool = False) -> TakenLease:
         me = leases.me()
         with self._tx() as c:
             row = c.execute(
-                f"SELECT {self._LEASE_COLS}, lease_token FROM runs WHERE run_id = ?", (run_id,)
+                f"SELECT {self._LEASE_COLS}, lease_token, {self._NOW} FROM runs"
+                f" WHERE run_id = ?{self._FOR_UPDATE}",
+                (run_id,),
             ).fetchone()
             if row is None:
                 raise ResumeRefused(f"no run {run_id!r}")
             owner, beat = self._owner(row[:6])
-            now = time.time()
+            now = float(row[7])  # the database's clock, as the heartbeats are
             if owner == me:
                 owner = None  # this very process took it before: nobody is displaced
             elif not force and leases.lease_live(owner, beat, now):
@@ -116,25 +117,30 @@ class SQLiteRuns(SQLiteEvents):
             token = int(row[6]) + 1
             c.execute(
                 "UPDATE runs SET lease_host = ?, lease_pid = ?, lease_start = ?, lease_pidns = ?,"
-                " lease_boot = ?, lease_heartbeat = ?, lease_token = ? WHERE run_id = ?",
-                (me.host, me.pid, me.start, me.pidns, me.boot, now, token, run_id),
+                f" lease_boot = ?, lease_heartbeat = {self._NOW}, lease_token = ?"
+                " WHERE run_id = ?",
+                (me.host, me.pid, me.start, me.pidns, me.boot, token, run_id),
             )
-            return TakenLease(token, owner, beat)
+        # the displaced owner's heartbeat on this process's clock (its age is what counts)
+        previous_beat = None if beat is None else time.time() - (now - beat)
+        return TakenLease(token, owner, previous_beat)
 
     def run_is_live(self, run_id: str) -> bool:
         """True while a process holds the run's lease (it is being executed right now)."""
-        row = self.conn.execute(
-            f"SELECT {self._LEASE_COLS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return row is not None and leases.lease_live(*self._owner(row), time.time())
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {self._LEASE_COLS}, {self._NOW} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return row is not None and leases.lease_live(*self._owner(row[:6]), float(row[6]))
 
     def heartbeat(self, run_id: str, token: int) -> bool:
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE runs SET lease_heartbeat = ? WHERE run_id = ? AND lease_token = ?",
-                (time.time(), run_id, token),
+                f"UPDATE runs SET lease_heartbeat = {self._NOW}"
+                " WHERE run_id = ? AND lease_token = ?",
+                (run_id, token),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def release_lease(self, run_id: str, token: int) -> None:
         with self._tx() as c:
@@ -181,29 +187,32 @@ class SQLiteRuns(SQLiteEvents):
         return RunRecord(*r)
 
     def get_run(self, run_id: str) -> RunRecord:
-        r = self.conn.execute(
-            f"SELECT {self._RUN_COLS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        with self._read() as c:
+            r = c.execute(
+                f"SELECT {self._RUN_COLS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
         if r is None:
             raise ResumeRefused(f"no run {run_id!r}")
         return self._run(r)
 
     def resolve_run_id(self, ref: str) -> str:
-        if ref == "latest":
-            row = self.conn.execute(
-                "SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1"
-            ).fetchone()
-            if row is None:
-                raise ResumeRefused(
-                    "there are no runs in this database", hint="start one with `flowrun run FILE`"
-                )
-            return str(row[0])
-        if self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
-            return ref
-        like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self.conn.execute(
-            "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 3", (like,)
-        ).fetchall()
+        with self._read() as c:
+            if ref == "latest":
+                row = c.execute(
+                    "SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    raise ResumeRefused(
+                        "there are no runs in this database",
+                        hint="start one with `flowrun run FILE`",
+                    )
+                return str(row[0])
+            if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
+                return ref
+            like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = c.execute(
+                "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 3", (like,)
+            ).fetchall()
         if not rows:
             raise ResumeRefused(f"no run matches {ref!r}", hint="`flowrun runs` lists them")
         if len(rows) > 1:
@@ -214,30 +223,32 @@ class SQLiteRuns(SQLiteEvents):
         return str(rows[0][0])
 
     def workflow_text(self, run_id: str) -> tuple[str, str]:
-        row = self.conn.execute(
-            "SELECT r.workflow_path, w.text FROM runs r"
-            " JOIN workflows w ON w.digest = r.workflow_digest WHERE r.run_id = ?",
-            (run_id,),
-        ).fetchone()
+        with self._read() as c:
+            row = c.execute(
+                "SELECT r.workflow_path, w.text FROM runs r"
+                " JOIN workflows w ON w.digest = r.workflow_digest WHERE r.run_id = ?",
+                (run_id,),
+            ).fetchone()
         if row is None:
             raise ResumeRefused(f"no run {run_id!r}")
         return str(row[0]), str(row[1])
 
     def inputs(self, run_id: str) -> dict[str, Any]:
-        row = self.conn.execute(
-            "SELECT inputs FROM run_inputs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        with self._read() as c:
+            row = c.execute("SELECT inputs FROM run_inputs WHERE run_id = ?", (run_id,)).fetchone()
         return {} if row is None else dict(json.loads(row[0]))
 
     def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
-        if status:
-            rows = self.conn.execute(
-                f"SELECT {self._RUN_COLS} FROM runs WHERE status = ?"
-                " ORDER BY created_at DESC LIMIT ?",
-                (status, limit),
-            )
-        else:
-            rows = self.conn.execute(
-                f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,)
-            )
+        with self._read() as c:
+            if status:
+                rows = c.execute(
+                    f"SELECT {self._RUN_COLS} FROM runs WHERE status = ?"
+                    " ORDER BY created_at DESC LIMIT ?",
+                    (status, limit),
+                ).fetchall()
+            else:
+                rows = c.execute(
+                    f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
         return [self._run(r) for r in rows]

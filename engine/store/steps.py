@@ -1,4 +1,4 @@
-"""Steps and state in SQLite: the atomic step commit and reading checkpoints back.
+"""Steps and state: the atomic step commit and reading checkpoints back.
 
 ``save_step`` is the one transaction per superstep: the run row (fenced), the step
 row (UNIQUE idempotency key), the changed state keys, the remaining task results
@@ -10,17 +10,17 @@ version may be a delta (the items it gained) on the one before.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from ..errors import ResumeRefused, StepAlreadyCommitted
 from ..jsonvalue import dumps
 from .base import Checkpoint, StepCommit
-from .sqlite_results import SQLiteTaskResults
+from .results import SQLTaskResults
+from .sql import SQLConn
 
 
-class SQLiteSteps(SQLiteTaskResults):
+class SQLSteps(SQLTaskResults):
     """The ``steps``, ``state_kv`` and ``checkpoints`` tables."""
 
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
@@ -70,7 +70,7 @@ class SQLiteSteps(SQLiteTaskResults):
                     self._insert_result(c, run_id, result)
                 if commit.events:
                     self._insert_events(c, run_id, commit.events, bump=False)
-        except sqlite3.IntegrityError as exc:
+        except self._IntegrityError as exc:
             if "idem_key" in str(exc) or "steps" in str(exc):
                 raise StepAlreadyCommitted(
                     f"step {commit.step} of run {run_id} was already committed"
@@ -78,88 +78,96 @@ class SQLiteSteps(SQLiteTaskResults):
                 ) from None
             raise
 
+    # not in the Store protocol: no command uses these yet (SPEC §4 names them) -----------
     def check_idempotency(self, key: str) -> bool:
         """True if a step with this idempotency key was committed."""
-        row = self.conn.execute("SELECT 1 FROM steps WHERE idem_key = ?", (key,)).fetchone()
-        return row is not None
+        with self._read() as c:
+            return (
+                c.execute("SELECT 1 FROM steps WHERE idem_key = ?", (key,)).fetchone() is not None
+            )
 
+    def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None:
+        """Name the checkpoint after ``step`` (default: where the run is); a name moves."""
+        with self._tx() as c:
+            if step is None:
+                (step,) = c.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            c.execute(
+                "INSERT INTO checkpoints (run_id, name, step) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id, name) DO UPDATE SET step = excluded.step",
+                (run_id, name, step),
+            )
+
+    def load_checkpoint(self, run_id: str, name: str) -> Checkpoint:
+        with self._read() as c:
+            row = c.execute(
+                "SELECT step FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)
+            ).fetchone()
+        if row is None:
+            raise ResumeRefused(f"run {run_id} has no checkpoint named {name!r}")
+        return self.load_at(run_id, row[0])
+
+    # ---------------------------------------------------------------------------------
     def add_state_keys(self, run_id: str, token: int, values: dict[str, Any]) -> None:
         """Keys a changed workflow declares that the run did not have yet (their defaults)."""
         with self._tx() as c:
             self._fence(c, run_id, token)
             c.executemany(
-                "INSERT OR IGNORE INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
+                "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)"
+                " ON CONFLICT DO NOTHING",
                 [(run_id, k, dumps(v)) for k, v in values.items()],
             )
 
-    def _state_at(self, run_id: str, step: int) -> dict[str, Any]:
-        keys = [
-            k
-            for (k,) in self.conn.execute(
-                "SELECT DISTINCT key FROM state_kv WHERE run_id = ? AND step = -1", (run_id,)
-            )
-        ]
+    def _state_at(self, c: SQLConn, run_id: str, step: int) -> dict[str, Any]:
+        """Every declared key's value after committed step ``step``, in one query: each key's
+        last whole version at or before it, then the deltas after that one."""
+        versions: dict[str, list[str]] = {}
+        for key, value in c.execute(
+            "SELECT k.key, s.value FROM state_kv k JOIN state_kv s"
+            " ON s.run_id = k.run_id AND s.key = k.key AND s.step <= ? AND s.step >= ("
+            "  SELECT w.step FROM state_kv w WHERE w.run_id = k.run_id AND w.key = k.key"
+            "  AND w.step <= ? AND w.delta = 0 ORDER BY w.step DESC LIMIT 1)"
+            " WHERE k.run_id = ? AND k.step = -1 ORDER BY k.key, s.step",
+            (step, step, run_id),
+        ):
+            versions.setdefault(key, []).append(value)
         state: dict[str, Any] = {}
-        for k in keys:
-            deltas: list[str] = []  # newest first; the engine bounds how many (AppendLog)
-            for value, delta in self.conn.execute(
-                "SELECT value, delta FROM state_kv WHERE run_id = ? AND key = ? AND step <= ?"
-                " ORDER BY step DESC",
-                (run_id, k, step),
-            ):
-                if not delta:
-                    break
-                deltas.append(value)
-            state[k] = json.loads(value)
-            for items in reversed(deltas):
-                state[k].extend(json.loads(items))
+        for key in sorted(versions):  # code point order, whatever the database's collation
+            whole, *deltas = versions[key]
+            state[key] = json.loads(whole)
+            for items in deltas:  # the engine bounds how many (AppendLog)
+                state[key].extend(json.loads(items))
         return state
 
     def load_latest(self, run_id: str) -> Checkpoint:
-        row = self.conn.execute(
-            "SELECT step, frontier, status FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if row is None:
-            raise ResumeRefused(f"no run {run_id!r}")
-        step, frontier, status = row
-        return Checkpoint(
-            run_id, step, self._state_at(run_id, step - 1), json.loads(frontier), status
-        )
+        with self._read() as c:
+            row = c.execute(
+                "SELECT step, frontier, status FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise ResumeRefused(f"no run {run_id!r}")
+            step, frontier, status = row
+            state = self._state_at(c, run_id, step - 1)
+        return Checkpoint(run_id, step, state, json.loads(frontier), status)
 
     def load_at(self, run_id: str, step: int) -> Checkpoint:
         """The checkpoint after committed step ``step - 1`` (step 0: the initial state)."""
-        row = self.conn.execute(
-            "SELECT frontier FROM steps WHERE run_id = ? AND step = ?", (run_id, step - 1)
-        ).fetchone()
-        if row is None:
-            raise ResumeRefused(f"run {run_id} has no committed step {step - 1}")
-        return Checkpoint(
-            run_id, step, self._state_at(run_id, step - 1), json.loads(row[0]), "running"
-        )
-
-    def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None:
-        with self._tx() as c:
-            if step is None:
-                (step,) = c.execute("SELECT step FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            c.execute(
-                "INSERT OR REPLACE INTO checkpoints (run_id, name, step) VALUES (?, ?, ?)",
-                (run_id, name, step),
-            )
-
-    def load_checkpoint(self, run_id: str, name: str) -> Checkpoint:
-        row = self.conn.execute(
-            "SELECT step FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)
-        ).fetchone()
-        if row is None:
-            raise ResumeRefused(f"run {run_id} has no checkpoint named {name!r}")
-        return self.load_at(run_id, row[0])
+        with self._read() as c:
+            row = c.execute(
+                "SELECT frontier FROM steps WHERE run_id = ? AND step = ?", (run_id, step - 1)
+            ).fetchone()
+            if row is None:
+                raise ResumeRefused(f"run {run_id} has no committed step {step - 1}")
+            state = self._state_at(c, run_id, step - 1)
+        return Checkpoint(run_id, step, state, json.loads(row[0]), "running")
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
-        return [
-            {"step": r[0], "digest": r[1], "tasks": json.loads(r[2]), "committed_at": r[3]}
-            for r in self.conn.execute(
+        with self._read() as c:
+            rows = c.execute(
                 "SELECT step, digest, tasks, committed_at FROM steps WHERE run_id = ? AND step >= 0"
                 " ORDER BY step",
                 (run_id,),
-            )
+            ).fetchall()
+        return [
+            {"step": r[0], "digest": r[1], "tasks": json.loads(r[2]), "committed_at": r[3]}
+            for r in rows
         ]

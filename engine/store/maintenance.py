@@ -1,8 +1,7 @@
-"""Forks and pruning in SQLite: a new run from a checkpoint; deleting old runs."""
+"""Forks and pruning: a new run from a checkpoint; deleting old runs in batches."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -10,11 +9,14 @@ from ..errors import ResumeRefused, RunExists, UsageError
 from ..jsonvalue import dumps
 from .base import PruneResult, RunRecord
 from .leases import lease_live
-from .sqlite_runs import SQLiteRuns
-from .sqlite_steps import SQLiteSteps
+from .runs import SQLRuns
+from .sql import SQLConn
+from .steps import SQLSteps
+
+PRUNE_BATCH = 100  # runs deleted per transaction: no long lock, however much goes
 
 
-class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
+class SQLMaintenance(SQLRuns, SQLSteps):
     """``fork_run`` and ``prune_runs``: whole runs in, whole runs out."""
 
     def fork_run(
@@ -38,9 +40,10 @@ class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
         now = time.time()
         try:
             with self._tx() as c:
+                self._workflows_lock(c, exclusive=False)
                 parent = c.execute(
                     "SELECT workflow_name, workflow_path, workflow_digest FROM runs"
-                    " WHERE run_id = ?",
+                    f" WHERE run_id = ?{self._FOR_UPDATE}",
                     (run_id,),
                 ).fetchone()
                 if parent is None:
@@ -54,7 +57,7 @@ class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
                 name, path, digest = parent
                 if workflow_digest is not None and workflow_text is not None:
                     c.execute(
-                        "INSERT OR IGNORE INTO workflows (digest, text) VALUES (?, ?)",
+                        "INSERT INTO workflows (digest, text) VALUES (?, ?) ON CONFLICT DO NOTHING",
                         (workflow_digest, workflow_text),
                     )
                     name = workflow_name or name
@@ -81,10 +84,10 @@ class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
                     "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",
                     [
                         (new_run_id, k, dumps(v))
-                        for k, v in self._state_at(run_id, step - 1).items()
+                        for k, v in self._state_at(c, run_id, step - 1).items()
                     ],
                 )
-        except sqlite3.IntegrityError:
+        except self._IntegrityError:
             raise RunExists(
                 f"run id {new_run_id!r} already exists", hint="pick another --run-id"
             ) from None
@@ -95,52 +98,56 @@ class SQLiteMaintenance(SQLiteRuns, SQLiteSteps):
         """Delete runs last written (created, stepped, finished) before ``before``.
 
         A run whose lease is live is kept. All of a run's rows go with it (the child
-        tables cascade), then workflow texts no run uses; one transaction. Then, if
-        anything went, ``VACUUM`` returns the pages to the file system.
+        tables cascade), then workflow texts no run uses. Runs go :data:`PRUNE_BATCH` to a
+        transaction, each batch looked at again under the transaction's lock, so a run
+        that took a lease meanwhile is kept. Then, if anything went, the store gives the
+        space back where it can (SQLite: ``VACUUM``).
         """
-        sql = (
-            f"SELECT {self._RUN_COLS}, {self._LEASE_COLS} FROM runs"
-            " WHERE max(created_at, updated_at, coalesce(finished_at, 0)) < ?"
-        )
+        where = f" WHERE {self._GREATEST}(created_at, updated_at, coalesce(finished_at, 0)) < ?"
         args: tuple[Any, ...] = (before,)
         if status is not None:
-            sql, args = sql + " AND status = ?", (before, status)
-        sql += " ORDER BY created_at, run_id"
+            where, args = where + " AND status = ?", (before, status)
 
-        def candidates(c: sqlite3.Connection) -> tuple[list[RunRecord], list[str]]:
+        def candidates(
+            c: SQLConn, sql: str, params: tuple[Any, ...], lock: str = ""
+        ) -> tuple[list[RunRecord], list[str]]:
             doomed, live = [], []
-            now = time.time()
-            for r in c.execute(sql, args).fetchall():
-                if lease_live(*self._owner(r[-6:]), now):
+            for r in c.execute(
+                f"SELECT {self._RUN_COLS}, {self._LEASE_COLS}, {self._NOW} FROM runs"
+                + sql
+                + " ORDER BY created_at, run_id"
+                + lock,
+                params,
+            ).fetchall():
+                if lease_live(*self._owner(r[-7:-1]), float(r[-1])):
                     live.append(str(r[0]))
                 else:
-                    doomed.append(self._run(r[:-6]))
+                    doomed.append(self._run(r[:-7]))
             return doomed, live
 
-        size = self._file_bytes()
+        size = self._size()
+        with self._read() as c:
+            doomed, live = candidates(c, where, args)
         if dry_run:
-            with self._lock:
-                doomed, live = candidates(self.conn)
             return PruneResult(doomed, live, size, size, dry_run=True)
-        with self._tx() as c:  # the lease check and the delete see the same rows
-            doomed, live = candidates(c)
-            c.executemany("DELETE FROM runs WHERE run_id = ?", [(r.run_id,) for r in doomed])
-            if doomed:
+        gone: list[RunRecord] = []
+        for i in range(0, len(doomed), PRUNE_BATCH):
+            ids = [r.run_id for r in doomed[i : i + PRUNE_BATCH]]
+            marks = ",".join("?" * len(ids))
+            with self._tx() as c:  # the lease check and the delete see the same rows
+                batch, now_live = candidates(
+                    c, f"{where} AND run_id IN ({marks})", (*args, *ids), self._FOR_UPDATE
+                )
+                c.executemany("DELETE FROM runs WHERE run_id = ?", [(r.run_id,) for r in batch])
+            gone += batch
+            live += now_live
+        if gone:
+            with self._tx() as c:
+                self._workflows_lock(c, exclusive=True)
                 c.execute(
                     "DELETE FROM workflows WHERE digest NOT IN (SELECT workflow_digest FROM runs)"
                 )
-        if not doomed:
-            return PruneResult(doomed, live, size, size)
-        error = None
-        with self._lock:
-            try:  # not inside a transaction: VACUUM cannot run in one
-                self.conn.execute("VACUUM")
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError as exc:
-                error = str(exc)
-        return PruneResult(doomed, live, size, self._file_bytes(), vacuum_error=error)
-
-    def _file_bytes(self) -> int:
-        """The size of the database file and its WAL."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+        if not gone:
+            return PruneResult(gone, live, size, size)
+        error = self._reclaim()
+        return PruneResult(gone, live, size, self._size(), vacuum_error=error)

@@ -1,4 +1,4 @@
-"""The LLM cost ledger in SQLite: one row per billed call, written when the attempt ends."""
+"""The LLM cost ledger: one row per billed call, written when the attempt ends."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 from ..jsonvalue import dumps
 from .base import LLMCall
-from .sqlite_db import SQLiteDB
+from .sql import SQLDB
 
 
-class SQLiteLedger(SQLiteDB):
+class SQLLedger(SQLDB):
     """The ``llm_calls`` table."""
 
     def record_llm_call(self, call: LLMCall) -> None:
@@ -47,8 +47,8 @@ class SQLiteLedger(SQLiteDB):
             )
 
     def llm_calls(self, run_id: str) -> list[LLMCall]:
-        with self._lock:
-            rows = self.conn.execute(
+        with self._read() as c:
+            rows = c.execute(
                 "SELECT run_id, step, node, idx, attempt, provider, model, tokens_in, tokens_out,"
                 " cached_tokens, cache_write_tokens, price, cost_usd, ts, cache_write_1h_tokens,"
                 " served_model, estimate_usd, reasoning_tokens"

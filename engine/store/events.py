@@ -1,4 +1,4 @@
-"""The event outbox in SQLite: events commit with the writes they describe.
+"""The event outbox: events commit with the writes they describe.
 
 ``runs.event_seq`` is the last sequence number written and ``runs.events_emitted``
 the last one delivered to the sinks; what lies between is pending, and is
@@ -8,19 +8,18 @@ delivered again after a crash (at-least-once, in ``seq`` order).
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from ..jsonvalue import dumps
 from .base import Event
-from .sqlite_db import SQLiteDB
+from .sql import SQLDB, SQLConn
 
 
-class SQLiteEvents(SQLiteDB):
+class SQLEvents(SQLDB):
     """The ``events`` table and the run's ``event_seq`` / ``events_emitted`` marks."""
 
     def _insert_events(
-        self, c: sqlite3.Connection, run_id: str, events: list[Event], *, bump: bool = True
+        self, c: SQLConn, run_id: str, events: list[Event], *, bump: bool = True
     ) -> None:
         c.executemany(
             "INSERT INTO events (run_id, seq, ts, step, node, type, attempt, duration,"
@@ -43,7 +42,7 @@ class SQLiteEvents(SQLiteDB):
         )
         if bump:
             c.execute(
-                "UPDATE runs SET event_seq = max(event_seq, ?) WHERE run_id = ?",
+                f"UPDATE runs SET event_seq = {self._GREATEST}(event_seq, ?) WHERE run_id = ?",
                 (events[-1].seq, run_id),
             )
 
@@ -53,6 +52,12 @@ class SQLiteEvents(SQLiteDB):
             self._insert_events(c, run_id, events)
 
     def _events(self, sql: str, args: tuple[Any, ...]) -> list[Event]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT run_id, seq, ts, step, node, type, attempt, duration, error, data"
+                " FROM events " + sql,
+                args,
+            ).fetchall()
         return [
             Event(
                 run_id=r[0],
@@ -66,23 +71,21 @@ class SQLiteEvents(SQLiteDB):
                 error=r[8],
                 data=None if r[9] is None else json.loads(r[9]),
             )
-            for r in self.conn.execute(
-                "SELECT run_id, seq, ts, step, node, type, attempt, duration, error, data"
-                " FROM events " + sql,
-                args,
-            )
+            for r in rows
         ]
 
     def pending_events(self, run_id: str) -> list[Event]:
-        (emitted,) = self.conn.execute(
-            "SELECT events_emitted FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        with self._read() as c:
+            (emitted,) = c.execute(
+                "SELECT events_emitted FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
         return self._events("WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, emitted))
 
     def mark_events_emitted(self, run_id: str, upto_seq: int) -> None:
         with self._tx() as c:
             c.execute(
-                "UPDATE runs SET events_emitted = max(events_emitted, ?) WHERE run_id = ?",
+                f"UPDATE runs SET events_emitted = {self._GREATEST}(events_emitted, ?)"
+                " WHERE run_id = ?",
                 (upto_seq, run_id),
             )
 
@@ -90,7 +93,6 @@ class SQLiteEvents(SQLiteDB):
         return self._events("WHERE run_id = ? ORDER BY seq", (run_id,))
 
     def next_event_seq(self, run_id: str) -> int:
-        (seq,) = self.conn.execute(
-            "SELECT event_seq FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        with self._read() as c:
+            (seq,) = c.execute("SELECT event_seq FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return int(seq) + 1

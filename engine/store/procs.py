@@ -1,4 +1,4 @@
-"""Commands in flight, in SQLite: one row per running ``run:``/``shell:`` process group.
+"""Commands in flight: one row per running ``run:``/``shell:`` process group.
 
 A row is written as a command starts and deleted as it ends, each in one small
 fenced transaction. What a crashed owner leaves behind names the process groups
@@ -9,17 +9,18 @@ runs the node again (``engine/runtime/orphans.py``).
 from __future__ import annotations
 
 from .base import ProcRecord
-from .sqlite_db import SQLiteDB
+from .sql import SQLDB
 
 
-class SQLiteProcs(SQLiteDB):
+class SQLProcs(SQLDB):
     """The ``procs`` table."""
 
     def record_proc(self, run_id: str, token: int, proc: ProcRecord) -> int:
         """Note a started process group; return the row's id (for :meth:`forget_procs`)."""
         with self._tx() as c:
             self._fence(c, run_id, token)
-            cur = c.execute(
+            return self._insert_id(
+                c,
                 "INSERT INTO procs (run_id, host, owner_pid, owner_start, pid, pgid, start_time,"
                 " step, node, started_at, pidns, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -37,7 +38,6 @@ class SQLiteProcs(SQLiteDB):
                     proc.boot,
                 ),
             )
-            return int(cur.lastrowid or 0)
 
     def forget_procs(self, run_id: str, token: int, ids: list[int]) -> None:
         """Delete the rows of process groups that ended (or were killed)."""
@@ -48,8 +48,8 @@ class SQLiteProcs(SQLiteDB):
             )
 
     def procs(self, run_id: str) -> list[ProcRecord]:
-        with self._lock:
-            rows = self.conn.execute(
+        with self._read() as c:
+            rows = c.execute(
                 "SELECT host, owner_pid, owner_start, pid, pgid, start_time, step, node,"
                 " started_at, id, pidns, boot FROM procs WHERE run_id = ? ORDER BY id",
                 (run_id,),

@@ -1,0 +1,218 @@
+"""The PostgreSQL plumbing of :class:`~.postgres.PostgresStore`: connect, migrate, transact.
+
+One connection (psycopg 3, autocommit) is shared by the coordinator, the heartbeat
+thread and LLM worker threads behind one lock, as SQLite's is; every write is one
+``BEGIN`` … ``COMMIT`` from :meth:`PostgresDB._tx`. Its first statement is the
+lease fence (``UPDATE runs … WHERE lease_token = ?``), which holds the run row's
+lock until the commit, or a ``SELECT … FOR UPDATE`` of that row: no takeover can
+come between the check and the commit. A lost connection is opened again at the
+next call; the transaction it was in never committed half.
+
+Session settings: ``search_path`` is the ``flowrun`` schema; ``lock_timeout`` is
+``FLOWRUN_BUSY_TIMEOUT`` (a write waits that long for another holder's row lock);
+``idle_in_transaction_session_timeout`` is the lease's stale time, so a client frozen
+inside a transaction is cut off by the server and its locks released (when it
+thaws, its commit fails); ``default_transaction_read_only`` for ``readonly=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..envvars import busy_timeout_s
+from ..errors import DatabaseRefused, ResumeRefused, StoreError
+from .leases import stale_after
+from .open import masked
+from .postgres_migrations import (
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA,
+    VERSION_TABLE,
+    WORKFLOWS_LOCK,
+)
+from .sql import SQLDB, SQLConn
+
+CONNECT_TIMEOUT_S = 10
+
+
+@functools.lru_cache(maxsize=512)
+def _pg(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (the shared statements hold no ``%``)."""
+    return sql.replace("?", "%s")
+
+
+class PgConn:
+    """A psycopg connection speaking the shared statements' ``?`` placeholders."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        return self.conn.execute(_pg(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(_pg(sql), parameters)
+
+
+class PostgresDB(SQLDB):
+    """One PostgreSQL database, one shared connection: open, migrate, transact."""
+
+    _GREATEST = "GREATEST"
+    _NOW = "EXTRACT(EPOCH FROM now())::float8"
+    _FOR_UPDATE = " FOR UPDATE"
+    _IS = "IS NOT DISTINCT FROM"
+    _IntegrityError = pg_errors.IntegrityError
+
+    def __init__(self, url: str, *, durability: str = "normal", readonly: bool = False) -> None:
+        self.url = url
+        self.label = masked(url)
+        self.durability = durability
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        conn = self._connection()
+        if readonly:
+            self._check_version(conn, fresh_ok=False)
+        else:
+            self._migrate(conn)
+
+    # connecting ---------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The open connection, opened (again) if there is none or it was lost."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._conn = None
+        if conn is not None:
+            conn.close()
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+        try:
+            conn = psycopg.connect(self.url, **kwargs)
+        except psycopg.Error as exc:
+            raise self._connect_error(exc) from None
+        except ValueError as exc:  # a port that is not a number, say
+            raise DatabaseRefused(f"--db {self.label}: {self._scrub(exc)}") from None
+        conn.execute(f"SET search_path TO {SCHEMA}")
+        conn.execute(f"SET lock_timeout = {int(busy_timeout_s() * 1000)}")
+        conn.execute(f"SET idle_in_transaction_session_timeout = {int(stale_after() * 1000)}")
+        if self.durability == "full":
+            conn.execute("SET synchronous_commit = on")
+        if self.readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        self._conn = conn
+        return conn
+
+    def _scrub(self, exc: BaseException) -> str:
+        """An error's first line, with the URL's password (if any) masked out."""
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        try:
+            password = psycopg.conninfo.conninfo_to_dict(self.url).get("password")
+        except psycopg.Error:
+            password = None
+        return text.replace(str(password), "***") if password else text
+
+    def _connect_error(self, exc: psycopg.Error) -> StoreError:
+        why = self._scrub(exc)
+        if any(
+            s in why for s in ("does not exist", "authentication failed", "no password", "role")
+        ):
+            return DatabaseRefused(
+                f"cannot connect to {self.label}: {why}",
+                hint="check the user, password and database name in --db (or FLOWRUN_DB)",
+            )
+        return StoreError(
+            f"cannot connect to {self.label}: {why}",
+            hint="is the server running and reachable? `flowrun resume` continues a run"
+            " from its last committed step once it is",
+        )
+
+    # transactions -------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[SQLConn]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield PgConn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    # if the connection goes meanwhile, the server rolls the transaction back
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[SQLConn]:
+        with self._lock:
+            yield PgConn(self._connection())
+
+    def _insert_id(self, c: SQLConn, sql: str, args: Sequence[Any]) -> int:
+        (new_id,) = c.execute(sql + " RETURNING id", args).fetchone()
+        return int(new_id)
+
+    def _workflows_lock(self, c: SQLConn, *, exclusive: bool) -> None:
+        kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        c.execute(f"SELECT {kind}({WORKFLOWS_LOCK})")
+
+    # the schema ---------------------------------------------------------------------
+    def _check_version(self, conn: psycopg.Connection[Any], *, fresh_ok: bool) -> int:
+        found = conn.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)",
+            (f"{SCHEMA}.schema_version", f"{SCHEMA}.runs"),
+        ).fetchone()
+        if found is None or found[0] is None:
+            if found is not None and found[1] is not None:
+                raise DatabaseRefused(
+                    f"{self.label}: schema {SCHEMA} holds another application's tables",
+                    hint="flowrun adds nothing to it: use another database for --db",
+                )
+            if fresh_ok:
+                return 0
+            raise ResumeRefused(
+                f"no flowrun database at {self.label}",
+                hint="run a workflow with this --db first (or FLOWRUN_DB)",
+            )
+        row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_version")
+        version = int(row.fetchone()[0])  # type: ignore[index]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database {self.label} has schema version {version}, newer than this flowrun",
+                hint="upgrade flowrun",
+            )
+        return version
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        if self._check_version(conn, fresh_ok=True) >= len(MIGRATIONS):
+            return
+        with self._lock, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            conn.execute(VERSION_TABLE)
+            version = self._check_version(conn, fresh_ok=False)
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                conn.execute(MIGRATIONS[number - 1])
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+                    (number, time.time()),
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
