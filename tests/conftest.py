@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .pg import pg_server, pg_url, store_url  # noqa: F401 - PostgreSQL fixtures
+
 BIN = Path(sys.executable).parent
 FLOWRUN = shutil.which("flowrun", path=str(BIN)) or "flowrun"
 
