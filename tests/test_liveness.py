@@ -287,23 +287,23 @@ def my_pidns() -> str:
 def test_an_owner_in_another_pid_namespace_is_judged_by_its_heartbeat_alone(
     store: SQLiteStore, tmp_path: Path
 ) -> None:
-    store.take_lease("r").token
+    store.take_lease("r")
     # pid 1 in a sibling container with our hostname: our pid number, another namespace
     me = start_time(os.getpid())
     db = tmp_path / "f.db"
     set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=time.time())
     with pytest.raises(ResumeRefused, match=f"pid {os.getpid()}") as exc:
-        store.take_lease("r").token
+        store.take_lease("r")
     assert exc.value.hint and "--force" in exc.value.hint
     set_owner(db, heartbeat=time.time() - 2 * STALE_S)  # silent for too long: abandoned
-    store.take_lease("r").token
+    store.take_lease("r")
 
 
 def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
     store: SQLiteStore, tmp_path: Path
 ) -> None:
     db = tmp_path / "f.db"
-    store.take_lease("r").token
+    store.take_lease("r")
     live = subprocess.Popen(["sleep", "60"])
     try:
         started = start_time(live.pid)
@@ -311,12 +311,12 @@ def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
         stale = time.time() - 2 * STALE_S
         set_owner(db, pid=live.pid, start=started, pidns=my_pidns(), heartbeat=stale)
         with pytest.raises(ResumeRefused, match=f"pid {live.pid}"):
-            store.take_lease("r").token  # alive: a stale heartbeat does not matter
+            store.take_lease("r")  # alive: a stale heartbeat does not matter
         assert store.run_is_live("r")
         # the same pid number with another start time: the owner died, its pid was reused
         set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=time.time())
         assert not store.run_is_live("r")
-        store.take_lease("r").token
+        store.take_lease("r")
     finally:
         live.kill()
         live.wait()
@@ -368,7 +368,7 @@ def test_a_write_blocked_by_a_stopped_writer_names_it(
         monkeypatch.setenv("FLOWRUN_BUSY_TIMEOUT", "0.2")
         blocked = SQLiteStore(tmp_path / "f.db")
         with pytest.raises(StoreError, match=f"pid {holder.pid}") as exc:
-            blocked.take_lease("r").token
+            blocked.take_lease("r")
         assert exc.value.hint and f"kill -CONT {holder.pid}" in exc.value.hint
         blocked.close()
     finally:

@@ -328,27 +328,27 @@ def test_a_live_owner_is_refused_even_when_silent_and_a_dead_one_taken_over(
 ) -> None:
     token = new_run(store)
     store.release_lease("r1", token)
-    store.take_lease("r1").token
+    store.take_lease("r1")
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     started = start_time(live.pid)
     try:
         set_lease(db, live.pid, started, time.time())
         with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}") as exc:
-            store.take_lease("r1").token
+            store.take_lease("r1")
         assert exc.value.exit_code == 3 and exc.value.hint and "--force" in exc.value.hint
         assert store.take_lease("r1", force=True).token > token
 
         # no heartbeat for too long, but the owner is alive on this host: still its run
         set_lease(db, live.pid, started, time.time() - LEASE_STALE_S - 1)
         with pytest.raises(ResumeRefused, match=f"being executed by pid {live.pid}"):
-            store.take_lease("r1").token
+            store.take_lease("r1")
     finally:
         live.kill()
         live.wait()
     set_lease(db, live.pid, started, time.time())  # a fresh heartbeat, but the process is gone
-    store.take_lease("r1").token
+    store.take_lease("r1")
     with pytest.raises(ResumeRefused, match="no run"):
-        store.take_lease("nope").token
+        store.take_lease("nope")
 
 
 def test_creating_a_run_id_twice_is_refused(store: SQLiteStore) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, UsageError
 from flowrun.engine.store.base import Event, LLMCall, StepCommit, Store, TaskResult
+from flowrun.engine.store import open_store
 from flowrun.engine.store.sqlite import SQLiteStore
 
 FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
@@ -445,7 +446,7 @@ class StoreContract:
         )
         store.record_llm_call(first)
         store.record_llm_call(call("b"))
-        store.take_lease("a", force=True).token  # money spent still counts for a lost run
+        store.take_lease("a", force=True)  # money spent still counts for a lost run
         store.record_llm_call(unknown)
         assert store.llm_calls("a") == [first, unknown]
         assert [c.run_id for c in store.llm_calls("b")] == ["b"]
@@ -531,3 +532,16 @@ class StoreContract:
 class TestSQLiteStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return SQLiteStore(tmp_path / "contract.db")
+
+
+class TestPostgresStore(StoreContract):
+    """The same contract on a real PostgreSQL server (a fresh database per test)."""
+
+    url = ""
+
+    @pytest.fixture(autouse=True)
+    def _database(self, pg_url: str) -> None:
+        self.url = pg_url
+
+    def make_store(self, tmp_path: Path) -> Store:
+        return open_store(self.url)
