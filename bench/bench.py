@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flowrun.engine import Engine, Settings, SQLiteStore, load_workflow
+from flowrun.engine import Engine, Settings, SQLiteStore, Store, load_workflow, open_store
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+PG = os.environ.get("FLOWRUN_BENCH_PG")  # a server URL: the PostgreSQL store is measured too
 PEERS = os.environ.get("BENCH_PEERS", "LangGraph,DBOS").split(",")  # which peers to run
 BIN = Path(sys.executable).parent
 
@@ -78,12 +79,14 @@ def foreach_yaml(n: int) -> str:
         """)
 
 
-def run_flowrun(d: Path, yaml_text: str, **settings: int) -> tuple[float, int, Path]:
+def run_flowrun(
+    d: Path, yaml_text: str, url: str | None = None, **settings: int
+) -> tuple[float, int, Path]:
     wf_path = d / f"wf-{time.monotonic_ns()}.yaml"
     wf_path.write_text(yaml_text)
     wf = load_workflow(wf_path)
     db = d / f"{wf_path.stem}.db"
-    store = SQLiteStore(db)
+    store: Store = SQLiteStore(db) if url is None else open_store(url)
     t0 = time.perf_counter()
     r = Engine(store, settings=Settings(**settings)).start(wf)  # type: ignore[arg-type]
     dt = time.perf_counter() - t0
@@ -92,14 +95,25 @@ def run_flowrun(d: Path, yaml_text: str, **settings: int) -> tuple[float, int, P
     return dt, r.steps, db
 
 
-def bench_chain(d: Path) -> float:
-    dt, steps, _ = run_flowrun(d, chain_yaml(1000))
+def bench_chain(d: Path, url: str | None = None) -> float:
+    dt, steps, _ = run_flowrun(d, chain_yaml(1000), url)
     return steps / dt
 
 
-def bench_foreach(d: Path) -> float:
-    dt, _, _ = run_flowrun(d, foreach_yaml(1000))
+def bench_foreach(d: Path, url: str | None = None) -> float:
+    dt, _, _ = run_flowrun(d, foreach_yaml(1000), url)
     return 1000 / dt
+
+
+def postgres_figures(d: Path, url: str) -> tuple[float, float, float, float]:
+    """The chain and the foreach on PostgreSQL (``FLOWRUN_BENCH_PG``): in process, and as a
+    whole ``flowrun run --db URL`` process minus a one-node run's start-up there."""
+    chain = median(lambda: bench_chain(d, url))
+    fe = median(lambda: bench_foreach(d, url))
+    one = bench_process(d, ["run", "one.yaml", "--db", url, "-q"])
+    whole_chain = 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one, url)
+    whole_fe = 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one, url)
+    return chain, fe, whole_chain, whole_fe
 
 
 def bench_big_value(d: Path) -> tuple[int, int]:
@@ -188,14 +202,16 @@ def bench_process(d: Path, args: list[str], n: int = 7) -> float:
     return median(once, n)
 
 
-def bench_whole(d: Path, name: str, yaml_text: str, start_up: float) -> float:
+def bench_whole(
+    d: Path, name: str, yaml_text: str, start_up: float, url: str | None = None
+) -> float:
     """Seconds of a whole ``flowrun run`` of ``yaml_text`` beyond a one-node run's."""
     (d / name).write_text(yaml_text)
     runs = iter(range(1_000_000))
 
     def once() -> float:
-        db = d / f"whole-{name}-{next(runs)}.db"
-        return bench_process(d, ["run", name, "--db", str(db), "-q"], 1) - start_up
+        db = url or str(d / f"whole-{name}-{next(runs)}.db")
+        return bench_process(d, ["run", name, "--db", db, "-q"], 1) - start_up
 
     return median(once, 3)
 
@@ -271,6 +287,21 @@ def main() -> None:
             "chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one),
             "foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one),
         }
+        if PG:
+            from flowrun.engine.store.open import masked
+
+            chain_pg, fe_pg, whole_chain_pg, whole_fe_pg = postgres_figures(d, PG)
+            print(f"PostgreSQL store ({masked(PG)}), beside SQLite (in process / whole process)")
+            print(
+                f"1,000-node chain (steps/s)  : SQLite {chain:8,.0f} / {whole['chain']:6,.0f}"
+                f"   PostgreSQL {chain_pg:8,.0f} / {whole_chain_pg:6,.0f}"
+            )
+            print(
+                f"1,000-item foreach (tasks/s): SQLite {fe:8,.0f} / {whole['foreach']:6,.0f}"
+                f"   PostgreSQL {fe_pg:8,.0f} / {whole_fe_pg:6,.0f}"
+            )
+        else:
+            print("PostgreSQL: skipped (set FLOWRUN_BENCH_PG=postgresql://… to measure it)")
         peers = peer_figures(d)
         if not peers:
             print("peers: none installed here (make bench installs them); ratios skipped")
