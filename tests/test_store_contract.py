@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, UsageError
-from flowrun.engine.store.base import Event, LLMCall, StepCommit, Store, TaskResult
 from flowrun.engine.store import open_store
+from flowrun.engine.store.base import Event, LLMCall, StepCommit, Store, TaskResult
 from flowrun.engine.store.sqlite import SQLiteStore
 
 FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
