@@ -8,8 +8,7 @@ result = Engine(SQLiteStore(".flowrun/flowrun.db")).start(wf)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     BudgetExceeded,
@@ -25,6 +24,7 @@ from .errors import (
     UsageError,
     WorkflowError,
 )
+from .lazy import attributes
 
 # The rest loads on first use (PEP 562), so `flowrun --help` and the CLI's error
 # boundary do not pay for Jinja2, the runtime and the store.
@@ -50,15 +50,8 @@ if TYPE_CHECKING:
     from .runtime import Engine, Fanout, Observer, RunResult, Settings, new_run_id
     from .spec import Workflow, load_workflow
     from .store import RunHistory, SQLiteStore, Store, open_store
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+else:  # mypy sees the imports above, and flags any other name
+    __getattr__ = attributes(__name__, _LAZY)
 
 
 __all__ = [

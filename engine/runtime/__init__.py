@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from .engine import Engine, RunResult, Settings, new_run_id
-from .observer import Fanout, Observer
+from typing import TYPE_CHECKING
+
+from ..lazy import attributes
+
+if TYPE_CHECKING:
+    from .engine import Engine, RunResult, Settings, new_run_id
+    from .observer import Fanout, Observer
+else:  # lazy: a progress view or the metrics exporter subclasses Observer without the scheduler
+    __getattr__ = attributes(
+        __name__,
+        {
+            "Engine": ".engine",
+            "RunResult": ".engine",
+            "Settings": ".engine",
+            "new_run_id": ".engine",
+            "Fanout": ".observer",
+            "Observer": ".observer",
+        },
+    )
 
 __all__ = ["Engine", "Fanout", "Observer", "RunResult", "Settings", "new_run_id"]

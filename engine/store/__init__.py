@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from .base import Checkpoint, Event, RunHistory, RunRecord, StepCommit, Store, TaskResult
-from .open import open_store
-from .sqlite import SQLiteStore
+from typing import TYPE_CHECKING
+
+from ..lazy import attributes
+
+if TYPE_CHECKING:
+    from .base import Checkpoint, Event, RunHistory, RunRecord, StepCommit, Store, TaskResult
+    from .open import open_store
+    from .sqlite import SQLiteStore
+else:  # lazy: the records and the protocols without sqlite3 and the SQL stores
+    __getattr__ = attributes(
+        __name__,
+        {
+            "Checkpoint": ".base",
+            "Event": ".base",
+            "RunHistory": ".base",
+            "RunRecord": ".base",
+            "StepCommit": ".base",
+            "Store": ".base",
+            "TaskResult": ".base",
+            "open_store": ".open",
+            "SQLiteStore": ".sqlite",
+        },
+    )
 
 __all__ = [
     "Checkpoint",
