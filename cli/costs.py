@@ -60,7 +60,6 @@ class LLMOptions:
         """Check the files before anything runs (bad input: exit 2 with a hint)."""
         from flowrun.engine import UsageError
         from flowrun.engine.costs import load_prices
-        from flowrun.engine.llm import Cassette, CassetteError
 
         if self.record and self.replay:
             raise UsageError(
@@ -68,6 +67,8 @@ class LLMOptions:
                 hint="replay from one cassette, or record a new one",
             )
         if self.replay:
+            from flowrun.engine.llm import Cassette, CassetteError
+
             try:
                 Cassette.load(self.replay)
             except CassetteError as exc:
@@ -105,8 +106,8 @@ def do_costs(*, ref: str, by: str, db: str | None, json_out: bool, pricing: str 
     from flowrun.engine.costs import cost_report, load_prices, reprice
 
     from . import console
+    from .database import open_store
     from .options import write_json
-    from .running import open_store
 
     if by not in ("model", "node", "call"):
         raise UsageError(f"--by must be model or node (or call: every call), not {by!r}")

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from flowrun.engine import ResumeRefused, UsageError, load_workflow
+from flowrun.engine import ResumeRefused, UsageError
 from flowrun.engine.report import (
     STATUS_EXIT,
     STATUSES,
@@ -17,9 +17,9 @@ from flowrun.engine.report import (
 )
 
 from . import console
+from .database import open_store
 from .options import write_json
 from .reports import ci_reports
-from .running import open_store
 
 STATE_CUT = 200  # characters of a state value `show` prints unless --full
 STDERR_LINES = 10  # lines of a failed task's stderr tail `show` prints
@@ -217,6 +217,8 @@ def _error_lines(e: dict[str, Any]) -> list[str]:
 
 
 def do_validate(*, file: str, json_out: bool) -> None:
+    from flowrun.engine import load_workflow  # YAML and Jinja2: only the file commands load them
+
     wf = load_workflow(file)
     if json_out:
         _out({"valid": True, "name": wf.name, "nodes": list(wf.nodes), "digest": wf.digest})
@@ -225,6 +227,8 @@ def do_validate(*, file: str, json_out: bool) -> None:
 
 
 def do_graph(*, file: str, fmt: str) -> None:
+    from flowrun.engine import load_workflow
+
     wf = load_workflow(file)
     if fmt not in ("mermaid", "dot"):
         raise UsageError(f"--format must be mermaid or dot, not {fmt!r}")

@@ -15,8 +15,8 @@ from flowrun.engine.store.base import TaskOutput
 
 from . import console
 from .console import output_lines
+from .database import open_store
 from .options import write_json
-from .running import open_store
 
 MARKS = {"stdout": "|", "stderr": "!"}  # `fetch | out`, `fetch ! err`
 

@@ -20,8 +20,9 @@ from flowrun.engine.store.base import RunRecord
 
 from . import console
 from .costs import LLMOptions
+from .database import open_store
 from .options import check_run_id, write_json
-from .running import Shown, _execute, open_store, stored_workflow
+from .running import Shown, _execute, stored_workflow
 
 _SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")  # a bare number: seconds, as in a workflow
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import signal
 import sys
@@ -22,7 +21,6 @@ from flowrun.engine import (
     Interrupted,
     JsonlSink,
     Observer,
-    ResumeRefused,
     RunFailed,
     Settings,
     Store,
@@ -37,36 +35,12 @@ from flowrun.engine.events import EventSink
 from flowrun.engine.metrics import Exporter, ExportOptions, exporter_for
 from flowrun.engine.report import run_result
 from flowrun.engine.spec import file_changed
-from flowrun.engine.store import open as store_open
-from flowrun.engine.store.sqlite_file import examine
 
 from . import console
 from .costs import LLMOptions, run_costs
-from .options import DEFAULT_DB, check_run_id, open_sqlite, stdout_to_stderr, write_json
+from .database import open_store
+from .options import check_run_id, stdout_to_stderr, write_json
 from .reports import CIReports
-
-
-def open_store(
-    db: str | None, durability: str = "normal", *, create: bool = True, readonly: bool = False
-) -> Store:
-    """The run database; ``create=False`` never makes one, ``readonly=True`` never writes."""
-    if durability not in ("normal", "full"):
-        raise UsageError(f"--durability must be normal or full, not {durability!r}")
-    if not readonly:  # FLOWRUN_* seconds: a bad one is refused before anything starts
-        envvars.check()
-    url = db or DEFAULT_DB
-    path = store_open.sqlite_path(url) if store_open.scheme_of(url) in (None, "sqlite") else None
-    if path is not None and not (create or os.path.lexists(path)):
-        examine(Path(path))  # a path no file can be at (under a file, say) is a usage error
-        raise ResumeRefused(
-            f"no flowrun database at {path}",
-            hint="run a workflow here first, or point --db (or FLOWRUN_DB) at its database",
-        )
-    return open_sqlite(
-        path or url,
-        lambda: store_open.open_store(url, durability=durability, readonly=readonly),
-    )
-
 
 _BARE_CONSTANTS = ("NaN", "Infinity", "-Infinity")  # not JSON: bare words, kept as strings
 

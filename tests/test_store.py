@@ -85,7 +85,7 @@ def test_new_database_file_is_private_wal_and_versioned(db: Path) -> None:
 
 
 def test_synchronous_is_normal_by_default_and_full_on_request(tmp_path: Path) -> None:
-    from flowrun.cli.running import open_store
+    from flowrun.cli.database import open_store
 
     normal = open_store(str(tmp_path / "a.db"))
     full = open_store(str(tmp_path / "b.db"), "full")
