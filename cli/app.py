@@ -1,6 +1,9 @@
-"""The Typer root and the one error boundary every command goes through."""
+"""The Typer root and the one error boundary every command goes through.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Typer reads every command's
+parameters at each start, and string annotations would be evaluated again each
+time (``typer.Option(...)`` objects rebuilt, ~10 ms of every command, --help too).
+"""
 
 import os
 import sys
@@ -107,7 +110,7 @@ def _shown(
     output_limit: str | None,
     junit: str | None,
     metrics: tuple[int | None, str, float, str | None, str | None],
-) -> Shown:
+) -> "Shown":
     """The flags ``run``, ``resume`` and ``fork`` share for showing and reporting a run."""
     from flowrun.engine.metrics import ExportOptions
 
