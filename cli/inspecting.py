@@ -17,7 +17,6 @@ from flowrun.engine.report import (
 )
 
 from . import console
-from .database import open_store
 from .options import write_json
 from .reports import ci_reports
 
@@ -51,6 +50,8 @@ def _one_line(text: str | None, limit: int) -> str:
 
 
 def do_runs(*, status: str | None, limit: int, db: str | None, json_out: bool) -> None:
+    from .database import open_store  # the store: only the database commands load it
+
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     try:
@@ -115,6 +116,8 @@ def do_show(
     full: bool = False,
     junit: str | None = None,
 ) -> int:
+    from .database import open_store
+
     store = open_store(db, create=False, readonly=True)
     run_id = store.resolve_run_id(ref)
     target = ci_reports(junit, summary=False).junit
