@@ -23,6 +23,9 @@ from pathlib import Path
 
 from flowrun.engine import Engine, Settings, SQLiteStore, Store, load_workflow, open_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import startup  # type: ignore[import-not-found]
+
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 PG = os.environ.get("FLOWRUN_BENCH_PG")  # a server URL: the PostgreSQL store is measured too
 PEERS = os.environ.get("BENCH_PEERS", "LangGraph,DBOS").split(",")  # which peers to run
@@ -193,7 +196,9 @@ def bench_big_foreach(d: Path, n: int) -> tuple[float, float]:
 def bench_process(d: Path, args: list[str], n: int = 7) -> float:
     def once() -> float:
         t0 = time.perf_counter()
-        p = subprocess.run([str(BIN / "flowrun"), *args], cwd=d, capture_output=True, check=False)
+        p = subprocess.run(
+            [str(BIN / "flowrun"), *args], cwd=d, env=startup.ENV, capture_output=True, check=False
+        )
         dt = time.perf_counter() - t0
         if p.returncode != 0 and args[0] == "run":
             raise RuntimeError(p.stderr[-2000:])
@@ -231,7 +236,6 @@ def bench_load(d: Path) -> tuple[float, float]:
 
 def peer_figures(d: Path) -> dict[str, dict[str, float]]:
     """Each installed peer's {"chain": steps/s, "foreach": tasks/s}."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     out: dict[str, dict[str, float]] = {}
     if "LangGraph" not in PEERS:
         pass
@@ -270,19 +274,9 @@ def main() -> None:
         n_big = int(os.environ.get("BENCH_BIG", "100000"))
         dt, rss = bench_big_foreach(d, n_big)
         print(f"{n_big:,}-item foreach (process)   : {dt:8.1f} s, peak RSS {rss:.0f} MB")
-        _write(
-            d,
-            "one.yaml",
-            """
-            name: one
-            state: {x: {default: 0}}
-            nodes:
-              a: {set: {x: 1}}
-            """,
-        )
-        print(f"flowrun --help                   : {bench_process(d, ['--help']) * 1000:8.0f} ms")
-        one = bench_process(d, ["run", "one.yaml", "--db", str(d / "one.db"), "-q"])
-        print(f"one-node run (whole process)     : {one * 1000:8.0f} ms")
+        results = startup.figures(str(BIN / "flowrun"), d)
+        startup.report(results)
+        one = results["one-node run, set"][0]  # the start-up the whole-process figures subtract
         whole = {
             "chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one),
             "foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one),

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 REPEAT = int(os.environ.get("BENCH_STARTUP_REPEAT", "15"))
+# as a user's shell has it: Python may cache bytecode (a pip install has compiled it)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 ONE_SET = """
 name: one-set
@@ -44,12 +46,11 @@ def _cpu_of_children() -> float:
 
 def whole(flowrun: str, args: list[str], cwd: Path, n: int = REPEAT) -> tuple[float, float]:
     """Median wall and CPU seconds of ``n`` whole ``flowrun ARGS`` processes."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     walls, cpus = [], []
     for i in range(n + 1):
         c0, t0 = _cpu_of_children(), time.perf_counter()
         p = subprocess.run(
-            [flowrun, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+            [flowrun, *args], cwd=cwd, env=ENV, capture_output=True, text=True, check=False
         )
         wall, cpu = time.perf_counter() - t0, _cpu_of_children() - c0
         if p.returncode != 0:
