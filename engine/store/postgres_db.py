@@ -2,17 +2,21 @@
 
 One connection (psycopg 3, autocommit) is shared by the coordinator, the heartbeat
 thread and LLM worker threads behind one lock, as SQLite's is; every write is one
-``BEGIN`` … ``COMMIT`` from :meth:`PostgresDB._tx`. Its first statement is the
-lease fence (``UPDATE runs … WHERE lease_token = ?``), which holds the run row's
-lock until the commit, or a ``SELECT … FOR UPDATE`` of that row: no takeover can
-come between the check and the commit. A lost connection is opened again at the
-next call; the transaction it was in never committed half.
+``BEGIN`` … ``COMMIT`` from :meth:`PostgresDB._tx`, sent as one pipeline. Its first
+statement is the lease fence (``UPDATE runs … WHERE lease_token = ?``), which holds the
+run row's lock until the commit, or a ``SELECT … FOR UPDATE`` of that row: no takeover
+can come between the check and the commit. The fence's answer is checked before the
+``COMMIT`` is sent, so a transaction costs two round trips (plus one per value read
+back in it). A lost connection is opened again at the next call; the transaction it
+was in never committed half.
 
 Session settings: ``search_path`` is the ``flowrun`` schema; ``lock_timeout`` is
 ``FLOWRUN_BUSY_TIMEOUT`` (a write waits that long for another holder's row lock);
 ``idle_in_transaction_session_timeout`` is the lease's stale time, so a client frozen
 inside a transaction is cut off by the server and its locks released (when it
-thaws, its commit fails); ``default_transaction_read_only`` for ``readonly=True``.
+thaws, its commit fails); ``synchronous_commit`` is ``off`` for ``--durability normal``
+and ``on`` for ``full``; ``default_transaction_read_only`` for ``readonly=True``.
+Text goes through ``postgres_text.py`` (U+0000, which ``text`` cannot hold).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ placeholders             ``?``                     ``%s`` (translated by its con
 ``_failure_cols``        NULLs in an old file      always present
 ``_reclaim``             ``VACUUM``                nothing (autovacuum)
 ``_workflows_lock``      (the write lock)          an advisory lock
+``_check_fence``         at once                   before the ``COMMIT`` (pipelined)
 =======================  ========================  ====================================
 
 Upserts are ``ON CONFLICT … DO NOTHING`` / ``DO UPDATE SET … = excluded.…`` on both.
