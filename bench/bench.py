@@ -83,13 +83,13 @@ def foreach_yaml(n: int) -> str:
 
 
 def run_flowrun(
-    d: Path, yaml_text: str, url: str | None = None, **settings: int
+    d: Path, yaml_text: str, url: str | None = None, durability: str = "normal", **settings: int
 ) -> tuple[float, int, Path]:
     wf_path = d / f"wf-{time.monotonic_ns()}.yaml"
     wf_path.write_text(yaml_text)
     wf = load_workflow(wf_path)
     db = d / f"{wf_path.stem}.db"
-    store: Store = SQLiteStore(db) if url is None else open_store(url)
+    store: Store = SQLiteStore(db) if url is None else open_store(url, durability=durability)
     t0 = time.perf_counter()
     r = Engine(store, settings=Settings(**settings)).start(wf)  # type: ignore[arg-type]
     dt = time.perf_counter() - t0
@@ -98,25 +98,40 @@ def run_flowrun(
     return dt, r.steps, db
 
 
-def bench_chain(d: Path, url: str | None = None) -> float:
-    dt, steps, _ = run_flowrun(d, chain_yaml(1000), url)
+def bench_chain(d: Path, url: str | None = None, durability: str = "normal") -> float:
+    dt, steps, _ = run_flowrun(d, chain_yaml(1000), url, durability)
     return steps / dt
 
 
-def bench_foreach(d: Path, url: str | None = None) -> float:
-    dt, _, _ = run_flowrun(d, foreach_yaml(1000), url)
+def bench_foreach(d: Path, url: str | None = None, durability: str = "normal") -> float:
+    dt, _, _ = run_flowrun(d, foreach_yaml(1000), url, durability)
     return 1000 / dt
 
 
-def postgres_figures(d: Path, url: str) -> tuple[float, float, float, float]:
-    """The chain and the foreach on PostgreSQL (``FLOWRUN_BENCH_PG``): in process, and as a
-    whole ``flowrun run --db URL`` process minus a one-node run's start-up there."""
-    chain = median(lambda: bench_chain(d, url))
-    fe = median(lambda: bench_foreach(d, url))
+def postgres_figures(d: Path, url: str) -> dict[str, float]:
+    """The chain and the foreach on PostgreSQL (``FLOWRUN_BENCH_PG``): in process (with
+    ``--durability normal`` and ``full``), and as a whole ``flowrun run --db URL`` process
+    minus a one-node run's start-up there."""
     one = bench_process(d, ["run", "one.yaml", "--db", url, "-q"])
-    whole_chain = 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one, url)
-    whole_fe = 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one, url)
-    return chain, fe, whole_chain, whole_fe
+    return {
+        "chain": median(lambda: bench_chain(d, url)),
+        "foreach": median(lambda: bench_foreach(d, url)),
+        "chain full": median(lambda: bench_chain(d, url, "full")),
+        "foreach full": median(lambda: bench_foreach(d, url, "full")),
+        "whole chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one, url),
+        "whole foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one, url),
+    }
+
+
+def postgres_server(url: str) -> str:
+    """``PostgreSQL 15.8`` and the server's own ``synchronous_commit``."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as c:
+        version, sync = c.execute(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit')"
+        ).fetchone() or ("?", "?")
+    return f"PostgreSQL {version}, synchronous_commit={sync} on the server"
 
 
 def bench_big_value(d: Path) -> tuple[int, int]:
@@ -284,16 +299,18 @@ def main() -> None:
         if PG:
             from flowrun.engine.store.open import masked
 
-            chain_pg, fe_pg, whole_chain_pg, whole_fe_pg = postgres_figures(d, PG)
-            print(f"PostgreSQL store ({masked(PG)}), beside SQLite (in process / whole process)")
-            print(
-                f"1,000-node chain (steps/s)  : SQLite {chain:8,.0f} / {whole['chain']:6,.0f}"
-                f"   PostgreSQL {chain_pg:8,.0f} / {whole_chain_pg:6,.0f}"
-            )
-            print(
-                f"1,000-item foreach (tasks/s): SQLite {fe:8,.0f} / {whole['foreach']:6,.0f}"
-                f"   PostgreSQL {fe_pg:8,.0f} / {whole_fe_pg:6,.0f}"
-            )
+            pg = postgres_figures(d, PG)
+            print(f"PostgreSQL store ({masked(PG)}; {postgres_server(PG)}), beside SQLite")
+            print("  in process / whole process; PostgreSQL in process also with --durability full")
+            for label, shape, ours in (
+                ("1,000-node chain (steps/s)  ", "chain", chain),
+                ("1,000-item foreach (tasks/s)", "foreach", fe),
+            ):
+                print(
+                    f"{label}: SQLite {ours:8,.0f} / {whole[shape]:6,.0f}"
+                    f"   PostgreSQL {pg[shape]:8,.0f} / {pg['whole ' + shape]:6,.0f}"
+                    f"   full {pg[shape + ' full']:8,.0f}"
+                )
         else:
             print("PostgreSQL: skipped (set FLOWRUN_BENCH_PG=postgresql://… to measure it)")
         peers = peer_figures(d)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flowrun.engine import DatabaseRefused, ResumeRefused, StoreError, UsageError
+from flowrun.engine import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
 from flowrun.engine.store import open_store
 from flowrun.engine.store.open import masked, sqlite_path
 from flowrun.engine.store.sqlite import SQLiteStore
@@ -252,3 +252,142 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result_and_no_passwor
         assert p.returncode == 0, (args, p.stderr)
         outputs += [p.stdout, p.stderr]
     assert not any("hunter2" in text for text in outputs)
+
+
+# any text, on either store ------------------------------------------------------------
+
+NUL_WORKFLOW = r"""
+name: nul
+state:
+  n: {default: 0}
+nodes:
+  out:
+    run: ["sh", "-c", "printf 'a\\0b\\n'; printf 'e\\0r\\n' >&2"]
+    next: boom
+  boom:
+    python: nullib:boom
+    next: END
+"""
+
+NUL_LIB = r"""
+def boom(state, ctx):
+    print("before\0after \U0010fffd0 \U0010fffd")  # and the escape's own mark, as text
+    raise ValueError("bad\0value")
+"""
+
+
+def test_text_with_nul_fails_logs_and_shows_the_same_on_every_store(
+    store_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "nul.yaml").write_text(NUL_WORKFLOW)
+    (tmp_path / "nullib.py").write_text(NUL_LIB.lstrip())
+    db = ["--db", store_url]
+    run = flowrun(
+        "run", "nul.yaml", *db, "--run-id", "nul", "-q", "--events", "ev.jsonl", cwd=tmp_path
+    )
+    assert run.returncode == 1, run.stderr  # the node failed; nothing failed to be written
+    assert "cannot use database" not in run.stderr
+    error = "nullib.py:3 in boom: ValueError: bad\0value"
+
+    logs = flowrun("logs", "nul", *db, cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == ("out | a\0b\nout ! e\0r\nboom | before\0after \U0010fffd0 \U0010fffd\n")
+
+    show = flowrun("show", "nul", *db, "--json", cwd=tmp_path)
+    assert show.returncode == 1, show.stderr  # show's exit code is the run's
+    shown = json.loads(show.stdout)
+    assert shown["status"] == "failed"
+    assert shown["error"] == f"node 'boom' failed after 1 attempt(s): {error}"
+    (failure,) = shown["nodes"]["boom"]["errors"]
+    assert failure["error"] == error
+    assert failure["traceback"].endswith("\nValueError: bad\0value")
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert [e["error"] for e in events if e["type"] == "task_failed"] == [error]
+
+    human = flowrun("show", "nul", *db, cwd=tmp_path)
+    assert human.returncode == 1, human.stderr
+    assert f"status    failed: node 'boom' failed after 1 attempt(s): {error}\n" in human.stdout
+
+
+def test_nul_and_the_escape_mark_round_trip_through_every_text_column(store_url: str) -> None:
+    from flowrun.engine.store.base import Event, StepCommit, TaskResult
+
+    store = open_store(store_url)
+    token = new_run(store)
+    tricky = ["\0", "a\0b", "\U0010fffd", "\U0010fffd0", "\U0010fffd1", "\0\U0010fffd\0", ""]
+    for i, text in enumerate(tricky):
+        result = TaskResult(
+            step=0, order_key=f"k{i}", node="a", index=i, status="failed", attempts=1,
+            started_at=1.0, duration_s=0.1, error=text, stdout=text, stderr=text,
+            traceback=text, error_file=text, error_line=1,
+        )  # fmt: skip
+        store.save_task_results("r1", token, [result])
+    events = [Event("r1", i + 1, 1.0, 0, "a", "task_failed", error=t) for i, t in enumerate(tricky)]
+    store.append_events("r1", token, events)
+    step = StepCommit(
+        step=0, idempotency_key="k0", digest="d", changed={"n": "1"}, frontier=FRONTIER0,
+        tasks=[], status="failed", error="\0stop\0",
+    )  # fmt: skip
+    store.save_step("r1", token, step)
+    back = store.load_task_results("r1", 0)
+    for i, text in enumerate(tricky):
+        r = back[f"k{i}"]
+        assert (r.error, r.stdout, r.stderr, r.traceback, r.error_file) == (text,) * 5
+    assert [e.error for e in store.events("r1")] == tricky
+    assert store.get_run("r1").error == "\0stop\0"
+    store.close()
+
+
+def test_run_id_prefixes_match_case_sensitively_on_every_store(store_url: str) -> None:
+    store = open_store(store_url)
+    for run_id in ("Build-7", "build-8", "bUILD-9"):
+        new_run(store, run_id)
+    assert store.resolve_run_id("B") == "Build-7"
+    assert store.resolve_run_id("build") == "build-8"
+    assert store.resolve_run_id("bU") == "bUILD-9"
+    with pytest.raises(ResumeRefused, match="no run matches 'BUILD'"):
+        store.resolve_run_id("BUILD")
+    with pytest.raises(ResumeRefused, match="no run matches 'build-7'"):
+        store.resolve_run_id("build-7")
+    store.close()
+
+
+# pipelined transactions ---------------------------------------------------------------
+
+
+def test_a_displaced_owner_replaying_a_committed_step_loses_its_lease_on_every_store(
+    store_url: str,
+) -> None:
+    """On PostgreSQL a transaction's statements go out together, the fence's answer with
+    the rest: the clash of the replayed step with the new owner's is a lost lease."""
+    from flowrun.engine.store.base import ProcRecord, StepCommit
+
+    store = open_store(store_url)
+    old = new_run(store)
+    new = store.take_lease("r1", force=True).token
+    step = StepCommit(
+        step=0, idempotency_key="k0", digest="d", changed={"n": "1"}, frontier=FRONTIER0,
+        tasks=[],
+    )  # fmt: skip
+    store.save_step("r1", new, step)
+    with pytest.raises(LeaseLost, match="taken over"):
+        store.save_step("r1", old, step)
+    proc = ProcRecord(
+        "r1", "h", owner_pid=1, owner_start=2, pid=3, pgid=3, start_time=4, step=0, node="a"
+    )
+    with pytest.raises(LeaseLost, match="taken over"):
+        store.record_proc("r1", old, proc)  # reads the new row's id back mid-transaction
+    assert store.procs("r1") == []
+    assert store.heartbeat("r1", new) and not store.heartbeat("r1", old)
+    assert store.load_latest("r1").state == {"n": 1}
+    store.close()
+
+
+@pytest.mark.parametrize(("durability", "setting"), [("normal", "off"), ("full", "on")])
+def test_durability_sets_whether_a_commit_waits_for_the_wal_flush(
+    pg_url: str, durability: str, setting: str
+) -> None:
+    store = open_store(pg_url, durability=durability)
+    with store._read() as c:  # type: ignore[attr-defined]
+        assert c.execute("SHOW synchronous_commit").fetchone() == (setting,)
+    store.close()

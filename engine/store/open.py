@@ -80,8 +80,8 @@ def open_store(url: str, *, durability: str = "normal", readonly: bool = False) 
     """The store ``url`` names (see the module docstring); ``readonly=True`` never writes.
 
     ``durability`` is ``normal`` or ``full``: SQLite's ``synchronous``; on PostgreSQL
-    ``full`` also makes each commit wait for the WAL flush (``synchronous_commit=on``,
-    the server's default), ``normal`` leaves the server's setting as it is.
+    ``synchronous_commit`` ``off`` or ``on`` (the same contract: ``normal`` survives a
+    crash of flowrun, ``full`` a crash of the machine or server too).
     """
     if durability not in ("normal", "full"):
         raise UsageError(f"--durability must be normal or full, not {durability!r}")

@@ -89,5 +89,6 @@ class PostgresStore(SQLMaintenance, SQLLedger, SQLProcs, PostgresDB):
     """The :class:`~.base.Store` on a PostgreSQL database (``PostgresStore(url, ...)``).
 
     ``durability="full"`` sets ``synchronous_commit = on`` for the session (each commit
-    waits for the server's WAL flush); ``normal`` keeps the server's setting.
+    waits for the server's WAL flush); ``normal`` sets it ``off`` (a crash of the server
+    may lose the last commits, never half of one: SQLite's ``synchronous=NORMAL``).
     """

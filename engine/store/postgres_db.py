@@ -2,17 +2,21 @@
 
 One connection (psycopg 3, autocommit) is shared by the coordinator, the heartbeat
 thread and LLM worker threads behind one lock, as SQLite's is; every write is one
-``BEGIN`` … ``COMMIT`` from :meth:`PostgresDB._tx`. Its first statement is the
-lease fence (``UPDATE runs … WHERE lease_token = ?``), which holds the run row's
-lock until the commit, or a ``SELECT … FOR UPDATE`` of that row: no takeover can
-come between the check and the commit. A lost connection is opened again at the
-next call; the transaction it was in never committed half.
+``BEGIN`` … ``COMMIT`` from :meth:`PostgresDB._tx`, sent as one pipeline. Its first
+statement is the lease fence (``UPDATE runs … WHERE lease_token = ?``), which holds the
+run row's lock until the commit, or a ``SELECT … FOR UPDATE`` of that row: no takeover
+can come between the check and the commit. The fence's answer is checked before the
+``COMMIT`` is sent, so a transaction costs two round trips (plus one per value read
+back in it). A lost connection is opened again at the next call; the transaction it
+was in never committed half.
 
 Session settings: ``search_path`` is the ``flowrun`` schema; ``lock_timeout`` is
 ``FLOWRUN_BUSY_TIMEOUT`` (a write waits that long for another holder's row lock);
 ``idle_in_transaction_session_timeout`` is the lease's stale time, so a client frozen
 inside a transaction is cut off by the server and its locks released (when it
-thaws, its commit fails); ``default_transaction_read_only`` for ``readonly=True``.
+thaws, its commit fails); ``synchronous_commit`` is ``off`` for ``--durability normal``
+and ``on`` for ``full``; ``default_transaction_read_only`` for ``readonly=True``.
+Text goes through ``postgres_text.py`` (U+0000, which ``text`` cannot hold).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from ..envvars import busy_timeout_s
-from ..errors import DatabaseRefused, ResumeRefused, StoreError
+from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError
+from . import postgres_text
 from .leases import stale_after
 from .open import masked
 from .postgres_migrations import (
@@ -39,7 +44,7 @@ from .postgres_migrations import (
     VERSION_TABLE,
     WORKFLOWS_LOCK,
 )
-from .sql import SQLDB, SQLConn
+from .sql import SQLDB, SQLConn, lease_lost
 
 CONNECT_TIMEOUT_S = 10
 
@@ -50,20 +55,69 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+class PgRows:
+    """A statement's cursor in a pipeline: its ``rowcount`` waits for the server's answer."""
+
+    __slots__ = ("cursor", "pipeline")
+
+    def __init__(self, cursor: psycopg.Cursor[Any], pipeline: psycopg.Pipeline) -> None:
+        self.cursor = cursor
+        self.pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        if self.cursor.rowcount < 0:  # not answered yet
+            self.pipeline.sync()
+        return self.cursor.rowcount
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()  # a fetch waits for the answer by itself
+
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.cursor)
+
+
 class PgConn:
-    """A psycopg connection speaking the shared statements' ``?`` placeholders."""
+    """A psycopg connection speaking the shared statements' ``?`` placeholders.
 
-    __slots__ = ("conn",)
+    In a transaction (:meth:`PostgresDB._tx`) it is in pipeline mode: a statement is sent
+    without waiting for its answer, so a step's statements cost one round trip together,
+    plus one per value read back. A lease fence's answer is checked before the ``COMMIT``
+    is sent (:meth:`check_fences`).
+    """
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    __slots__ = ("conn", "fences", "pipeline")
+
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None) -> None:
         self.conn = conn
+        self.pipeline = pipeline
+        self.fences: list[tuple[PgRows, str]] = []  # (a fence's answer, its run id)
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.conn.execute(_pg(sql), parameters)
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        cur = self.conn.execute(_pg(sql), parameters)
+        return cur if self.pipeline is None else PgRows(cur, self.pipeline)
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         with self.conn.cursor() as cur:
             cur.executemany(_pg(sql), parameters)
+
+    def fenced_out(self) -> str | None:
+        """The run whose fence matched no row (its lease was taken over), among the answered."""
+        for rows, run_id in self.fences:
+            if rows.cursor.rowcount == 0:
+                return run_id
+        return None
+
+    def check_fences(self) -> None:
+        """Wait for every answer; LeaseLost if a fence matched no row."""
+        if self.pipeline is not None:
+            self.pipeline.sync()
+        run_id = self.fenced_out()
+        if run_id is not None:
+            raise lease_lost(run_id)
 
 
 class PostgresDB(SQLDB):
@@ -106,11 +160,13 @@ class PostgresDB(SQLDB):
             raise self._connect_error(exc) from None
         except ValueError as exc:  # a port that is not a number, say
             raise DatabaseRefused(f"--db {self.label}: {self._scrub(exc)}") from None
+        postgres_text.adapt(conn)
         conn.execute(f"SET search_path TO {SCHEMA}")
         conn.execute(f"SET lock_timeout = {int(busy_timeout_s() * 1000)}")
         conn.execute(f"SET idle_in_transaction_session_timeout = {int(stale_after() * 1000)}")
-        if self.durability == "full":
-            conn.execute("SET synchronous_commit = on")
+        # normal: a commit does not wait for the WAL flush; a crash of the server (not of
+        # flowrun) may lose the last commits, never half of one. full: every commit waits
+        conn.execute(f"SET synchronous_commit = {'on' if self.durability == 'full' else 'off'}")
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
         self._conn = conn
@@ -143,27 +199,41 @@ class PostgresDB(SQLDB):
     # transactions -------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[SQLConn]:
+        """``BEGIN``, the statements and the ``COMMIT`` in one pipeline: one round trip for
+        what the transaction writes, one for the ``COMMIT`` after its fences were checked."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN")
+            c: PgConn | None = None
             try:
-                yield PgConn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
+                with conn.pipeline() as pipeline:
+                    conn.execute("BEGIN")
+                    c = PgConn(conn, pipeline)
+                    yield c
+                    c.check_fences()
+                    conn.execute("COMMIT")
+            except BaseException as exc:
                 if not conn.closed and not conn.broken:
                     # if the connection goes meanwhile, the server rolls the transaction back
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
+                run_id = None if c is None else c.fenced_out()
+                if run_id is not None and not isinstance(exc, LeaseLost):
+                    # a statement after a fence that matched nothing failed (a step the new
+                    # owner already committed, say): the lease is what was lost
+                    raise lease_lost(run_id) from exc
                 raise
 
     @contextmanager
     def _read(self) -> Iterator[SQLConn]:
         with self._lock:
-            yield PgConn(self._connection())
+            yield PgConn(self._connection(), None)
 
     def _insert_id(self, c: SQLConn, sql: str, args: Sequence[Any]) -> int:
         (new_id,) = c.execute(sql + " RETURNING id", args).fetchone()
         return int(new_id)
+
+    def _check_fence(self, c: SQLConn, rows: Any, run_id: str) -> None:
+        cast(PgConn, c).fences.append((rows, run_id))  # answered with the rest (_tx)
 
     def _workflows_lock(self, c: SQLConn, *, exclusive: bool) -> None:
         kind = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"

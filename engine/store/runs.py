@@ -209,9 +209,9 @@ class SQLRuns(SQLEvents):
                 return str(row[0])
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
                 return ref
-            like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = c.execute(
-                "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 3", (like,)
+            rows = c.execute(  # case-sensitive on every store, as run ids are (not LIKE)
+                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? LIMIT 3",
+                (len(ref), ref),
             ).fetchall()
         if not rows:
             raise ResumeRefused(f"no run matches {ref!r}", hint="`flowrun runs` lists them")

@@ -22,6 +22,7 @@ placeholders             ``?``                     ``%s`` (translated by its con
 ``_failure_cols``        NULLs in an old file      always present
 ``_reclaim``             ``VACUUM``                nothing (autovacuum)
 ``_workflows_lock``      (the write lock)          an advisory lock
+``_check_fence``         at once                   before the ``COMMIT`` (pipelined)
 =======================  ========================  ====================================
 
 Upserts are ``ON CONFLICT … DO NOTHING`` / ``DO UPDATE SET … = excluded.…`` on both.
@@ -41,6 +42,13 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
 from ..errors import LeaseLost
+
+
+def lease_lost(run_id: str) -> LeaseLost:
+    return LeaseLost(
+        f"run {run_id} was taken over by another process; this one stops",
+        hint="two processes drove the same run; only the newest lease may commit",
+    )
 
 
 class Rows(Protocol):
@@ -108,15 +116,17 @@ class SQLDB:
     def _fence(self, c: SQLConn, run_id: str, token: int, **updates: Any) -> None:
         updates["updated_at"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in updates)
-        cur = c.execute(
+        rows = c.execute(
             f"UPDATE runs SET {cols} WHERE run_id = ? AND lease_token = ?",
             (*updates.values(), run_id, token),
         )
-        if cur.rowcount != 1:
-            raise LeaseLost(
-                f"run {run_id} was taken over by another process; this one stops",
-                hint="two processes drove the same run; only the newest lease may commit",
-            )
+        self._check_fence(c, rows, run_id)
+
+    def _check_fence(self, c: SQLConn, rows: Rows, run_id: str) -> None:
+        """LeaseLost unless the fence of ``run_id`` updated its row: at once (SQLite), or
+        before the transaction commits (PostgreSQL, whose statements are pipelined)."""
+        if rows.rowcount != 1:
+            raise lease_lost(run_id)
 
     def close(self) -> None:
         raise NotImplementedError
