@@ -3,7 +3,8 @@
 A run's :class:`Masker` is built once from the values of the environment
 variables that hold secrets: the provider keys (``OPENAI_API_KEY``,
 ``ANTHROPIC_API_KEY``, each llm node's literal ``api_key_env``) and the
-workflow's own ``secrets:`` list. It knows each value as it may appear in text
+workflow's own ``secrets:`` list; and from the store's own secrets (the password
+of a ``postgresql://`` ``--db`` or ``FLOWRUN_DB``). It knows each value as it may appear in text
 a server or a command sends back (as is, upper or lower case, URL-encoded, JSON-
 or Python-escaped, hex, base64 at each of the three byte alignments) and masks
 them all with one compiled pattern. Text is masked whole, before anything cuts
@@ -25,6 +26,7 @@ from urllib.parse import quote, quote_plus
 
 if TYPE_CHECKING:
     from .spec.model import Workflow
+    from .store.base import Store
 
 MASK = "***"
 MIN_LEN = 4
@@ -151,6 +153,11 @@ def secret_env_names(workflow: Workflow) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def run_masker(workflow: Workflow, environ: Mapping[str, str] | None = None) -> Masker:
-    """The masker of one run of ``workflow``: provider keys and the workflow's ``secrets``."""
-    return Masker.from_env(secret_env_names(workflow), environ)
+def run_masker(
+    workflow: Workflow, environ: Mapping[str, str] | None = None, *, store: Store | None = None
+) -> Masker:
+    """The masker of one run of ``workflow``: provider keys, the workflow's ``secrets`` and
+    the secrets of the ``store`` it is kept in (a ``FLOWRUN_DB`` URL's password, which
+    every command the run starts inherits)."""
+    masker = Masker.from_env(secret_env_names(workflow), environ)
+    return masker if store is None else masker.including(store.secrets())

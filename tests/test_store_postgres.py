@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from flowrun.engine import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
 from flowrun.engine.store import open_store
-from flowrun.engine.store.open import masked, sqlite_path
+from flowrun.engine.store.open import masked, sqlite_path, url_secrets
 from flowrun.engine.store.sqlite import SQLiteStore
 
 from .conftest import FLOWRUN
-from .pg import query
+from .pg import execute, query
 
 FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
 
@@ -66,9 +66,14 @@ def with_password(url: str, password: str) -> str:
     return f"{scheme}://{userinfo.split(':')[0]}:{password}@{host}"
 
 
-def flowrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def flowrun(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``flowrun``; ``env`` is added to an environment without FLOWRUN_DB."""
+    full = {k: v for k, v in os.environ.items() if k != "FLOWRUN_DB"}
+    full.update(env or {})
     return subprocess.run(
-        [FLOWRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [FLOWRUN, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=120
     )
 
 
@@ -123,6 +128,52 @@ def test_a_password_is_masked_and_everything_else_kept() -> None:
     )
     assert masked("postgresql://al@db/runs") == "postgresql://al@db/runs"
     assert masked(".flowrun/flowrun.db") == ".flowrun/flowrun.db"
+
+
+def test_a_password_in_the_query_and_an_sslpassword_are_masked_too() -> None:
+    url = "postgresql://u@127.0.0.1:1/db?password=hunter2&sslpassword=s3cr3tkey&sslmode=require"
+    assert masked(url) == (
+        "postgresql://u@127.0.0.1:1/db?password=***&sslpassword=***&sslmode=require"
+    )
+    assert url_secrets(url) == {"hunter2", "s3cr3tkey"}
+    # as written and as libpq reads it: a run masks both in what its commands print
+    assert url_secrets("postgresql://al:s3cr%40t@db/runs") == {"s3cr%40t", "s3cr@t"}
+    assert url_secrets("postgresql://al@db/runs") == frozenset()
+
+
+def test_a_url_that_libpq_cuts_otherwise_is_masked_whole() -> None:
+    # libpq ends the user info at the first "@" before a "/": a raw "?" in the password
+    # puts it where a plain split sees a query; libpq's own reading catches it
+    assert masked("postgresql://u:hun?ter2@db/runs") == "postgresql://***"
+    # a raw "@" or "/" in the password: the user info ends at the last "@"
+    assert masked("postgresql://u:hun@ter2@db/runs") == "postgresql://u:***@db/runs"
+    assert masked("postgresql://u:hun/ter2@db/runs") == "postgresql://u:***@db/runs"
+
+
+def test_a_password_in_the_query_is_not_shown_by_a_failed_connect(tmp_path: Path) -> None:
+    p = flowrun("runs", "--db", "postgresql://u@127.0.0.1:1/db?password=hunter2", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "cannot connect to postgresql://u@127.0.0.1:1/db?password=***" in p.stderr
+    assert "hunter2" not in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://u:hun%zzter2@127.0.0.1:1/db", "invalid percent-encoded token"),
+        ("postgresql://u:hunter2@[::1:5432/db", 'looking for matching "]"'),
+        ("postgresql://u:hunter2@127.0.0.1:1/db?nosuch=1", 'invalid URI query parameter: "nosuch"'),
+    ],
+)
+def test_a_malformed_url_is_exit_2_in_one_line_with_a_hint_and_no_password(
+    url: str, problem: str, tmp_path: Path
+) -> None:
+    p = flowrun("runs", "--db", url, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "not a valid PostgreSQL URL" in p.stderr and problem in p.stderr
+    assert "hint:" in p.stderr and "%40" in p.stderr
+    assert "hunter2" not in p.stderr.replace("%zz", "")
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr
 
 
 def test_a_server_that_does_not_answer_is_a_store_error_without_the_password(
@@ -390,4 +441,237 @@ def test_durability_sets_whether_a_commit_waits_for_the_wal_flush(
     store = open_store(pg_url, durability=durability)
     with store._read() as c:  # type: ignore[attr-defined]
         assert c.execute("SHOW synchronous_commit").fetchone() == (setting,)
+    store.close()
+
+
+# review fixes: URLs, secrets, isolation, privileges, lock waits ------------------------------
+
+
+def test_a_multi_host_url_with_a_password_connects_as_libpq_does(
+    pg_url: str, tmp_path: Path
+) -> None:
+    hosts = pg_url.split("@", 1)[1].split("/", 1)[0]
+    url = with_password(pg_url, "hunter2").replace(hosts, f"{hosts},{hosts}")
+    assert masked(url) == f"postgresql://postgres:***@{hosts},{hosts}/{pg_url.rsplit('/', 1)[1]}"
+    (tmp_path / "wf.yaml").write_text("name: t\nnodes:\n  a:\n    shell: 'true'\n")
+    run = flowrun("run", "wf.yaml", "--db", url, "--run-id", "mh", "-q", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    runs = flowrun("runs", "--db", url, cwd=tmp_path)
+    assert runs.returncode == 0 and "mh" in runs.stdout, runs.stderr
+    assert "hunter2" not in run.stderr + runs.stdout + runs.stderr
+
+
+DB_PASSWORD = "Pg-7vQ/x2+Lm9&Tz=Kd4"  # what URL, JSON and base64 encode differently
+
+
+def test_the_store_urls_password_is_masked_in_everything_a_run_keeps_and_prints(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from urllib.parse import quote
+
+    from .test_secrets import assert_nowhere
+
+    (tmp_path / "leak.yaml").write_text(
+        "name: leak\nnodes:\n"
+        '  a:\n    shell: \'echo "db=$FLOWRUN_DB"; echo "db=$FLOWRUN_DB" >&2\'\n'
+        "    next: b\n"
+        "  b:\n    shell: 'echo \"$FLOWRUN_DB\" | base64; exit 3'\n"
+    )
+    url = with_password(pg_url, quote(DB_PASSWORD, safe=""))
+    env = {"FLOWRUN_DB": url, "NO_COLOR": "1"}
+    run = flowrun(
+        "run", "leak.yaml", "--run-id", "r1", "--events", "ev.jsonl", "--junit", "junit.xml",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr  # b failed, as written
+    outputs = [run.stdout, run.stderr]
+    for args in (["logs", "r1"], ["show", "r1"], ["show", "r1", "--json", "--events"], ["runs"]):
+        p = flowrun(*args, cwd=tmp_path, env=env)
+        assert "Traceback" not in p.stderr, (args, p.stderr)
+        outputs += [p.stdout, p.stderr]
+    logs = outputs[2]
+    assert "a | db=postgresql://postgres:***@" in logs  # the command ran and printed the URL
+    assert "a ! db=postgresql://postgres:***@" in logs
+    blobs = {f"output {i}": text.encode() for i, text in enumerate(outputs)}
+    for name in ("ev.jsonl", "junit.xml"):
+        blobs[name] = (tmp_path / name).read_bytes()
+    tables = query(
+        pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'flowrun'"
+    )
+    for (table,) in tables:
+        rows = query(pg_url, f"SELECT row_to_json(t)::text FROM flowrun.{table} t")
+        blobs[f"table {table}"] = "\n".join(r[0] for r in rows).encode()
+    assert b"db=postgresql://postgres:***@" in blobs["table task_output"]
+    assert_nowhere(DB_PASSWORD, blobs)
+
+
+@pytest.mark.parametrize("level", ["repeatable read", "serializable"])
+def test_eight_processes_opening_a_new_database_at_once_migrate_it_once_at_any_isolation(
+    pg_url: str, level: str
+) -> None:
+    import sys
+
+    from flowrun.engine.store.postgres_migrations import MIGRATIONS
+
+    database = pg_url.rsplit("/", 1)[1]
+    execute(pg_url, f"ALTER DATABASE {database} SET default_transaction_isolation = '{level}'")
+    code = f"from flowrun.engine.store import open_store\nopen_store({pg_url!r}).close()\n"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [e for e in errors if e]
+    rows = query(pg_url, "SELECT version FROM flowrun.schema_version ORDER BY version")
+    assert rows == [(i + 1,) for i in range(len(MIGRATIONS))]
+    store = open_store(pg_url)
+    with store._read() as c:  # type: ignore[attr-defined]
+        assert c.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+    store.close()
+
+
+@pytest.fixture
+def plain_role(pg_url: str) -> Any:
+    """A role that may log in and nothing more (no CREATE on the test's database)."""
+    import uuid
+
+    role = f"plain_{uuid.uuid4().hex[:12]}"
+    execute(pg_url, f"CREATE ROLE {role} LOGIN")
+    yield role
+    execute(pg_url, f"DROP OWNED BY {role}")
+    execute(pg_url, f"DROP ROLE {role}")
+
+
+def test_a_user_without_the_privileges_is_refused_with_a_hint_in_one_line(
+    pg_url: str, plain_role: str, tmp_path: Path
+) -> None:
+    (tmp_path / "wf.yaml").write_text("name: t\nnodes:\n  a:\n    shell: 'true'\n")
+    url = with_password(pg_url, "hunter2").replace("postgres:", f"{plain_role}:", 1)
+    fresh = flowrun("run", "wf.yaml", "--db", url, cwd=tmp_path)  # no CREATE: no schema
+    open_store(pg_url).close()  # the owner creates it; the role may not use it
+    made = flowrun("runs", "--db", url, cwd=tmp_path)
+    for p in (fresh, made):
+        assert p.returncode == 2, p.stderr
+        assert f"cannot open postgresql://{plain_role}:***@" in p.stderr
+        assert "permission denied for" in p.stderr
+        assert "hint:" in p.stderr and "GRANT CREATE ON DATABASE" in p.stderr
+        assert "internal error" not in p.stderr and "hunter2" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 2  # the error and its hint
+    assert query(pg_url, "SELECT count(*) FROM flowrun.runs") == [(0,)]
+
+
+def lock_run_row(url: str) -> Any:
+    """Another session holding run ``r1``'s row lock in an open transaction."""
+    import psycopg
+
+    holder = psycopg.connect(url)
+    holder.execute("SELECT 1 FROM flowrun.runs WHERE run_id = 'r1' FOR UPDATE")
+    return holder
+
+
+@pytest.mark.parametrize("busy", ["0", "0.0004"])
+def test_a_busy_timeout_of_0_fails_at_once_on_a_held_row_lock_as_on_sqlite(
+    pg_url: str, busy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setenv("FLOWRUN_BUSY_TIMEOUT", busy)
+    store = open_store(pg_url)
+    token = new_run(store)
+    with store._read() as c:  # type: ignore[attr-defined]
+        assert c.execute("SHOW lock_timeout").fetchone() == ("1ms",)  # 0 is "forever" there
+    holder = lock_run_row(pg_url)
+    outcome: list[BaseException | None] = []
+
+    def take_over() -> None:
+        try:
+            store.take_lease("r1", force=True)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take_over, daemon=True)
+    waiter.start()
+    waiter.join(60)  # with lock_timeout = 0 it would still be waiting for the holder
+    holder.rollback()
+    waiter.join()
+    (failure,) = outcome
+    assert isinstance(failure, StoreError) and "FLOWRUN_BUSY_TIMEOUT" in failure.message
+    assert store.take_lease("r1", force=True).token == token + 1  # once the lock is free
+    holder.close()
+    store.close()
+
+
+FROZEN_OWNER = """
+import os, signal, sys
+from flowrun.engine.store import open_store
+
+store = open_store(sys.argv[1])
+token = store.take_lease("r1").token
+try:
+    with store._tx() as c:  # a step's transaction, holding the run row's lock
+        store._fence(c, "r1", token)
+        c.execute("SELECT 1 FROM runs WHERE run_id = 'r1'").fetchone()
+        print("locked", flush=True)
+        sys.stdin.readline()
+        c.check_fences()  # the fence answered, as before every COMMIT ...
+        os.kill(os.getpid(), signal.SIGSTOP)  # ... and frozen before the COMMIT went out
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+def test_a_takeover_outwaits_an_owner_frozen_inside_a_transaction(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server cuts a frozen owner off (after half the stale time) before a waiter's
+    lock_timeout runs out, even one that began waiting first with both settings equal,
+    as they are by default (30 s): the waiter takes over; the thawed owner's commit fails."""
+    import sys
+    import threading
+
+    for name in ("FLOWRUN_BUSY_TIMEOUT", "FLOWRUN_LEASE_STALE_S"):
+        monkeypatch.setenv(name, "4")
+    store = open_store(pg_url)
+    token = new_run(store)
+    store.release_lease("r1", token)
+    (tmp_path / "owner.py").write_text(FROZEN_OWNER)
+    owner = subprocess.Popen(
+        [sys.executable, "owner.py", pg_url],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None and owner.stdin is not None
+    outcome: list[Any] = []
+
+    def take_over() -> None:
+        try:
+            outcome.append(store.take_lease("r1", force=True))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take_over, daemon=True)
+    try:
+        assert owner.stdout.readline() == "locked\n"
+        waiter.start()
+        while not query(  # until the takeover waits for the owner's row lock
+            pg_url,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'",
+        ):
+            time.sleep(0.01)
+        owner.stdin.write("\n")
+        owner.stdin.flush()
+        waiter.join()
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    (taken,) = outcome
+    assert not isinstance(taken, StoreError), taken.message
+    assert taken.token == token + 2
+    said, _ = owner.communicate(timeout=60)
+    assert "server closed the connection" in said, said  # its COMMIT never went through
+    assert store.heartbeat("r1", taken.token)
+    assert store.load_latest("r1").step == 0  # nothing of the frozen owner's was kept
     store.close()

@@ -153,7 +153,7 @@ class Engine:
         if if_exists not in ("fail", "continue"):
             raise UsageError(f"if_exists must be fail or continue, not {if_exists!r}")
         run_id = run_id or new_run_id()
-        masker = run_masker(workflow)  # a secret passed in as an input is not stored either
+        masker = run_masker(workflow, store=self.store)  # a secret input is not stored either
         masked: dict[str, Any] = {}
         state = workflow.initial_state()
         for k, v in (inputs or {}).items():
@@ -238,7 +238,7 @@ class Engine:
             found = display_status(rec.status, live=False)
             self.observer.run_found(run_id, found, rec.step)
         prior_duration = rec.duration_s
-        masker = run_masker(wf)  # the secrets of this drive's environment
+        masker = run_masker(wf, store=store)  # the secrets of this drive's environment
         outbox = Outbox(store, run_id, self.sinks, masker)
         beat_stop = threading.Event()
         beat = threading.Thread(

@@ -306,6 +306,11 @@ class Store(RunHistory, Protocol):
     ``StoreContract`` to itself.
     """
 
+    def secrets(self) -> frozenset[str]:
+        """The store's own secrets (a PostgreSQL URL's password): a run masks them in
+        what it stores and prints, as its commands inherit ``FLOWRUN_DB``."""
+        ...
+
     def create_run(
         self,
         run_id: str,

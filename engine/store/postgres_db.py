@@ -10,12 +10,19 @@ can come between the check and the commit. The fence's answer is checked before 
 back in it). A lost connection is opened again at the next call; the transaction it
 was in never committed half.
 
-Session settings: ``search_path`` is the ``flowrun`` schema; ``lock_timeout`` is
-``FLOWRUN_BUSY_TIMEOUT`` (a write waits that long for another holder's row lock);
-``idle_in_transaction_session_timeout`` is the lease's stale time, so a client frozen
-inside a transaction is cut off by the server and its locks released (when it
-thaws, its commit fails); ``synchronous_commit`` is ``off`` for ``--durability normal``
-and ``on`` for ``full``; ``default_transaction_read_only`` for ``readonly=True``.
+Session settings, sent at once: ``search_path`` is the ``flowrun`` schema;
+``default_transaction_isolation`` is ``read committed`` whatever the database's default
+(the fence and the migration's lock rely on each statement seeing what committed before
+it); ``lock_timeout`` is ``FLOWRUN_BUSY_TIMEOUT`` (a write waits that long for another
+holder's row lock; 0 is the shortest wait, 1 ms, never PostgreSQL's "forever");
+``idle_in_transaction_session_timeout`` is half the lease's stale time, so a client
+frozen inside a transaction after its fences were answered is cut off by the server and
+its locks released before a waiter gives up (when it thaws, its commit fails; the
+server does not count a client frozen mid-pipeline, before a sync, as idle);
+``synchronous_commit`` is ``off`` for ``--durability normal`` and ``on`` for ``full``;
+``default_transaction_read_only`` for ``readonly=True``. A failure to open (a malformed
+URL, no privilege, a refused setting) is one line naming the database without its
+secrets, with a hint.
 Text goes through ``postgres_text.py`` (U+0000, which ``text`` cannot hold).
 """
 
@@ -33,10 +40,10 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ..envvars import busy_timeout_s
-from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError
+from ..errors import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
 from . import postgres_text
 from .leases import stale_after
-from .open import masked
+from .open import masked, url_secrets
 from .postgres_migrations import (
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -47,6 +54,19 @@ from .postgres_migrations import (
 from .sql import SQLDB, SQLConn, lease_lost
 
 CONNECT_TIMEOUT_S = 10
+MIGRATION_WAIT_S = 60  # how long a first open waits for another process's migration
+# refused by the server: no privilege, or a role that may not log in or use the database
+REFUSALS = (pg_errors.InsufficientPrivilege, pg_errors.InvalidAuthorizationSpecification)
+
+
+def idle_cutoff_ms() -> int:
+    """``idle_in_transaction_session_timeout``: half the lease's stale time.
+
+    A client frozen inside a transaction is cut off by the server and its row locks go,
+    before the lease is stale and well before a waiter's ``lock_timeout`` (both 30 s by
+    default) runs out: a takeover blocked on its lock takes over instead of failing.
+    """
+    return max(1, int(stale_after() * 500))
 
 
 @functools.lru_cache(maxsize=512)
@@ -132,15 +152,35 @@ class PostgresDB(SQLDB):
     def __init__(self, url: str, *, durability: str = "normal", readonly: bool = False) -> None:
         self.url = url
         self.label = masked(url)
+        # longest first: a secret inside another is never left half shown
+        self._secrets = sorted(url_secrets(url), key=lambda s: (-len(s), s))
         self.durability = durability
         self.readonly = readonly
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
+        try:
+            self._params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise UsageError(
+                f"--db {self.label}: not a valid PostgreSQL URL: {self._scrub(exc)}",
+                hint="postgresql://user:password@host:port/dbname, with @ : / ? # % in the"
+                " user or password written %40 %3A %2F %3F %23 %25; several hosts as"
+                " host1:port1,host2:port2",
+            ) from None
         conn = self._connection()
-        if readonly:
-            self._check_version(conn, fresh_ok=False)
-        else:
-            self._migrate(conn)
+        try:
+            if readonly:
+                self._check_version(conn, fresh_ok=False)
+            else:
+                self._migrate(conn)
+        except psycopg.Error as exc:
+            self.close()
+            raise self._open_error(exc) from None
+
+    def secrets(self) -> frozenset[str]:
+        """The URL's password (and ``sslpassword``), as libpq reads them and as written:
+        a run masks them in what its tasks print, as a task inherits ``FLOWRUN_DB``."""
+        return frozenset(self._secrets)
 
     # connecting ---------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
@@ -152,7 +192,7 @@ class PostgresDB(SQLDB):
         if conn is not None:
             conn.close()
         kwargs: dict[str, Any] = {"autocommit": True}
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):
+        if "connect_timeout" not in self._params:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
         try:
             conn = psycopg.connect(self.url, **kwargs)
@@ -161,25 +201,55 @@ class PostgresDB(SQLDB):
         except ValueError as exc:  # a port that is not a number, say
             raise DatabaseRefused(f"--db {self.label}: {self._scrub(exc)}") from None
         postgres_text.adapt(conn)
-        conn.execute(f"SET search_path TO {SCHEMA}")
-        conn.execute(f"SET lock_timeout = {int(busy_timeout_s() * 1000)}")
-        conn.execute(f"SET idle_in_transaction_session_timeout = {int(stale_after() * 1000)}")
-        # normal: a commit does not wait for the WAL flush; a crash of the server (not of
-        # flowrun) may lose the last commits, never half of one. full: every commit waits
-        conn.execute(f"SET synchronous_commit = {'on' if self.durability == 'full' else 'off'}")
-        if self.readonly:
-            conn.execute("SET default_transaction_read_only = on")
+        try:
+            conn.execute(self._session_settings())  # one round trip
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._open_error(exc) from None
         self._conn = conn
         return conn
 
+    def _session_settings(self) -> str:
+        """The ``SET`` statements every flowrun session starts with (module docstring)."""
+        settings = {
+            "search_path": SCHEMA,
+            # a database's default may be repeatable read or serializable: the lease fence
+            # and the migration's re-read after its lock need each statement's own snapshot
+            "default_transaction_isolation": "'read committed'",
+            # lock_timeout = 0 would wait forever: FLOWRUN_BUSY_TIMEOUT=0 fails at once, as
+            # on SQLite (the shortest wait PostgreSQL has is 1 ms)
+            "lock_timeout": max(1, int(busy_timeout_s() * 1000)),
+            "idle_in_transaction_session_timeout": idle_cutoff_ms(),
+            # normal: a commit does not wait for the WAL flush; a crash of the server (not of
+            # flowrun) may lose the last commits, never half of one. full: every commit waits
+            "synchronous_commit": "on" if self.durability == "full" else "off",
+        }
+        if self.readonly:
+            settings["default_transaction_read_only"] = "on"
+        return "; ".join(f"SET {name} = {value}" for name, value in settings.items())
+
     def _scrub(self, exc: BaseException) -> str:
-        """An error's first line, with the URL's password (if any) masked out."""
+        """An error's first line, with the URL (libpq may quote it) and its secrets masked."""
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        try:
-            password = psycopg.conninfo.conninfo_to_dict(self.url).get("password")
-        except psycopg.Error:
-            password = None
-        return text.replace(str(password), "***") if password else text
+        text = text.replace(self.url, self.label)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _open_error(self, exc: psycopg.Error) -> StoreError:
+        """A failure while setting up the session or the schema, as one line and a hint."""
+        why = self._scrub(exc)
+        if isinstance(exc, REFUSALS):
+            return DatabaseRefused(
+                f"cannot open {self.label}: {why}",
+                hint=f"the --db user needs CREATE on the database the first time (flowrun"
+                f" adds its schema {SCHEMA}), then the use of that schema: GRANT CREATE ON"
+                " DATABASE … TO …, or open it once as its owner",
+            )
+        return StoreError(
+            f"cannot open {self.label}: {why}",
+            hint="nothing was changed; is the server usable (`psql` with the same URL)?",
+        )
 
     def _connect_error(self, exc: psycopg.Error) -> StoreError:
         why = self._scrub(exc)
@@ -270,6 +340,9 @@ class PostgresDB(SQLDB):
         if self._check_version(conn, fresh_ok=True) >= len(MIGRATIONS):
             return
         with self._lock, conn.transaction():
+            # the processes opening a new database at once wait for the first one's migration
+            wait_ms = max(MIGRATION_WAIT_S, busy_timeout_s()) * 1000
+            conn.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             conn.execute(VERSION_TABLE)

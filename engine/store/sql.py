@@ -130,3 +130,7 @@ class SQLDB:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def secrets(self) -> frozenset[str]:
+        """Nothing: a path holds no secret (PostgreSQL's URL may)."""
+        return frozenset()
