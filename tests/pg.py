@@ -1,6 +1,7 @@
 """A real PostgreSQL server for the tests, a fresh database per test, and ``store_url``.
 
-The server is ``FLOWRUN_TEST_PG`` when that names one (CI starts it in ``.ci/run``);
+The server is ``FLOWRUN_TEST_PG`` when that names one (CI starts it in ``.ci/run``, which
+sets ``FLOWRUN_TEST_PG_UNAVAILABLE`` to the reason instead when it could not);
 else one started privately for the session with initdb/pg_ctl (on PATH or in
 /usr/lib/postgresql/*/bin; as the ``postgres`` user when the suite runs as root), on a
 free 127.0.0.1 port with trust authentication for loopback only, and stopped at the
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 PG_ENV = "FLOWRUN_TEST_PG"
+UNAVAILABLE_ENV = "FLOWRUN_TEST_PG_UNAVAILABLE"  # why CI has no server: skip, say so
 RUN_AS = "postgres"  # the non-root user a root test session runs the server as
 INSTALL_HINT = "apt-get install postgresql, or set FLOWRUN_TEST_PG=postgresql://…"
 
@@ -58,7 +60,7 @@ def find_bindir() -> Path | None:
     """The directory holding initdb and pg_ctl: PATH first, then Debian's newest version."""
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).parent
+        return Path(on_path).resolve().parent  # a symlink into the version's bin
 
     def version(d: str) -> int:
         m = re.search(r"/postgresql/(\d+)/", d)
@@ -152,6 +154,8 @@ def private_server_or_reason() -> PrivateServer | str:
 def pg_server() -> Iterator[str]:
     """The URL of a PostgreSQL server's ``postgres`` database, as a superuser."""
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[dev]'")
+    if os.environ.get(UNAVAILABLE_ENV):
+        pytest.skip(f"no PostgreSQL server: {os.environ[UNAVAILABLE_ENV]}")
     given = os.environ.get(PG_ENV)
     if given:
         yield given
