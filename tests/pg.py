@@ -9,27 +9,24 @@ session's end; else the tests that need it skip and say what is missing. Each te
 its own database, ``t_<worker>_<uuid>``, dropped afterwards, so tests (and pytest-xdist
 workers, each of which starts its own private server) never see each other's runs.
 
-``store_url`` runs a test once on SQLite (a file in tmp_path) and once on PostgreSQL.
-``query`` reads either kind of store with the same SQL (``?`` placeholders).
+``store_url`` runs a test once on SQLite (a file in tmp_path) and once on PostgreSQL;
+``tests/stores.py`` looks into either kind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -38,10 +35,6 @@ PG_ENV = "FLOWRUN_TEST_PG"
 UNAVAILABLE_ENV = "FLOWRUN_TEST_PG_UNAVAILABLE"  # why CI has no server: skip, say so
 RUN_AS = "postgres"  # the non-root user a root test session runs the server as
 INSTALL_HINT = "apt-get install postgresql, or set FLOWRUN_TEST_PG=postgresql://…"
-
-
-def is_postgres(url: str | Path) -> bool:
-    return str(url).startswith(("postgresql://", "postgres://"))
 
 
 def with_database(url: str, name: str) -> str:
@@ -200,33 +193,3 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "flowrun.db")
     return str(request.getfixturevalue("pg_url"))
-
-
-def query(url: str | Path, text: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``text`` (``?`` placeholders) read from a SQLite file or a PostgreSQL URL.
-
-    A SQLite file is opened read-only, so looking never checkpoints or removes the WAL.
-    """
-    if is_postgres(url):
-        import psycopg
-
-        with psycopg.connect(str(url), autocommit=True) as c:
-            return list(c.execute(text.replace("?", "%s"), params).fetchall())
-    c = sqlite3.connect(f"file:{url}?mode=ro", uri=True)
-    try:
-        return c.execute(text, params).fetchall()
-    finally:
-        c.close()
-
-
-def execute(url: str | Path, text: str, *params: Any) -> None:
-    """Run one writing statement (``?`` placeholders) on either kind of store, committed."""
-    if is_postgres(url):
-        import psycopg
-
-        with psycopg.connect(str(url), autocommit=True) as c:
-            c.execute(text.replace("?", "%s"), params)
-        return
-    with contextlib.closing(sqlite3.connect(str(url))) as c:
-        c.execute(text, params)
-        c.commit()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .pg import PrivateServer, execute, private_server_or_reason, query
+from .pg import PrivateServer, private_server_or_reason
+from .stores import execute, query
 
 
 def test_each_test_gets_a_fresh_empty_database_on_a_loopback_server(pg_url: str) -> None:
