@@ -35,6 +35,7 @@ PG_ENV = "FLOWRUN_TEST_PG"
 UNAVAILABLE_ENV = "FLOWRUN_TEST_PG_UNAVAILABLE"  # why CI has no server: skip, say so
 RUN_AS = "postgres"  # the non-root user a root test session runs the server as
 INSTALL_HINT = "apt-get install postgresql, or set FLOWRUN_TEST_PG=postgresql://…"
+PREFIX = "flowrun-pg-"  # a private server's temp dir: tmp/flowrun-pg-*/{data,session.pid}
 
 
 def with_database(url: str, name: str) -> str:
@@ -89,7 +90,8 @@ class PrivateServer:
         )
 
     def start(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="flowrun-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.root / "session.pid").write_text(str(os.getpid()))
         if self.user:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -127,6 +129,23 @@ class PrivateServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def stop_abandoned(template: PrivateServer) -> None:
+    """Stop the private servers of test sessions that died without stopping them (kill -9)."""
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            session = int((root / "session.pid").read_text())
+        except (OSError, ValueError):
+            continue  # being set up right now, or not one of ours
+        try:
+            os.kill(session, 0)
+            continue  # that session is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        PrivateServer(template.bindir, template.user, root=root).stop()
+
+
 def private_server_or_reason() -> PrivateServer | str:
     bindir = find_bindir()
     if bindir is None:
@@ -156,6 +175,7 @@ def pg_server() -> Iterator[str]:
     server = private_server_or_reason()
     if isinstance(server, str):
         pytest.skip(f"{server} ({INSTALL_HINT})")
+    stop_abandoned(server)
     try:
         server.start()
     except Exception:
