@@ -6,7 +6,7 @@ call) a plain resume is refused; ``--force`` kills it and its commands before
 anything runs again. A heartbeat only decides for owners this host cannot check
 (another host, another pid namespace). A write blocked by another process's write
 lock names that process. The runs live in a SQLite file and (``store_url``) in a
-PostgreSQL database; the lease rule itself is tested on SQLite's rows below.
+PostgreSQL database, and so do the lease rows the store's rule is tested on below.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,11 +24,11 @@ from pathlib import Path
 import pytest
 from flowrun.engine.errors import ResumeRefused, StoreError
 from flowrun.engine.runtime.orphans import start_time
-from flowrun.engine.store import SQLiteStore
+from flowrun.engine.store import SQLiteStore, Store, open_store
 from flowrun.engine.store.leases import HOST
 
 from .conftest import FLOWRUN
-from .stores import db_now, freeze, query
+from .stores import db_now, execute, freeze, query
 
 # Each copy of the command notes its pid, and first notes any earlier copy still running.
 OVERLAP_YAML = """
@@ -263,9 +262,9 @@ def test_force_on_a_running_owner_kills_its_command_before_the_node_runs_again(
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteStore]:
+def store(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     monkeypatch.setenv("FLOWRUN_LEASE_STALE_S", str(STALE_S))
-    s = SQLiteStore(tmp_path / "f.db")
+    s = open_store(db)
     s.create_run(
         "r",
         workflow_name="w",
@@ -280,12 +279,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteSto
     s.close()
 
 
-def set_owner(db: Path, **cols: object) -> None:
-    """Write lease columns as another process's ``acquire_lease`` would have."""
-    c = sqlite3.connect(db)
-    c.execute(f"UPDATE runs SET {', '.join(f'lease_{k} = ?' for k in cols)}", tuple(cols.values()))
-    c.commit()
-    c.close()
+def set_owner(db: str, **cols: object) -> None:
+    """Write lease columns as another process's ``take_lease`` would have."""
+    execute(db, f"UPDATE runs SET {', '.join(f'lease_{k} = ?' for k in cols)}", *cols.values())
 
 
 def my_pidns() -> str:
@@ -293,36 +289,34 @@ def my_pidns() -> str:
 
 
 def test_an_owner_in_another_pid_namespace_is_judged_by_its_heartbeat_alone(
-    store: SQLiteStore, tmp_path: Path
+    store: Store, db: str
 ) -> None:
     store.take_lease("r")
     # pid 1 in a sibling container with our hostname: our pid number, another namespace
     me = start_time(os.getpid())
-    db = tmp_path / "f.db"
-    set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=time.time())
+    set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=db_now(db))
     with pytest.raises(ResumeRefused, match=f"pid {os.getpid()}") as exc:
         store.take_lease("r")
     assert exc.value.hint and "--force" in exc.value.hint
-    set_owner(db, heartbeat=time.time() - 2 * STALE_S)  # silent for too long: abandoned
+    set_owner(db, heartbeat=db_now(db) - 2 * STALE_S)  # silent for too long: abandoned
     store.take_lease("r")
 
 
 def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
-    store: SQLiteStore, tmp_path: Path
+    store: Store, db: str
 ) -> None:
-    db = tmp_path / "f.db"
     store.take_lease("r")
     live = subprocess.Popen(["sleep", "60"])
     try:
         started = start_time(live.pid)
         assert started is not None
-        stale = time.time() - 2 * STALE_S
+        stale = db_now(db) - 2 * STALE_S
         set_owner(db, pid=live.pid, start=started, pidns=my_pidns(), heartbeat=stale)
         with pytest.raises(ResumeRefused, match=f"pid {live.pid}"):
             store.take_lease("r")  # alive: a stale heartbeat does not matter
         assert store.run_is_live("r")
         # the same pid number with another start time: the owner died, its pid was reused
-        set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=time.time())
+        set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=db_now(db))
         assert not store.run_is_live("r")
         store.take_lease("r")
     finally:
