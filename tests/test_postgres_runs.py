@@ -78,7 +78,7 @@ def assert_one_line_error(stderr: str) -> None:
 # 8 processes x runs ---------------------------------------------------------------------
 
 WORKERS = 8
-RUNS_EACH = 3
+RUNS_EACH = 2
 
 
 def test_eight_processes_running_runs_at_once_on_one_database_all_succeed(
