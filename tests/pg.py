@@ -1,6 +1,7 @@
 """A real PostgreSQL server for the tests, a fresh database per test, and ``store_url``.
 
-The server is ``FLOWRUN_TEST_PG`` when that names one (CI starts it in ``.ci/run``);
+The server is ``FLOWRUN_TEST_PG`` when that names one (CI starts it in ``.ci/run``, which
+sets ``FLOWRUN_TEST_PG_UNAVAILABLE`` to the reason instead when it could not);
 else one started privately for the session with initdb/pg_ctl (on PATH or in
 /usr/lib/postgresql/*/bin; as the ``postgres`` user when the suite runs as root), on a
 free 127.0.0.1 port with trust authentication for loopback only, and stopped at the
@@ -8,38 +9,33 @@ session's end; else the tests that need it skip and say what is missing. Each te
 its own database, ``t_<worker>_<uuid>``, dropped afterwards, so tests (and pytest-xdist
 workers, each of which starts its own private server) never see each other's runs.
 
-``store_url`` runs a test once on SQLite (a file in tmp_path) and once on PostgreSQL.
-``query`` reads either kind of store with the same SQL (``?`` placeholders).
+``store_url`` runs a test once on SQLite (a file in tmp_path) and once on PostgreSQL;
+``tests/stores.py`` looks into either kind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 PG_ENV = "FLOWRUN_TEST_PG"
+UNAVAILABLE_ENV = "FLOWRUN_TEST_PG_UNAVAILABLE"  # why CI has no server: skip, say so
 RUN_AS = "postgres"  # the non-root user a root test session runs the server as
 INSTALL_HINT = "apt-get install postgresql, or set FLOWRUN_TEST_PG=postgresql://…"
-
-
-def is_postgres(url: str | Path) -> bool:
-    return str(url).startswith(("postgresql://", "postgres://"))
+PREFIX = "flowrun-pg-"  # a private server's temp dir: tmp/flowrun-pg-*/{data,session.pid}
 
 
 def with_database(url: str, name: str) -> str:
@@ -58,7 +54,7 @@ def find_bindir() -> Path | None:
     """The directory holding initdb and pg_ctl: PATH first, then Debian's newest version."""
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
-        return Path(on_path).parent
+        return Path(on_path).resolve().parent  # a symlink into the version's bin
 
     def version(d: str) -> int:
         m = re.search(r"/postgresql/(\d+)/", d)
@@ -94,7 +90,8 @@ class PrivateServer:
         )
 
     def start(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="flowrun-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.root / "session.pid").write_text(str(os.getpid()))
         if self.user:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -132,6 +129,23 @@ class PrivateServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def stop_abandoned(template: PrivateServer) -> None:
+    """Stop the private servers of test sessions that died without stopping them (kill -9)."""
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            session = int((root / "session.pid").read_text())
+        except (OSError, ValueError):
+            continue  # being set up right now, or not one of ours
+        try:
+            os.kill(session, 0)
+            continue  # that session is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        PrivateServer(template.bindir, template.user, root=root).stop()
+
+
 def private_server_or_reason() -> PrivateServer | str:
     bindir = find_bindir()
     if bindir is None:
@@ -152,6 +166,8 @@ def private_server_or_reason() -> PrivateServer | str:
 def pg_server() -> Iterator[str]:
     """The URL of a PostgreSQL server's ``postgres`` database, as a superuser."""
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[dev]'")
+    if os.environ.get(UNAVAILABLE_ENV):
+        pytest.skip(f"no PostgreSQL server: {os.environ[UNAVAILABLE_ENV]}")
     given = os.environ.get(PG_ENV)
     if given:
         yield given
@@ -159,6 +175,7 @@ def pg_server() -> Iterator[str]:
     server = private_server_or_reason()
     if isinstance(server, str):
         pytest.skip(f"{server} ({INSTALL_HINT})")
+    stop_abandoned(server)
     try:
         server.start()
     except Exception:
@@ -196,33 +213,3 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "flowrun.db")
     return str(request.getfixturevalue("pg_url"))
-
-
-def query(url: str | Path, text: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``text`` (``?`` placeholders) read from a SQLite file or a PostgreSQL URL.
-
-    A SQLite file is opened read-only, so looking never checkpoints or removes the WAL.
-    """
-    if is_postgres(url):
-        import psycopg
-
-        with psycopg.connect(str(url), autocommit=True) as c:
-            return list(c.execute(text.replace("?", "%s"), params).fetchall())
-    c = sqlite3.connect(f"file:{url}?mode=ro", uri=True)
-    try:
-        return c.execute(text, params).fetchall()
-    finally:
-        c.close()
-
-
-def execute(url: str | Path, text: str, *params: Any) -> None:
-    """Run one writing statement (``?`` placeholders) on either kind of store, committed."""
-    if is_postgres(url):
-        import psycopg
-
-        with psycopg.connect(str(url), autocommit=True) as c:
-            c.execute(text.replace("?", "%s"), params)
-        return
-    with contextlib.closing(sqlite3.connect(str(url))) as c:
-        c.execute(text, params)
-        c.commit()

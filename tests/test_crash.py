@@ -1,6 +1,7 @@
 """Real crashes of the installed ``flowrun``: kill -9 at random instants, signals, leases.
 
-Every test here starts the real command in a subprocess and kills it for real.
+Every test here starts the real command in a subprocess and kills it for real, with its
+runs in a SQLite file and (``store_url``) in a PostgreSQL database.
 Python nodes append ``run step node index`` to a side file as they start, so a
 test can count how often each task actually ran.
 """
@@ -8,12 +9,10 @@ test can count how often each task actually ran.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from .conftest import FLOWRUN
+from .stores import integrity_ok, is_postgres, query
 
 Key = tuple[int, str, str]  # step, node, index ("None" when not a foreach task)
 
@@ -149,48 +149,30 @@ def executions(log: Path) -> collections.Counter[Key]:
     return out
 
 
-@contextlib.contextmanager
-def ro(db: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only look at the database that never checkpoints or removes the WAL."""
-    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-def saved_ok(db: Path, run_id: str) -> set[Key]:
-    with ro(db) as c:
-        rows = c.execute(
-            "SELECT step, node, idx FROM task_results WHERE run_id = ? AND status = 'ok'",
-            (run_id,),
-        ).fetchall()
+def saved_ok(db: str | Path, run_id: str) -> set[Key]:
+    rows = query(
+        db, "SELECT step, node, idx FROM task_results WHERE run_id = ? AND status = 'ok'", run_id
+    )
     return {(s, n, str(i)) for s, n, i in rows}
 
 
-def run_status(db: Path, run_id: str) -> str | None:
+def run_status(db: str | Path, run_id: str) -> str | None:
     """The run's status, or None if the run (or the database) does not exist yet."""
-    if not db.exists():
-        return None
-    try:
-        with ro(db) as c:
-            row = c.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    except sqlite3.OperationalError:  # killed before the schema was created
-        return None
-    return None if row is None else str(row[0])
+    row = query(db, "SELECT status FROM runs WHERE run_id = ?", run_id)
+    return str(row[0][0]) if row else None
 
 
-def integrity(db: Path) -> str:
-    with ro(db) as c:
-        return str(c.execute("PRAGMA integrity_check").fetchone()[0])
+def assert_intact(db: str | Path) -> None:
+    """A SQLite file passes its integrity check; a PostgreSQL server keeps its own pages."""
+    if not is_postgres(db):
+        assert integrity_ok(db)
 
 
-def step_digests(db: Path, run_id: str) -> list[tuple[int, str]]:
-    with ro(db) as c:
-        return c.execute(
-            "SELECT step, digest FROM steps WHERE run_id = ? AND step >= 0 ORDER BY step",
-            (run_id,),
-        ).fetchall()
+def step_digests(db: str | Path, run_id: str) -> list[tuple[int, str]]:
+    rows = query(
+        db, "SELECT step, digest FROM steps WHERE run_id = ? AND step >= 0 ORDER BY step", run_id
+    )
+    return [(int(step), str(digest)) for step, digest in rows]
 
 
 def crash_env(log: Path) -> dict[str, str]:
@@ -198,12 +180,13 @@ def crash_env(log: Path) -> dict[str, str]:
 
 
 def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], store_url: str
 ) -> None:
     (tmp_path / "crashlib.py").write_text(CRASHLIB)
     (tmp_path / "crash.yaml").write_text(CRASH_YAML)
 
-    # the reference: one uninterrupted run (the sleeps change no result: skip them)
+    # the reference: one uninterrupted run, always on SQLite (the sleeps change no result:
+    # skip them); a run on PostgreSQL must give the very same state and step digests
     ref_log = tmp_path / "ref.log"
     ref_db = tmp_path / "ref.db"
     p = flowrun(
@@ -225,7 +208,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
     assert flowrun("validate", "crash.yaml", cwd=tmp_path).returncode == 0
     startup = time.monotonic() - t0
     log = tmp_path / "crash.log"
-    db = tmp_path / "crash.db"
+    db = store_url
     events = tmp_path / "events.jsonl"
     env = crash_env(log)
     kills = 0
@@ -251,7 +234,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
         status = run_status(db, "crash")
         if status is None:
             continue
-        assert integrity(db) == "ok"
+        assert_intact(db)
         if status == "running":
             mid_run_kills += 1
         snapshots.append((saved_ok(db, "crash"), executions(log)))
@@ -277,7 +260,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
     assert got["state"] == ref["state"]
     assert got["digest"] == ref["digest"]
     assert step_digests(db, "crash") == step_digests(ref_db, "ref")
-    assert integrity(db) == "ok"
+    assert_intact(db)
 
     # every task ran at least once, and none whose result was saved ran again
     final = executions(log)
@@ -295,8 +278,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(
         if event_id not in seen:
             seen.add(event_id)
             delivered.append(event_id)
-    with ro(db) as c:
-        stored = [s for (s,) in c.execute("SELECT seq FROM events WHERE run_id = 'crash'")]
+    stored = [s for (s,) in query(db, "SELECT seq FROM events WHERE run_id = 'crash'")]
     assert sorted(stored) == list(range(1, len(stored) + 1))
     assert delivered == [f"crash:{seq}" for seq in range(1, len(stored) + 1)]
 
@@ -362,7 +344,7 @@ def test_committed_steps_live_in_the_wal_after_kill_9_and_resume_keeps_them(
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["state"] == {"n": 400}
     assert step_digests(db, "w")[:30] == committed
-    assert integrity(db) == "ok"
+    assert_intact(db)
 
 
 def wait_for(cond: Any, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -431,10 +413,10 @@ def sleeper(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_interrupts_the_run_saves_finished_tasks_and_resume_completes(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]], sig: signal.Signals
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], sig: signal.Signals, store_url: str
 ) -> None:
     env, log = sleeper(tmp_path)
-    db = tmp_path / "f.db"
+    db = store_url
     proc = start(procs, ["run", "sleeper.yaml", "--db", str(db), "--run-id", "s"], tmp_path, env)
     wait_for(lambda: slow_started(tmp_path) and log.exists(), proc)
     wait_for(lambda: ("s", 1, "quick") in {(r, s, n) for r, s, n, _ in rows(db)}, proc)
@@ -461,11 +443,11 @@ def test_signal_interrupts_the_run_saves_finished_tasks_and_resume_completes(
 
 
 def test_sigterm_lets_running_tasks_finish_within_the_grace_period(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], store_url: str
 ) -> None:
     env, log = sleeper(tmp_path)
     (tmp_path / "sleeper.yaml").write_text(SLEEPER_YAML.replace("sleep 60", "sleep 1; echo slept"))
-    db = tmp_path / "f.db"
+    db = store_url
     proc = start(procs, ["run", "sleeper.yaml", "--db", str(db), "--run-id", "g"], tmp_path, env)
     wait_for(lambda: slow_started(tmp_path), proc)
     proc.send_signal(signal.SIGTERM)
@@ -481,21 +463,18 @@ def test_sigterm_lets_running_tasks_finish_within_the_grace_period(
     assert executions(log) == {(1, "quick", "None"): 1, (2, "after", "None"): 1}
 
 
-def rows(db: Path) -> list[tuple[str, int, str, str]]:
-    if not db.exists():
-        return []
-    try:
-        with ro(db) as c:
-            return c.execute("SELECT run_id, step, node, status FROM task_results").fetchall()
-    except sqlite3.OperationalError:
-        return []
+def rows(db: str | Path) -> list[tuple[str, int, str, str]]:
+    return [
+        (str(r), int(s), str(n), str(st))
+        for r, s, n, st in query(db, "SELECT run_id, step, node, status FROM task_results")
+    ]
 
 
 def test_resume_of_a_live_run_is_refused_then_takes_over_after_kill_9(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], store_url: str
 ) -> None:
     env, _log = sleeper(tmp_path)
-    db = tmp_path / "f.db"
+    db = store_url
     proc = start(procs, ["run", "sleeper.yaml", "--db", str(db), "--run-id", "L"], tmp_path, env)
     wait_for(lambda: slow_started(tmp_path), proc)
 
@@ -540,26 +519,19 @@ def tick(state, ctx):
 """
 
 
-def committed_steps(db: Path, run_id: str) -> int:
-    try:
-        with ro(db) as c:
-            return int(
-                c.execute(
-                    "SELECT count(*) FROM steps WHERE run_id = ? AND step >= 0", (run_id,)
-                ).fetchone()[0]
-            )
-    except sqlite3.OperationalError:
-        return 0
+def committed_steps(db: str | Path, run_id: str) -> int:
+    rows = query(db, "SELECT count(*) FROM steps WHERE run_id = ? AND step >= 0", run_id)
+    return int(rows[0][0]) if rows else 0
 
 
 def test_resume_force_takes_over_a_live_run_and_fences_the_old_process_out(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], store_url: str
 ) -> None:
     (tmp_path / "slowlib.py").write_text(SLOWLIB)
     (tmp_path / "slow.yaml").write_text(SLOW_CHAIN_YAML)
     log = tmp_path / "tasks.log"
     env = crash_env(log)
-    db = tmp_path / "f.db"
+    db = store_url
     old = start(procs, ["run", "slow.yaml", "--db", str(db), "--run-id", "t"], tmp_path, env)
     wait_for(lambda: committed_steps(db, "t") >= 3, old)
 
@@ -571,23 +543,21 @@ def test_resume_force_takes_over_a_live_run_and_fences_the_old_process_out(
     assert "run t was taken over by another process" in stderr
     assert "Traceback" not in stderr
 
-    with ro(db) as c:
-        steps = [s for (s,) in c.execute("SELECT step FROM steps WHERE run_id = 't' AND step >= 0")]
-        (status,) = c.execute("SELECT status FROM runs WHERE run_id = 't'").fetchone()
-    assert sorted(steps) == list(range(30)) and status == "succeeded"
-    assert integrity(db) == "ok"
+    steps = [s for (s,) in query(db, "SELECT step FROM steps WHERE run_id = 't' AND step >= 0")]
+    assert sorted(steps) == list(range(30)) and run_status(db, "t") == "succeeded"
+    assert_intact(db)
     # at most the step in flight at the takeover ran in both processes
     assert sum(executions(log).values()) <= 31
 
 
 def test_racing_resumes_of_a_crashed_run_let_exactly_one_drive_it(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], store_url: str
 ) -> None:
     (tmp_path / "slowlib.py").write_text(SLOWLIB)
     (tmp_path / "slow.yaml").write_text(SLOW_CHAIN_YAML)
     log = tmp_path / "tasks.log"
     env = crash_env(log)
-    db = tmp_path / "f.db"
+    db = store_url
     first = start(procs, ["run", "slow.yaml", "--db", str(db), "--run-id", "x"], tmp_path, env)
     wait_for(lambda: committed_steps(db, "x") >= 3, first)
     first.send_signal(signal.SIGKILL)
@@ -612,10 +582,8 @@ def test_racing_resumes_of_a_crashed_run_let_exactly_one_drive_it(
     for code, stderr in outcomes:
         # a loser is refused (the winner's lease is live) or finds the run already done
         assert code == 0 or (code == 3 and "is being executed by pid" in stderr), stderr
-    with ro(db) as c:
-        steps = [s for (s,) in c.execute("SELECT step FROM steps WHERE run_id = 'x' AND step >= 0")]
-        (status,) = c.execute("SELECT status FROM runs WHERE run_id = 'x'").fetchone()
-    assert sorted(steps) == list(range(30)) and status == "succeeded"
+    steps = [s for (s,) in query(db, "SELECT step FROM steps WHERE run_id = 'x' AND step >= 0")]
+    assert sorted(steps) == list(range(30)) and run_status(db, "x") == "succeeded"
     after = executions(log)
     assert len(after) == 30
     for key, n in after.items():  # the winner ran each missing step once, the losers nothing

@@ -1,4 +1,7 @@
-"""The durability contract (SPEC §4) end to end: failures, fixes, concurrency, checkpoint cost."""
+"""The durability contract (SPEC §4) end to end: failures, fixes, concurrency, checkpoint cost.
+
+The end-to-end tests run with their runs in a SQLite file and in a PostgreSQL database
+(``store_url``); the in-process ones that break a commit on purpose are SQLite's."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from flowrun.engine.store.base import StepCommit
 from typer.testing import CliRunner
 
 from .conftest import FLOWRUN
+from .stores import integrity_ok, is_postgres, query
 from .test_store import FailAfterStateWrite
 
 
@@ -86,13 +90,13 @@ nodes:
 
 
 def test_a_failed_node_exits_1_and_resume_after_the_fix_redoes_nothing_finished(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     (tmp_path / "flakylib.py").write_text(FLAKY_LIB)
     (tmp_path / "flaky.yaml").write_text(FLAKY_YAML)
     log = tmp_path / "tasks.log"
     env = dict(os.environ, FLOWRUN_TEST_LOG=str(log))
-    db = str(tmp_path / "f.db")
+    db = store_url
 
     p = flowrun("run", "flaky.yaml", "--db", db, "--run-id", "f1", cwd=tmp_path, env=env)
     assert p.returncode == 1
@@ -146,10 +150,10 @@ nodes:
 
 
 def test_four_processes_running_different_runs_on_one_database_all_succeed(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     (tmp_path / "chain.yaml").write_text(CHAIN_YAML)
-    db = str(tmp_path / "shared.db")  # fresh: the processes also race to create the schema
+    db = store_url  # fresh: the processes also race to create the schema
     procs = [
         subprocess.Popen(
             [FLOWRUN, "run", "chain.yaml", "--db", db, "--run-id", f"c{i}", "--json", "-q"],
@@ -166,15 +170,11 @@ def test_four_processes_running_different_runs_on_one_database_all_succeed(
         assert "locked" not in stderr
         out = json.loads(stdout)
         assert (out["status"], out["steps"], out["state"]) == ("succeeded", 50, {"n": 50})
-    c = sqlite3.connect(db)
-    try:
-        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        steps = c.execute(
-            "SELECT run_id, count(*) FROM steps WHERE step >= 0 GROUP BY run_id ORDER BY run_id"
-        ).fetchall()
-        assert steps == [(f"c{i}", 50) for i in range(4)]
-    finally:
-        c.close()
+    assert is_postgres(db) or integrity_ok(db)
+    steps = query(
+        db, "SELECT run_id, count(*) FROM steps WHERE step >= 0 GROUP BY run_id ORDER BY run_id"
+    )
+    assert steps == [(f"c{i}", 50) for i in range(4)]
 
 
 # checkpoint cost ----------------------------------------------------------------------
@@ -198,26 +198,20 @@ nodes:
 
 
 def test_an_unchanging_megabyte_is_written_to_state_once_across_twenty_steps(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     (tmp_path / "big.yaml").write_text(BIG_YAML)
-    db = tmp_path / "f.db"
-    p = flowrun("run", "big.yaml", "--db", str(db), "--run-id", "b", "-q", cwd=tmp_path)
+    db = store_url
+    p = flowrun("run", "big.yaml", "--db", db, "--run-id", "b", "-q", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    c = sqlite3.connect(db)
-    try:
-        assert c.execute("SELECT count(*) FROM steps WHERE step >= 0").fetchone()[0] == 20
-        rows = c.execute(
-            "SELECT step, length(value) FROM state_kv WHERE key = 'big' ORDER BY step"
-        ).fetchall()
-        assert rows == [(-1, 2), (0, 1_000_002)]  # the default, then the megabyte once
-        (n_rows,) = c.execute("SELECT count(*) FROM state_kv WHERE key = 'n'").fetchone()
-        assert n_rows == 20  # the default and steps 1..19: the small key changes every step
-        (total,) = c.execute("SELECT sum(length(value)) FROM state_kv").fetchone()
-        assert total < 1_001_000
-    finally:
-        c.close()
-    show = flowrun("show", "b", "--db", str(db), "--json", cwd=tmp_path)
+    assert query(db, "SELECT count(*) FROM steps WHERE step >= 0") == [(20,)]
+    rows = query(db, "SELECT step, length(value) FROM state_kv WHERE key = 'big' ORDER BY step")
+    assert rows == [(-1, 2), (0, 1_000_002)]  # the default, then the megabyte once
+    # the default and steps 1..19: the small key changes every step
+    assert query(db, "SELECT count(*) FROM state_kv WHERE key = 'n'") == [(20,)]
+    ((total,),) = query(db, "SELECT sum(length(value)) FROM state_kv")
+    assert total < 1_001_000
+    show = flowrun("show", "b", "--db", db, "--json", cwd=tmp_path)
     state = json.loads(show.stdout)["state"]
     assert state["n"] == 19 and state["big"] == "x" * 1_000_000
 

@@ -5,7 +5,8 @@ While it exists (stopped by SIGSTOP, or with its heartbeat starved by a long C
 call) a plain resume is refused; ``--force`` kills it and its commands before
 anything runs again. A heartbeat only decides for owners this host cannot check
 (another host, another pid namespace). A write blocked by another process's write
-lock names that process.
+lock names that process. The runs live in a SQLite file and (``store_url``) in a
+PostgreSQL database, and so do the lease rows the store's rule is tested on below.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 from flowrun.engine.errors import ResumeRefused, StoreError
 from flowrun.engine.runtime.orphans import start_time
-from flowrun.engine.store import SQLiteStore
+from flowrun.engine.store import SQLiteStore, Store, open_store
 from flowrun.engine.store.leases import HOST
 
 from .conftest import FLOWRUN
+from .stores import db_now, execute, freeze, query
 
 # Each copy of the command notes its pid, and first notes any earlier copy still running.
 OVERLAP_YAML = """
@@ -70,23 +71,15 @@ nodes:
 STALE_S = 1.0  # FLOWRUN_LEASE_STALE_S for these tests
 
 
-def lease(db: Path) -> tuple[int | None, float | None]:
+def lease(db: str) -> tuple[int | None, float | None]:
     """(pid, heartbeat) of the lease of the one run in ``db`` (None, None before it exists)."""
-    if not db.exists():
-        return None, None
-    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = c.execute("SELECT lease_pid, lease_heartbeat FROM runs").fetchone()
-    except sqlite3.OperationalError:
-        return None, None
-    finally:
-        c.close()
-    return (None, None) if row is None else (row[0], row[1])
+    rows = query(db, "SELECT lease_pid, lease_heartbeat FROM runs")
+    return (None, None) if not rows else (rows[0][0], rows[0][1])
 
 
-def heartbeat_stale(db: Path) -> bool:
+def heartbeat_stale(db: str) -> bool:
     beat = lease(db)[1]
-    return beat is not None and time.time() - beat > 2 * STALE_S
+    return beat is not None and db_now(db) - beat > 2 * STALE_S
 
 
 def wait_until(cond: Callable[[], bool], proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -107,6 +100,12 @@ def running(pid: int) -> bool:
 
 
 @pytest.fixture
+def db(store_url: str) -> str:
+    """Where the runs of these tests live: a SQLite file, then a PostgreSQL database."""
+    return store_url
+
+
+@pytest.fixture
 def env() -> dict[str, str]:
     return dict(os.environ, NO_COLOR="1", FLOWRUN_LEASE_STALE_S=str(STALE_S))
 
@@ -123,11 +122,11 @@ def owners() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def start_run(
-    tmp_path: Path, wf: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+    tmp_path: Path, db: str, wf: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
 ) -> subprocess.Popen[bytes]:
     err = open(tmp_path / "owner-stderr.txt", "ab")  # noqa: SIM115 - a file, never a full pipe
     p = subprocess.Popen(
-        [FLOWRUN, "run", wf, "--db", "f.db", "--run-id", "r"],
+        [FLOWRUN, "run", wf, "--db", db, "--run-id", "r"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -138,9 +137,11 @@ def start_run(
     return p
 
 
-def resume(tmp_path: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+def resume(
+    tmp_path: Path, db: str, env: dict[str, str], *flags: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FLOWRUN, "resume", "r", "--db", "f.db", "--json", "-q", *flags],
+        [FLOWRUN, "resume", "r", "--db", db, "--json", "-q", *flags],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -151,18 +152,18 @@ def resume(tmp_path: Path, env: dict[str, str], *flags: str) -> subprocess.Compl
 
 @pytest.fixture
 def stopped_owner(
-    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+    tmp_path: Path, db: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A run SIGSTOPped inside its command, past the heartbeat window: (owner, command pid)."""
     (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
-    owner = start_run(tmp_path, "wf.yaml", env, owners)
+    owner = start_run(tmp_path, db, "wf.yaml", env, owners)
     pids = tmp_path / "pids"
     wait_until(lambda: pids.exists() and pids.read_text().strip() != "", owner)
     command = int(pids.read_text())
-    wait_until(lambda: lease(tmp_path / "f.db")[0] == owner.pid, owner)
-    owner.send_signal(signal.SIGSTOP)
+    wait_until(lambda: lease(db)[0] == owner.pid, owner)
+    freeze(owner.pid, db)  # never inside a heartbeat's transaction: that would lock the run
     try:
-        wait_until(lambda: heartbeat_stale(tmp_path / "f.db"))
+        wait_until(lambda: heartbeat_stale(db))
         yield owner, command
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -172,11 +173,14 @@ def stopped_owner(
 
 
 def test_a_stopped_owner_past_the_heartbeat_window_keeps_its_run_from_a_plain_resume(
-    tmp_path: Path, env: dict[str, str], stopped_owner: tuple[subprocess.Popen[bytes], int]
+    tmp_path: Path,
+    db: str,
+    env: dict[str, str],
+    stopped_owner: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     owner, command = stopped_owner
     (tmp_path / "fast").touch()  # a rerun would be quick: only the refusal keeps it out
-    p = resume(tmp_path, env)
+    p = resume(tmp_path, db, env)
     assert p.returncode == 3, p.stderr
     assert f"pid {owner.pid}" in p.stderr and "--force" in p.stderr
     assert running(owner.pid) and running(command)  # a refusal touches nothing
@@ -185,11 +189,14 @@ def test_a_stopped_owner_past_the_heartbeat_window_keeps_its_run_from_a_plain_re
 
 
 def test_force_kills_a_stopped_owner_and_its_command_before_the_node_runs_again(
-    tmp_path: Path, env: dict[str, str], stopped_owner: tuple[subprocess.Popen[bytes], int]
+    tmp_path: Path,
+    db: str,
+    env: dict[str, str],
+    stopped_owner: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     owner, command = stopped_owner
     (tmp_path / "fast").touch()
-    p = resume(tmp_path, env, "--force")
+    p = resume(tmp_path, db, env, "--force")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["state"] == {"slow": "fast"}
     assert owner.wait(timeout=30) == -signal.SIGKILL  # the stalled owner itself was stopped
@@ -199,48 +206,48 @@ def test_force_kills_a_stopped_owner_and_its_command_before_the_node_runs_again(
 
 
 def test_a_python_node_starving_the_heartbeat_keeps_its_run_from_a_plain_resume(
-    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+    tmp_path: Path, db: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
 ) -> None:
     (tmp_path / "hoglib.py").write_text(HOG_PY)
     (tmp_path / "hog.yaml").write_text(HOG_YAML)
-    owner = start_run(tmp_path, "hog.yaml", env, owners)
+    owner = start_run(tmp_path, db, "hog.yaml", env, owners)
     wait_until(lambda: (tmp_path / "started").exists(), owner)
-    wait_until(lambda: heartbeat_stale(tmp_path / "f.db"), owner)  # the GIL starves it
+    wait_until(lambda: heartbeat_stale(db), owner)  # the GIL starves it
     (tmp_path / "fast").touch()
-    p = resume(tmp_path, env)
+    p = resume(tmp_path, db, env)
     assert p.returncode == 3, p.stderr
     assert f"pid {owner.pid}" in p.stderr and "--force" in p.stderr
     assert owner.poll() is None
 
 
 def test_force_kills_an_owner_whose_heartbeat_a_gil_holding_node_starves(
-    tmp_path: Path, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
+    tmp_path: Path, db: str, env: dict[str, str], owners: list[subprocess.Popen[bytes]]
 ) -> None:
     (tmp_path / "hoglib.py").write_text(HOG_PY)
     (tmp_path / "hog.yaml").write_text(HOG_YAML)
-    owner = start_run(tmp_path, "hog.yaml", env, owners)
+    owner = start_run(tmp_path, db, "hog.yaml", env, owners)
     wait_until(lambda: (tmp_path / "started").exists(), owner)
-    wait_until(lambda: heartbeat_stale(tmp_path / "f.db"), owner)
+    wait_until(lambda: heartbeat_stale(db), owner)
     (tmp_path / "fast").touch()
-    p = resume(tmp_path, env, "--force")
+    p = resume(tmp_path, db, env, "--force")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["state"] == {"out": "fast"}
     assert owner.wait(timeout=30) == -signal.SIGKILL
 
 
 def test_force_on_a_running_owner_kills_its_command_before_the_node_runs_again(
-    tmp_path: Path, owners: list[subprocess.Popen[bytes]]
+    tmp_path: Path, db: str, owners: list[subprocess.Popen[bytes]]
 ) -> None:
     env = dict(os.environ, NO_COLOR="1")  # the 30 s window: the owner heartbeats all along
     (tmp_path / "wf.yaml").write_text(OVERLAP_YAML)
-    owner = start_run(tmp_path, "wf.yaml", env, owners)
+    owner = start_run(tmp_path, db, "wf.yaml", env, owners)
     pids = tmp_path / "pids"
     wait_until(lambda: pids.exists() and pids.read_text().strip() != "", owner)
     command = int(pids.read_text())
     try:
-        wait_until(lambda: lease(tmp_path / "f.db")[0] == owner.pid, owner)
+        wait_until(lambda: lease(db)[0] == owner.pid, owner)
         (tmp_path / "fast").touch()
-        p = resume(tmp_path, env, "--force")
+        p = resume(tmp_path, db, env, "--force")
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["state"] == {"slow": "fast"}
         assert not (tmp_path / "overlap").exists()  # its command was gone before the rerun
@@ -255,9 +262,9 @@ def test_force_on_a_running_owner_kills_its_command_before_the_node_runs_again(
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteStore]:
+def store(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     monkeypatch.setenv("FLOWRUN_LEASE_STALE_S", str(STALE_S))
-    s = SQLiteStore(tmp_path / "f.db")
+    s = open_store(db)
     s.create_run(
         "r",
         workflow_name="w",
@@ -272,12 +279,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteSto
     s.close()
 
 
-def set_owner(db: Path, **cols: object) -> None:
-    """Write lease columns as another process's ``acquire_lease`` would have."""
-    c = sqlite3.connect(db)
-    c.execute(f"UPDATE runs SET {', '.join(f'lease_{k} = ?' for k in cols)}", tuple(cols.values()))
-    c.commit()
-    c.close()
+def set_owner(db: str, **cols: object) -> None:
+    """Write lease columns as another process's ``take_lease`` would have."""
+    execute(db, f"UPDATE runs SET {', '.join(f'lease_{k} = ?' for k in cols)}", *cols.values())
 
 
 def my_pidns() -> str:
@@ -285,36 +289,34 @@ def my_pidns() -> str:
 
 
 def test_an_owner_in_another_pid_namespace_is_judged_by_its_heartbeat_alone(
-    store: SQLiteStore, tmp_path: Path
+    store: Store, db: str
 ) -> None:
     store.take_lease("r")
     # pid 1 in a sibling container with our hostname: our pid number, another namespace
     me = start_time(os.getpid())
-    db = tmp_path / "f.db"
-    set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=time.time())
+    set_owner(db, host=HOST, pid=os.getpid(), start=me, pidns="pid:[1]", heartbeat=db_now(db))
     with pytest.raises(ResumeRefused, match=f"pid {os.getpid()}") as exc:
         store.take_lease("r")
     assert exc.value.hint and "--force" in exc.value.hint
-    set_owner(db, heartbeat=time.time() - 2 * STALE_S)  # silent for too long: abandoned
+    set_owner(db, heartbeat=db_now(db) - 2 * STALE_S)  # silent for too long: abandoned
     store.take_lease("r")
 
 
 def test_an_owner_on_this_host_is_judged_by_its_process_not_its_heartbeat(
-    store: SQLiteStore, tmp_path: Path
+    store: Store, db: str
 ) -> None:
-    db = tmp_path / "f.db"
     store.take_lease("r")
     live = subprocess.Popen(["sleep", "60"])
     try:
         started = start_time(live.pid)
         assert started is not None
-        stale = time.time() - 2 * STALE_S
+        stale = db_now(db) - 2 * STALE_S
         set_owner(db, pid=live.pid, start=started, pidns=my_pidns(), heartbeat=stale)
         with pytest.raises(ResumeRefused, match=f"pid {live.pid}"):
             store.take_lease("r")  # alive: a stale heartbeat does not matter
         assert store.run_is_live("r")
         # the same pid number with another start time: the owner died, its pid was reused
-        set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=time.time())
+        set_owner(db, pid=live.pid, start=started + 1, pidns=my_pidns(), heartbeat=db_now(db))
         assert not store.run_is_live("r")
         store.take_lease("r")
     finally:

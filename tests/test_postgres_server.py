@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .pg import PrivateServer, execute, private_server_or_reason, query
+from .pg import PrivateServer, private_server_or_reason, stop_abandoned
+from .stores import execute, query
 
 
 def test_each_test_gets_a_fresh_empty_database_on_a_loopback_server(pg_url: str) -> None:
@@ -67,3 +71,35 @@ def test_a_private_server_runs_as_a_non_root_user(pg_server: str) -> None:
         assert Path(f"/proc/{pid}").stat().st_uid != 0
     finally:
         server.stop()
+
+
+SESSION = """
+import sys, time
+from tests.pg import private_server_or_reason
+server = private_server_or_reason()
+server.start()
+print(server.root, server.url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_left_by_a_killed_session_is_stopped_by_the_next(pg_server: str) -> None:
+    template = private_server_or_reason()
+    if isinstance(template, str):
+        pytest.skip(template)
+    repo = Path(__file__).resolve().parent.parent
+    session = subprocess.Popen(
+        [sys.executable, "-c", SESSION], cwd=repo, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert session.stdout is not None
+        root, url = session.stdout.readline().split()
+    finally:
+        session.send_signal(signal.SIGKILL)  # it never stops its server
+        session.wait()
+    assert query(url, "SELECT 1") == [(1,)]  # left running
+    stop_abandoned(template)
+    assert not Path(root).exists()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0

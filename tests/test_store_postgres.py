@@ -23,7 +23,7 @@ from flowrun.engine.store.open import masked, sqlite_path, url_secrets
 from flowrun.engine.store.sqlite import SQLiteStore
 
 from .conftest import FLOWRUN
-from .pg import execute, query
+from .stores import execute, query
 
 FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
 
