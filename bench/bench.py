@@ -2,11 +2,13 @@
 
 Each figure is the median of several runs on this machine. flowrun is measured
 twice: in process (the engine's loop, around ``Engine.start``) and as a whole
-``flowrun run`` process with a one-node run's start-up subtracted (loading the
-file, validating, opening the store, running). Where the peers are importable
-(make bench installs them into its own venv), the same graphs run on LangGraph
-1.2 with its SQLite checkpointer and on DBOS 3.4 with its SQLite system database,
-timed around their invoke call only (in their favour), for the ratios.
+``flowrun run`` process (loading the file, validating, opening the store,
+running), both as it is and with a one-node run's start-up subtracted (the two
+kinds of process interleaved, so both see the same load; see :class:`Whole`).
+Where the peers are importable (make bench installs them into its own venv), the
+same graphs run on LangGraph 1.2 with its SQLite checkpointer and on DBOS 3.4
+with its SQLite system database, timed around their invoke call only (in their
+favour), for the ratios.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowrun.engine import Engine, Settings, SQLiteStore, Store, load_workflow, open_store
@@ -30,6 +33,8 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 PG = os.environ.get("FLOWRUN_BENCH_PG")  # a server URL: the PostgreSQL store is measured too
 PEERS = os.environ.get("BENCH_PEERS", "LangGraph,DBOS").split(",")  # which peers to run
 BIN = Path(sys.executable).parent
+NOISE = 3  # a difference below this many times the start-up's spread is noise
+ONE_NODE = "name: one\nstate: {x: {default: 0}}\nnodes:\n  a: {set: {x: 1}}\n"
 
 
 def median(fn: Callable[[], float], n: int = REPEAT) -> float:
@@ -110,16 +115,12 @@ def bench_foreach(d: Path, url: str | None = None, durability: str = "normal") -
 
 def postgres_figures(d: Path, url: str) -> dict[str, float]:
     """The chain and the foreach on PostgreSQL (``FLOWRUN_BENCH_PG``): in process (with
-    ``--durability normal`` and ``full``), and as a whole ``flowrun run --db URL`` process
-    minus a one-node run's start-up there."""
-    one = bench_process(d, ["run", "one.yaml", "--db", url, "-q"])
+    ``--durability normal`` and ``full``)."""
     return {
         "chain": median(lambda: bench_chain(d, url)),
         "foreach": median(lambda: bench_foreach(d, url)),
         "chain full": median(lambda: bench_chain(d, url, "full")),
         "foreach full": median(lambda: bench_foreach(d, url, "full")),
-        "whole chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one, url),
-        "whole foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one, url),
     }
 
 
@@ -222,18 +223,60 @@ def bench_process(d: Path, args: list[str], n: int = 7) -> float:
     return median(once, n)
 
 
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """Whole ``flowrun run`` processes of ``tasks`` tasks beside one-node runs, interleaved.
+
+    Median seconds of each kind, and the one-node runs' spread (their median
+    absolute deviation, which one stalled process does not inflate). What a task
+    costs with the start-up subtracted is told only when the difference stands out
+    of that noise: on a loaded machine a 1,000-task run may last no longer than a
+    one-node run measured a minute apart did.
+    """
+
+    tasks: int
+    run_s: float
+    start_s: float
+    start_spread: float
+
+    def per_s(self) -> float:
+        """Tasks per second of the whole process, nothing subtracted."""
+        return self.tasks / self.run_s
+
+    def beyond_start_per_s(self) -> float | None:
+        """Tasks per second beyond a one-node run's start-up; None within the noise."""
+        beyond = self.run_s - self.start_s
+        if beyond <= 0 or beyond < NOISE * self.start_spread:
+            return None
+        return self.tasks / beyond
+
+
 def bench_whole(
-    d: Path, name: str, yaml_text: str, start_up: float, url: str | None = None
-) -> float:
-    """Seconds of a whole ``flowrun run`` of ``yaml_text`` beyond a one-node run's."""
+    d: Path, name: str, yaml_text: str, tasks: int, url: str | None = None, n: int = REPEAT
+) -> Whole:
+    """``n`` whole ``flowrun run`` processes of ``yaml_text``, each after a one-node run.
+
+    Each run of either kind gets a new SQLite file (or ``url``), so creating the
+    schema is in both and cancels out.
+    """
     (d / name).write_text(yaml_text)
-    runs = iter(range(1_000_000))
+    (d / "one-node.yaml").write_text(ONE_NODE)
+    starts, runs = [], []
+    for i in range(n):
+        for wf, out in (("one-node.yaml", starts), (name, runs)):
+            db = url or str(d / f"whole-{Path(wf).stem}-{i}.db")
+            out.append(bench_process(d, ["run", wf, "--db", db, "-q"], 1))
+    return Whole(tasks, statistics.median(runs), statistics.median(starts), spread(starts))
 
-    def once() -> float:
-        db = url or str(d / f"whole-{name}-{next(runs)}.db")
-        return bench_process(d, ["run", name, "--db", db, "-q"], 1) - start_up
 
-    return median(once, 3)
+def spread(xs: list[float]) -> float:
+    """The median absolute deviation of ``xs``."""
+    mid = statistics.median(xs)
+    return statistics.median(abs(x - mid) for x in xs)
+
+
+def rate(figure: float | None, width: int) -> str:
+    return f"{figure:>{width},.0f}" if figure is not None else f"{'n/a (within noise)':>{width}}"
 
 
 def bench_load(d: Path) -> tuple[float, float]:
@@ -291,24 +334,32 @@ def main() -> None:
         print(f"{n_big:,}-item foreach (process)   : {dt:8.1f} s, peak RSS {rss:.0f} MB")
         results = startup.figures(str(BIN / "flowrun"), d)
         startup.report(results)
-        one = results["one-node run, set"][0]  # the start-up the whole-process figures subtract
         whole = {
-            "chain": 1000 / bench_whole(d, "chain1000.yaml", chain_yaml(1000), one),
-            "foreach": 1000 / bench_whole(d, "fan1000.yaml", foreach_yaml(1000), one),
+            "chain": bench_whole(d, "chain1000.yaml", chain_yaml(1000), 1000),
+            "foreach": bench_whole(d, "fan1000.yaml", foreach_yaml(1000), 1000),
         }
         if PG:
             from flowrun.engine.store.open import masked
 
             pg = postgres_figures(d, PG)
+            pg_whole = {
+                "chain": bench_whole(d, "chain1000.yaml", chain_yaml(1000), 1000, PG),
+                "foreach": bench_whole(d, "fan1000.yaml", foreach_yaml(1000), 1000, PG),
+            }
             print(f"PostgreSQL store ({masked(PG)}; {postgres_server(PG)}), beside SQLite")
-            print("  in process / whole process; PostgreSQL in process also with --durability full")
+            print(
+                "  in process / whole process minus start-up (nothing subtracted);"
+                " PostgreSQL in process also with --durability full"
+            )
             for label, shape, ours in (
                 ("1,000-node chain (steps/s)  ", "chain", chain),
                 ("1,000-item foreach (tasks/s)", "foreach", fe),
             ):
+                w, pw = whole[shape], pg_whole[shape]
                 print(
-                    f"{label}: SQLite {ours:8,.0f} / {whole[shape]:6,.0f}"
-                    f"   PostgreSQL {pg[shape]:8,.0f} / {pg['whole ' + shape]:6,.0f}"
+                    f"{label}: SQLite {ours:8,.0f} / {rate(w.beyond_start_per_s(), 6)}"
+                    f" ({w.per_s():,.0f})   PostgreSQL {pg[shape]:8,.0f}"
+                    f" / {rate(pw.beyond_start_per_s(), 6)} ({pw.per_s():,.0f})"
                     f"   full {pg[shape + ' full']:8,.0f}"
                 )
         else:
@@ -316,23 +367,42 @@ def main() -> None:
         peers = peer_figures(d)
         if not peers:
             print("peers: none installed here (make bench installs them); ratios skipped")
-        names = list(peers)
         print()
-        print("whole process (flowrun run minus a one-node run; peers: invoke only), median of 3")
-        print(
-            f"{'shape':<28}{'flowrun':>10}{'in-proc':>10}"
-            + "".join(f"{n:>11}" for n in names)
-            + "".join(f"{'/' + n:>13}" for n in names)
+        whole_table(whole, {"chain": chain, "foreach": fe}, peers)
+
+
+def whole_table(
+    whole: dict[str, Whole], in_process: dict[str, float], peers: dict[str, dict[str, float]]
+) -> None:
+    """flowrun's whole process beside the peers' invoke calls, and the ratios."""
+    names = list(peers)
+    start = whole["chain"]
+    print(
+        f"whole process, median of {REPEAT} each, interleaved with as many one-node runs"
+        f" (median {start.start_s * 1000:.0f} ms, spread {start.start_spread * 1000:.0f} ms;"
+        " peers: invoke only)"
+    )
+    print(
+        f"{'shape':<29}{'minus start-up':>19}{'whole':>8}{'in-proc':>9}"
+        + "".join(f"{n:>11}" for n in names)
+        + "".join(f"{'/' + n + ' (whole)':>21}" for n in names)
+    )
+    for shape, label in (
+        ("chain", "1,000-node chain (steps/s)"),
+        ("foreach", "1,000-item foreach (tasks/s)"),
+    ):
+        w = whole[shape]
+        beyond = w.beyond_start_per_s()
+        ratios = "".join(
+            f"{(f'{beyond / peers[n][shape]:.1f}x' if beyond else 'n/a'):>13}"
+            f"{f'({w.per_s() / peers[n][shape]:.1f}x)':>8}"
+            for n in names
         )
-        for shape, label, ours in (
-            ("chain", "1,000-node chain (steps/s)", chain),
-            ("foreach", "1,000-item foreach (tasks/s)", fe),
-        ):
-            print(
-                f"{label:<28}{whole[shape]:>10,.0f}{ours:>10,.0f}"
-                + "".join(f"{peers[n][shape]:>11,.0f}" for n in names)
-                + "".join(f"{whole[shape] / peers[n][shape]:>12.1f}x" for n in names)
-            )
+        print(
+            f"{label:<29}{rate(beyond, 19)}{w.per_s():>8,.0f}{in_process[shape]:>9,.0f}"
+            + "".join(f"{peers[n][shape]:>11,.0f}" for n in names)
+            + ratios
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import FLOWRUN
+
 # Run one command in a fresh interpreter, as the installed `flowrun` does, and list
 # every module it imported by the time it exited.
 PROBE = """
@@ -69,8 +71,37 @@ def test_a_run_of_a_set_node_without_a_terminal_imports_no_rich_llm_or_metrics_l
     code, modules = imported(tmp_path, "run", "one.yaml", "--db", str(tmp_path / "f.db"))
     assert code == 0
     assert RUNTIME in modules  # it did run
-    assert not modules & {"rich", "httpx", "prometheus_client", "genai_prices"}
+    # pydantic: Typer 0.29 would import it for every command (pyproject keeps Typer < 0.29),
+    # genai-prices for a price
+    assert not modules & {"rich", "httpx", "prometheus_client", "genai_prices", "pydantic"}
     assert LLM not in modules
+
+
+def test_jinja2_loads_only_for_a_workflow_that_holds_a_template(tmp_path: Path) -> None:
+    (tmp_path / "plain.yaml").write_text(
+        "name: plain\nstate: {x: {default: 0}}\n"
+        "nodes:\n  a: {set: {x: 1}, next: b}\n  b: {run: ['true']}\n"
+    )
+    (tmp_path / "templated.yaml").write_text(
+        "name: templated\nstate: {x: {default: 0}}\nnodes:\n  a: {set: {x: '{{ state.x + 1 }}'}}\n"
+    )
+    db = str(tmp_path / "f.db")
+    for command in (["validate", "plain.yaml"], ["run", "plain.yaml", "--db", db]):
+        code, modules = imported(tmp_path, *command)
+        assert code == 0, command
+        assert "yaml" in modules and "jinja2" not in modules, command
+    for command in (["validate", "templated.yaml"], ["run", "templated.yaml", "--db", db]):
+        code, modules = imported(tmp_path, *command)
+        assert code == 0, command
+        assert "jinja2" in modules, command
+    shown = subprocess.run(
+        [FLOWRUN, "show", "latest", "--db", db, "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(shown.stdout)["state"] == {"x": 1}  # the template was rendered
 
 
 def test_listing_runs_imports_neither_the_scheduler_nor_yaml_nor_jinja2(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ class Checker:
                 hint = "templates are Jinja2: {{ state.key }}"
             unknown = re.search(r"No (filter|test) named '(\w+)'", str(exc))
             if unknown:
-                known = templates.FILTERS if unknown[1] == "filter" else templates.TESTS
+                known = templates.known(unknown[1])
                 hint = did_you_mean(unknown[2], known) or f"see the Jinja2 {unknown[1]}s"
             self.report(path, f"bad template: {exc}", hint=hint)
             return

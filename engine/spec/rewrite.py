@@ -20,7 +20,7 @@ ways to emit text, and each is either made a value here or refused:
   used in ``{{ }}`` are outputs like any other.
 - ``{% call f(...) %}`` writes what ``f`` returns, unfinalized, so ``f`` must be a
   macro: in every template its callee must name a macro defined in the template
-  (or ``caller``), and at render time :class:`~.templates._Env` refuses a call
+  (or ``caller``), and at render time :class:`~.sandbox._Env` refuses a call
   block on anything that is not a macro (a name rebound by ``{% set %}``).
 - ``{% include %}``, ``{% import %}``, ``{% extends %}`` (no loader) and any
   statement not listed in :data:`_SHELL_STATEMENTS` are refused at validate time.
