@@ -17,13 +17,16 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from flowrun.engine import Observer
 from flowrun.engine.errors import WorkflowError
 
 from . import cilog
 from .cilog import MAX_ANNOTATIONS, Fold, github_error
+
+if TYPE_CHECKING:
+    from flowrun.engine.records import Task
 
 
 class _Tolerant:
@@ -256,13 +259,13 @@ class PlainView(Observer):
         if self.metrics_url:
             self._line(f"metrics: {self.metrics_url}", always=True)
 
-    def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None:
+    def step_started(self, step: int, tasks: list[Task]) -> None:
         totals: dict[str, int] = defaultdict(int)
         foreach: set[str] = set()
         for t in tasks:
-            totals[t["node"]] += 1
-            if t.get("index") is not None:
-                foreach.add(t["node"])
+            totals[t.node] += 1
+            if t.index is not None:
+                foreach.add(t.node)
         now = time.monotonic()
         with self._lock:
             self._nodes = {
@@ -276,16 +279,16 @@ class PlainView(Observer):
             p = self._nodes[node] = _NodeProgress(step, node, 0, False, time.monotonic())
         return p
 
-    def task_started(self, step: int, task: dict[str, Any]) -> None:
+    def task_started(self, step: int, task: Task) -> None:
         with self._lock:
-            self._progress(step, task["node"]).running += 1
+            self._progress(step, task.node).running += 1
         if self.verbose:
             self._line(f"step {step}  {_label(task)}  started")
 
     def task_finished(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         status: str,
         duration: float,
         attempts: int,
@@ -293,7 +296,7 @@ class PlainView(Observer):
         reused: bool,
     ) -> None:
         with self._lock:
-            p = self._progress(step, task["node"])
+            p = self._progress(step, task.node)
             if not reused:
                 p.running = max(0, p.running - 1)
                 p.ran += 1
@@ -312,9 +315,7 @@ class PlainView(Observer):
         if last is not None:
             self._line(last)
 
-    def _failed(
-        self, step: int, task: dict[str, Any], status: str, attempts: int, error: str | None
-    ) -> None:
+    def _failed(self, step: int, task: Task, status: str, attempts: int, error: str | None) -> None:
         label = _label(task)
         how = "interrupted" if status == "interrupted" else "FAILED"
         self._line(f"step {step}  {label}  {how} after {attempts} attempt(s): {error}", always=True)
@@ -329,7 +330,7 @@ class PlainView(Observer):
     def task_retried(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         attempt: int,
         reason: str,
         error: str,
@@ -341,7 +342,7 @@ class PlainView(Observer):
         )
 
     def task_output(
-        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+        self, step: int, task: Task, attempt: int, stream: str, lines: list[str]
     ) -> None:
         """What a task prints, as it prints it: ``label | line`` (``--quiet`` hides it).
 
@@ -354,7 +355,7 @@ class PlainView(Observer):
         if self.fold is None:
             self._output(text)
             return
-        key = task["key"]
+        key = task.key
         with self._lock:
             started, held, size = self._held.get(key) or (time.time(), [], 0)
             held.append(text)
@@ -365,9 +366,9 @@ class PlainView(Observer):
             header = f"step {step}  {_label(task)}  output (continued below)"
             self._output(self.fold.block(_label(task), header, "".join(held), started))
 
-    def _unfold(self, step: int, task: dict[str, Any]) -> None:
+    def _unfold(self, step: int, task: Task) -> None:
         with self._lock:
-            entry = self._held.pop(task["key"], None)
+            entry = self._held.pop(task.key, None)
         if entry is not None and self.fold is not None:
             started, held, _ = entry
             if held:
@@ -417,8 +418,8 @@ def _ok(duration: float, attempts: int, reused: bool) -> str:
     return f"ok  {fmt_s(duration)}{tries}"
 
 
-def _label(task: dict[str, Any]) -> str:
-    return str(task["node"]) + (f"[{task['index']}]" if task.get("index") is not None else "")
+def _label(task: Task) -> str:
+    return str(task.node) + (f"[{task.index}]" if task.index is not None else "")
 
 
 def output_lines(label: str, lines: list[str], mark: str = "|") -> str:
@@ -512,31 +513,31 @@ class LiveView(PlainView):
         self.step = step
         super().run_started(run_id, workflow, step, resumed)
 
-    def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None:
+    def step_started(self, step: int, tasks: list[Task]) -> None:
         self.step = step
 
-    def task_queued(self, step: int, task: dict[str, Any]) -> None:
+    def task_queued(self, step: int, task: Task) -> None:
         with self._lock:
-            self.nodes[task["node"]]["queued"] += 1
+            self.nodes[task.node]["queued"] += 1
 
-    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+    def task_dropped(self, step: int, task: Task) -> None:
         with self._lock:
-            c = self.nodes[task["node"]]
+            c = self.nodes[task.node]
             c["queued"] = max(0, c["queued"] - 1)
 
-    def task_started(self, step: int, task: dict[str, Any]) -> None:
+    def task_started(self, step: int, task: Task) -> None:
         with self._lock:
-            c = self.nodes[task["node"]]
+            c = self.nodes[task.node]
             c["queued"] = max(0, c["queued"] - 1)
             c["running"] += 1
-            self.running[task["key"]] = (_label(task), time.monotonic())
+            self.running[task.key] = (_label(task), time.monotonic())
         if self.verbose:
             self._line(f"step {step}  {_label(task)}  started")
 
     def task_finished(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         status: str,
         duration: float,
         attempts: int,
@@ -544,10 +545,10 @@ class LiveView(PlainView):
         reused: bool,
     ) -> None:
         with self._lock:
-            c = self.nodes[task["node"]]
+            c = self.nodes[task.node]
             if not reused:
                 c["running"] = max(0, c["running"] - 1)
-                self.running.pop(task["key"], None)
+                self.running.pop(task.key, None)
             c["done" if status == "ok" else "failed"] += 1
         if status != "ok":
             self._failed(step, task, status, attempts, error)
@@ -557,14 +558,14 @@ class LiveView(PlainView):
     def task_retried(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         attempt: int,
         reason: str,
         error: str,
         delay: float,
     ) -> None:
         with self._lock:
-            self.nodes[task["node"]]["retries"] += 1
+            self.nodes[task.node]["retries"] += 1
         if self.verbose:
             super().task_retried(step, task, attempt, reason, error, delay)
 

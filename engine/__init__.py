@@ -32,8 +32,8 @@ _LAZY = {
     "EventSink": ".events",
     "JsonlSink": ".events",
     "Engine": ".runtime",
-    "Fanout": ".runtime",
-    "Observer": ".runtime",
+    "Fanout": ".observer",
+    "Observer": ".observer",
     "RunResult": ".runtime",
     "Settings": ".runtime",
     "new_run_id": ".runtime",
@@ -47,7 +47,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .events import EventSink, JsonlSink
-    from .runtime import Engine, Fanout, Observer, RunResult, Settings, new_run_id
+    from .observer import Fanout, Observer
+    from .runtime import Engine, RunResult, Settings, new_run_id
     from .spec import Workflow, load_workflow
     from .store import RunHistory, SQLiteStore, Store, open_store
 else:  # mypy sees the imports above, and flags any other name

@@ -29,9 +29,9 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from .errors import WorkflowError
+from .records import Task
 from .report import last_outcomes, output_tails, stream_text
 from .runtime.frontier import RouteError, expand
 from .spec import Workflow, load_workflow
@@ -107,10 +107,10 @@ def junit_xml(store: Store, run_id: str, workflow: Workflow | None = None) -> by
         done = {r.order_key for r in outcomes if r.step == rec.step}
         done_nodes = {r.node for r in outcomes if r.step == rec.step}
         for t in _unfinished(store, run_id, rec, wf):
-            if t["key"] in done or (t["key"] is None and t["node"] in done_nodes):
+            if t.key in done or (not t.key and t.node in done_nodes):
                 continue
-            reached.add(t["node"])
-            c = case(t["node"], _label(t["node"], t.get("index")), 0.0, "errors")
+            reached.add(t.node)
+            c = case(t.node, t.label, 0.0, "errors")
             ET.SubElement(c, "error", message=xml_text(why), type="Interrupted").text = xml_text(
                 f"{why}\nnot finished: `flowrun resume {rec.run_id}` runs it again"
             )
@@ -194,16 +194,15 @@ def _label(node: str, index: int | None) -> str:
     return node if index is None else f"{node}[{index}]"
 
 
-def _unfinished(
-    store: Store, run_id: str, rec: RunRecord, wf: Workflow | None
-) -> list[dict[str, Any]]:
-    """The tasks of the step the run stopped in (its frontier's nodes, if it cannot expand)."""
+def _unfinished(store: Store, run_id: str, rec: RunRecord, wf: Workflow | None) -> list[Task]:
+    """The tasks of the step the run stopped in (its frontier's nodes, if it cannot expand;
+    those have no key)."""
     cp = store.load_latest(run_id)
     entries = cp.frontier.get("entries", [])
     if wf is not None and all(e["node"] in wf.nodes for e in entries):
         with contextlib.suppress(RouteError):
             return expand(wf, entries, cp.state, run_id, rec.step)
-    return [{"node": e["node"], "key": None} for e in entries]
+    return [Task(e["node"], e["parent"], e["edge"], "") for e in entries]
 
 
 def _stored_workflow(store: Store, run_id: str) -> Workflow | None:

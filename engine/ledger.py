@@ -24,8 +24,9 @@ from .pricing import Prices, PriceSource
 from .store.base import LLMCall
 
 if TYPE_CHECKING:
-    from .nodes.base import Context, LLMUsage
-    from .runtime.observer import Observer
+    from .nodes.base import Context
+    from .observer import Observer
+    from .records import LLMUsage
     from .store.base import Store
 
 WARN_AT = (0.5, 0.8)  # fractions of the budget at which a run warns, once each

@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import UsageError
-from .runtime.observer import Observer
+from .observer import Observer
+from .records import Task
 from .spec.model import Workflow
 from .store.base import Event
 
@@ -146,20 +147,20 @@ class RunMetrics(Observer):
         self.run_id = run_id
         self.info.labels(run_id, workflow).set(1)
 
-    def task_queued(self, step: int, task: dict[str, Any]) -> None:
+    def task_queued(self, step: int, task: Task) -> None:
         self.queued.inc()
 
-    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+    def task_dropped(self, step: int, task: Task) -> None:
         self.queued.dec()
 
-    def task_started(self, step: int, task: dict[str, Any]) -> None:
+    def task_started(self, step: int, task: Task) -> None:
         self.queued.dec()
         self.inflight.inc()
 
     def task_finished(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         status: str,
         duration: float,
         attempts: int,
@@ -169,19 +170,19 @@ class RunMetrics(Observer):
         if reused:  # a result saved before a crash: nothing ran in this process
             return
         self.inflight.dec()
-        self.executions.labels(task["node"], status).inc()
-        self.latency.labels(task["node"], status).observe(duration)
+        self.executions.labels(task.node, status).inc()
+        self.latency.labels(task.node, status).observe(duration)
 
     def task_retried(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         attempt: int,
         reason: str,
         error: str,
         delay: float,
     ) -> None:
-        self.retries.labels(task["node"], reason or "error").inc()
+        self.retries.labels(task.node, reason or "error").inc()
 
     def backpressure(self) -> None:
         self.waits.inc()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from flowrun.engine.records import Task
 from flowrun.engine.runtime.task import StepGate, TaskOutcome
 
 from .conftest import FLOWRUN
@@ -184,15 +185,15 @@ def test_observers_hear_every_queued_task_start_or_drop_when_the_budget_runs_out
             self.lock = threading.Lock()
             self.queued = self.started = self.dropped = 0
 
-        def task_queued(self, step: int, task: dict[str, object]) -> None:
+        def task_queued(self, step: int, task: Task) -> None:
             with self.lock:
                 self.queued += 1
 
-        def task_started(self, step: int, task: dict[str, object]) -> None:
+        def task_started(self, step: int, task: Task) -> None:
             with self.lock:
                 self.started += 1
 
-        def task_dropped(self, step: int, task: dict[str, object]) -> None:
+        def task_dropped(self, step: int, task: Task) -> None:
             with self.lock:
                 self.dropped += 1
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import pytest
 from flowrun.engine.metrics import BUCKETS, Exporter, ExportOptions, RunMetrics
+from flowrun.engine.records import Task
 from flowrun.engine.spec import load_workflow
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -625,14 +626,14 @@ def _fed_metrics(write: Write) -> RunMetrics:
     )
     m = RunMetrics(load_workflow(str(wf)))
     m.run_started("r-1", "costed", 0, False)
-    task = {"node": "ask", "key": "k", "index": None}
+    task = Task("ask", "", 0, "k")
     m.task_queued(0, task)
     m.task_started(0, task)
     m.task_retried(0, task, 1, "http_429", "rate limited", 0.5)
     m.llm_usage("ask", "gpt-4o-mini", 1200, 300, 200, 0.00042)
     m.llm_usage("ask", "mystery-model", 10, 5, 0, None)
     m.task_finished(0, task, "ok", 0.004, 2, None, False)
-    m.task_finished(0, {"node": "ask", "key": "j"}, "ok", 9.0, 1, None, True)  # reused
+    m.task_finished(0, Task("ask", "", 0, "j"), "ok", 9.0, 1, None, True)  # reused
     m.backpressure()
     m.merge_conflict("answer", ("ask", "ask"))
     m.run_finished("succeeded", None)

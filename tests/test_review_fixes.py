@@ -10,11 +10,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flowrun.engine import Engine, Observer, SQLiteStore, load_workflow
 from flowrun.engine.output import LONG_LINE, MASK_MARGIN, Capture
+from flowrun.engine.records import Task
 from flowrun.engine.secrets import Masker
 from flowrun.engine.store.leases import proc_stat
 
@@ -198,7 +198,7 @@ class Boom(BaseException):
 
 class FailingView(Observer):
     def task_output(
-        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+        self, step: int, task: Task, attempt: int, stream: str, lines: list[str]
     ) -> None:
         raise Boom
 

@@ -19,6 +19,7 @@ from flowrun.engine import (
     UsageError,
     load_workflow,
 )
+from flowrun.engine.records import Task
 
 Write = Callable[[str, str], Path]
 
@@ -122,8 +123,8 @@ def test_tasks_still_queued_when_a_signal_arrives_never_start(
     stop = threading.Event()
 
     class SignalWhenAllQueued(Observer):
-        def task_queued(self, step: int, task: dict[str, Any]) -> None:
-            if task.get("index") == 2:
+        def task_queued(self, step: int, task: Task) -> None:
+            if task.index == 2:
                 stop.set()  # items 0 and 1 are with the executor; one worker, busy with 0
 
     engine = Engine(

@@ -22,6 +22,7 @@ from flowrun.engine import (
     SQLiteStore,
     load_workflow,
 )
+from flowrun.engine.records import Task
 from flowrun.engine.runtime.ordering import idempotency_key, order_key
 from flowrun.engine.runtime.reducers import ReduceError, reduce
 from flowrun.engine.spec.model import RetryPolicy
@@ -69,12 +70,12 @@ class Recorder(Observer):
         self.conflicts: list[tuple[str, tuple[str, str]]] = []
         self.retries: list[tuple[str, int, float]] = []
 
-    def task_queued(self, step: int, task: dict[str, Any]) -> None:
+    def task_queued(self, step: int, task: Task) -> None:
         with self.lock:
             self.queued += 1
             self.max_queued = max(self.max_queued, self.queued)
 
-    def task_started(self, step: int, task: dict[str, Any]) -> None:
+    def task_started(self, step: int, task: Task) -> None:
         with self.lock:
             self.queued -= 1
             self.running += 1
@@ -83,7 +84,7 @@ class Recorder(Observer):
     def task_finished(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         status: str,
         duration: float,
         attempts: int,
@@ -106,14 +107,14 @@ class Recorder(Observer):
     def task_retried(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         attempt: int,
         reason: str,
         error: str,
         delay: float,
     ) -> None:
         with self.lock:
-            self.retries.append((task["node"], attempt, delay))
+            self.retries.append((task.node, attempt, delay))
 
 
 SLEEPY = """

@@ -7,13 +7,17 @@ from typing import TYPE_CHECKING
 from ..lazy import attributes
 
 if TYPE_CHECKING:
-    from .base import Context, LLMUsage, RunScope, TaskError, TaskTimeout, execute
+    from ..records import LLMUsage
+    from .base import Context, RunScope, TaskError, TaskTimeout, execute
 else:  # mypy sees the imports above, and flags any other name
     __getattr__ = attributes(
         __name__,
         {
-            name: ".base"
-            for name in ("Context", "LLMUsage", "RunScope", "TaskError", "TaskTimeout", "execute")
+            "LLMUsage": "..records",
+            **{
+                name: ".base"
+                for name in ("Context", "RunScope", "TaskError", "TaskTimeout", "execute")
+            },
         },
     )
 

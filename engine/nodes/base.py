@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..output import DEFAULT_LIMIT, Capture
+from ..records import LLMUsage
 from ..secrets import Masker
 from ..spec.model import Node
 from .tracebacks import Trace
@@ -40,25 +41,6 @@ class TaskError(Exception):
 class TaskTimeout(TaskError):
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="timeout")
-
-
-@dataclass(slots=True)
-class LLMUsage:
-    """One billed LLM call, as the node saw it."""
-
-    model: str
-    tokens_in: int | None
-    tokens_out: int | None
-    cached: int | None = 0
-    cache_write: int | None = 0
-    provider: str = "python"
-    attempt: int = 1
-    cache_write_1h: int | None = 0  # of cache_write, 1-hour cache writes (Anthropic)
-    served_model: str | None = None  # the model the reply named, when it named one
-    # unknown usage: at most this many input and output tokens were billed (None: no bound)
-    bound_in: int | None = None
-    bound_out: int | None = None
-    reasoning: int | None = 0  # of tokens_out, reasoning tokens (billed as output)
 
 
 class RunScope:

@@ -25,9 +25,10 @@ from typing import Any
 from .. import jsonvalue
 from ..llm import PROVIDERS, CallSite, LLMReply, LLMRequest, ProviderError, session_for
 from ..llm.anthropic import DEFAULT_MAX_TOKENS
+from ..records import LLMUsage
 from ..spec import templates
 from ..spec.model import Node
-from .base import Context, LLMUsage, TaskError, TaskTimeout, template_scope
+from .base import Context, TaskError, TaskTimeout, template_scope
 
 APIS = ("chat", "responses")
 FRAMING_TOKENS = 64  # role markers and message framing around the texts, generously

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from ..lazy import attributes
 
 if TYPE_CHECKING:
+    from ..observer import Fanout, Observer
     from .engine import Engine, RunResult, Settings, new_run_id
-    from .observer import Fanout, Observer
 else:  # lazy: a progress view or the metrics exporter subclasses Observer without the scheduler
     __getattr__ = attributes(
         __name__,
@@ -17,8 +17,8 @@ else:  # lazy: a progress view or the metrics exporter subclasses Observer witho
             "RunResult": ".engine",
             "Settings": ".engine",
             "new_run_id": ".engine",
-            "Fanout": ".observer",
-            "Observer": ".observer",
+            "Fanout": "..observer",  # the observer protocol lives on the ground floor
+            "Observer": "..observer",
         },
     )
 

@@ -33,14 +33,15 @@ from ..events import EventSink, Outbox
 from ..jsonvalue import JSONValueError, check, dumps, where
 from ..ledger import Ledger
 from ..nodes.base import RunScope
+from ..observer import Observer
 from ..output import DEFAULT_LIMIT
+from ..records import Task
 from ..report import display_status
 from ..secrets import run_masker
 from ..spec.model import Workflow
 from ..store.base import Event, StepCommit, Store, TaskResult
 from ..store.leases import stale_after
 from . import frontier as fr
-from .observer import Observer
 from .ordering import idempotency_key, state_digest, step_digest, task_label, value_digest
 from .orphans import ProcLog, take_over
 from .reducers import AppendLog, ReduceError, reduce
@@ -362,7 +363,7 @@ class Engine:
                 for k in appended:  # its text is not kept: only a snapshot compares it
                     digests[k] = grew[k]
                 sdig = state_digest(digests)
-                keys = [t["key"] for t in tasks]
+                keys = [t.key for t in tasks]
                 events = self._task_events(outbox, step, outcomes)
                 done = not nxt["entries"]
                 events.append(
@@ -385,10 +386,7 @@ class Engine:
                         changed=changed,
                         appended=appended,
                         frontier=nxt,
-                        tasks=[
-                            {"key": t["key"], "node": t["node"], "index": t.get("index")}
-                            for t in tasks
-                        ],
+                        tasks=[{"key": t.key, "node": t.node, "index": t.index} for t in tasks],
                         events=events,
                         status="succeeded" if done else "running",
                         state_digest=sdig,
@@ -460,7 +458,7 @@ class Engine:
     def _advance(
         self,
         wf: Workflow,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         frontier: dict[str, Any],
         state: dict[str, Any],
         step: int,
@@ -509,7 +507,7 @@ class Engine:
         self,
         wf: Workflow,
         executor: Executor,
-        tasks: list[dict[str, Any]],
+        tasks: list[Task],
         state: dict[str, Any],
         step: int,
         max_conc: int,
@@ -533,7 +531,7 @@ class Engine:
         inline = (
             self.executor is None
             and len(tasks) == 1
-            and wf.nodes[tasks[0]["node"]].kind in ("python", "set")
+            and wf.nodes[tasks[0].node].kind in ("python", "set")
         )
 
         def collect(done: set[Future[TaskOutcome]]) -> None:
@@ -583,7 +581,7 @@ class Engine:
                     f.cancel()  # tasks still queued never start once the budget is spent
 
         for i, t in enumerate(tasks):
-            r = saved.get(t["key"])
+            r = saved.get(t.key)
             if r is not None:
                 outcomes[i] = TaskOutcome(
                     t,
@@ -665,9 +663,9 @@ class Engine:
         t = out.task
         return TaskResult(
             step=step,
-            order_key=t["key"],
-            node=t["node"],
-            index=t.get("index"),
+            order_key=t.key,
+            node=t.node,
+            index=t.index,
             status=out.status,
             delta=out.delta,
             attempts=len(out.attempts),
@@ -690,7 +688,7 @@ class Engine:
     def _task_events(self, outbox: Outbox, step: int, outcomes: list[TaskOutcome]) -> list[Event]:
         events = []
         for o in outcomes:
-            node = o.task["node"]
+            node = o.task.node
             for a in o.attempts[:-1]:  # the last attempt was not retried
                 if a.error is not None:
                     events.append(
@@ -702,7 +700,7 @@ class Engine:
                             duration=a.duration,
                             error=a.error,
                             ts=a.started_at,
-                            data={"index": o.task.get("index")},
+                            data={"index": o.task.index},
                         )
                     )
             events.append(
@@ -714,7 +712,7 @@ class Engine:
                     duration=o.duration,
                     error=o.error,
                     ts=o.started_at + o.duration,
-                    data={"index": o.task.get("index"), "key": o.task["key"]},
+                    data={"index": o.task.index, "key": o.task.key},
                 )
             )
         return events
@@ -737,7 +735,7 @@ class Engine:
         policy = self.settings.conflict_policy or wf.config.conflict_policy
         new_state = dict(state)
         owned: set[str] = set()
-        writer: dict[str, dict[str, Any]] = {}  # replace key -> the task that wrote it
+        writer: dict[str, Task] = {}  # replace key -> the task that wrote it
         touched: list[str] = []
         grown: dict[str, int] = {}  # append/extend key -> its length before this step
         for o in outcomes:
@@ -745,7 +743,7 @@ class Engine:
                 reducer = wf.state[k].reducer
                 if reducer == "replace":
                     if k in writer:
-                        nodes = (writer[k]["node"], o.task["node"])
+                        nodes = (writer[k].node, o.task.node)
                         self.observer.merge_conflict(k, nodes)
                         if policy == "fail":
                             a, b = task_label(writer[k]), task_label(o.task)
@@ -762,7 +760,7 @@ class Engine:
                 try:
                     new_state[k] = reduce(reducer, new_state[k], v, k, owned=k in owned)
                 except ReduceError as exc:
-                    raise RunFailed(f"node {o.task['node']!r}: {exc}") from None
+                    raise RunFailed(f"node {o.task.node!r}: {exc}") from None
                 if reducer in ("append", "extend", "merge"):
                     owned.add(k)
                 if k not in touched:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..records import Task
 from ..spec import templates
 from ..spec.model import END, Workflow
 from .ordering import order_key
@@ -53,13 +54,14 @@ def expand(
     state: Mapping[str, Any],
     run_id: str,
     step: int,
-) -> list[dict[str, Any]]:
+) -> list[Task]:
     """Turn a frontier's entries into the step's tasks (``foreach`` becomes one per item)."""
-    tasks: list[dict[str, Any]] = []
+    tasks: list[Task] = []
     for e in entries:
         node = workflow.nodes[e["node"]]
+        parent, edge = e["parent"], e["edge"]
         if node.foreach is None:
-            tasks.append({**e, "key": order_key(e["parent"], e["node"], e["edge"])})
+            tasks.append(Task(node.name, parent, edge, order_key(parent, node.name, edge)))
             continue
         items = node.foreach
         if isinstance(items, str):
@@ -73,33 +75,25 @@ def expand(
             raise RouteError(f"node {node.name!r}: foreach gave {type(items).__name__}, not a list")
         if not items:
             # an empty map still completes, so what follows it runs (like Prefect's map)
-            tasks.append({**e, "key": order_key(e["parent"], e["node"], e["edge"]), "skip": True})
+            key = order_key(parent, node.name, edge)
+            tasks.append(Task(node.name, parent, edge, key, skip=True))
             continue
         for i, item in enumerate(items):
-            tasks.append(
-                {
-                    "node": node.name,
-                    "parent": e["parent"],
-                    "edge": i,
-                    "key": order_key(e["parent"], node.name, i),
-                    "item": item,
-                    "index": i,
-                }
-            )
+            tasks.append(Task(node.name, parent, i, order_key(parent, node.name, i), item, i))
     return tasks
 
 
 def targets(
-    workflow: Workflow, task: dict[str, Any], state: Mapping[str, Any], run_id: str, step: int
+    workflow: Workflow, task: Task, state: Mapping[str, Any], run_id: str, step: int
 ) -> list[tuple[int, str]]:
     """Where a finished task routes to: ``(edge_index, node)`` pairs."""
-    node = workflow.nodes[task["node"]]
+    node = workflow.nodes[task.node]
     if node.next:
         return list(enumerate(node.next))
     for route in node.routes:
         if route.when is None:
             return list(enumerate(route.to))
-        scope = scope_for(state, run_id, step, node.name, task.get("item"), task.get("index"))
+        scope = scope_for(state, run_id, step, node.name, task.item, task.index)
         try:
             if templates.evaluate(route.when, scope):
                 return list(enumerate(route.to))
@@ -110,7 +104,7 @@ def targets(
 
 def advance(
     workflow: Workflow,
-    tasks: list[dict[str, Any]],
+    tasks: list[Task],
     frontier: dict[str, Any],
     state: Mapping[str, Any],
     run_id: str,
@@ -121,8 +115,8 @@ def advance(
     joins = workflow.joins
     for t in tasks:
         for j, needs in joins.items():
-            if t["node"] in needs and t["node"] not in since.setdefault(j, []):
-                since[j].append(t["node"])
+            if t.node in needs and t.node not in since.setdefault(j, []):
+                since[j].append(t.node)
     routed: list[dict[str, Any]] = []
     seen: set[str] = set()
     for t in tasks:
@@ -130,7 +124,7 @@ def advance(
             if name == END or name in seen:
                 continue
             seen.add(name)
-            routed.append(entry(name, t["key"], edge))
+            routed.append(entry(name, t.key, edge))
     nxt = {"entries": [], "held": [], "since": since}
     return arrange(workflow, routed, nxt, set(), held=frontier.get("held", []))
 

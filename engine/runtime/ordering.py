@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+
+from ..records import Task
 
 SEP = b"\x1f"
 
@@ -61,7 +62,6 @@ def step_digest(step: int, keys: Iterable[str], state_dig: str) -> str:
     return h.hexdigest()
 
 
-def task_label(task: dict[str, Any]) -> str:
+def task_label(task: Task) -> str:
     """How messages name a task: ``node``, or ``node[index]`` under ``foreach``."""
-    index = task.get("index")
-    return str(task["node"]) if index is None else f"{task['node']}[{index}]"
+    return task.label

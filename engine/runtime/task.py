@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..jsonvalue import JSONValueError, check, dumps, where
-from ..nodes.base import Context, LLMUsage, RunScope, TaskError, execute
+from ..nodes.base import Context, RunScope, TaskError, execute
 from ..nodes.command import CommandResult
 from ..nodes.tracebacks import Trace
+from ..observer import Observer
 from ..output import Capture
+from ..records import LLMUsage, Task
 from ..spec.model import Node, Workflow
 from ..store.base import TaskOutput
-from .observer import Observer
 
 
 @dataclass(slots=True)
@@ -38,7 +39,7 @@ class Attempt:
 
 @dataclass(slots=True)
 class TaskOutcome:
-    task: dict[str, Any]
+    task: Task
     # ok | failed | interrupted (stopped by SIGINT/SIGTERM: resume runs it again) |
     # skipped (never ran: picked up after the budget or a signal)
     status: str
@@ -193,7 +194,7 @@ class StepGate:
 
 def run_task(
     workflow: Workflow,
-    task: dict[str, Any],
+    task: Task,
     state: Mapping[str, Any],
     step: int,
     scope: RunScope,
@@ -237,16 +238,16 @@ def run_task(
 
 def _attempts(
     workflow: Workflow,
-    task: dict[str, Any],
+    task: Task,
     state: Mapping[str, Any],
     step: int,
     scope: RunScope,
     observer: Observer,
 ) -> TaskOutcome:
-    node = workflow.nodes[task["node"]]
+    node = workflow.nodes[task.node]
     started = time.time()
     t0 = time.perf_counter()
-    if task.get("skip"):
+    if task.skip:
         return TaskOutcome(task, "ok", {}, [Attempt(1, started, 0.0, None, None)], started, 0.0)
     policy = node.retry
     mask = scope.masker
@@ -258,9 +259,7 @@ def _attempts(
     while True:
         attempt += 1
         stdout = stderr = None
-        ctx = Context(
-            scope.run_id, step, node.name, attempt, task.get("item"), task.get("index"), scope
-        )
+        ctx = Context(scope.run_id, step, node.name, attempt, task.item, task.index, scope)
         if node.kind in ("run", "shell", "python"):  # the kinds that can print
             ctx.output = _capture(scope, observer, step, task, attempt)
         a0 = time.perf_counter()
@@ -321,7 +320,7 @@ def _attempts(
                     trace=exc.trace,
                 )
             if rng is None:
-                rng = random.Random(f"{scope.run_id}:{task['key']}")
+                rng = random.Random(f"{scope.run_id}:{task.key}")
             delay = policy.delay(attempt, rng.random())
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
@@ -343,9 +342,7 @@ def _attempts(
                 )
 
 
-def _capture(
-    scope: RunScope, observer: Observer, step: int, task: dict[str, Any], attempt: int
-) -> Capture:
+def _capture(scope: RunScope, observer: Observer, step: int, task: Task, attempt: int) -> Capture:
     """The attempt's output capture; complete lines go to the observer as they end."""
     mask = scope.masker.text if scope.masker else None
     if not observer.wants_output():
@@ -357,9 +354,9 @@ def _capture(
     return Capture(scope.output_limit, on_lines, mask)
 
 
-def _keep_output(ctx: Context, task: dict[str, Any], outputs: list[TaskOutput]) -> None:
+def _keep_output(ctx: Context, task: Task, outputs: list[TaskOutput]) -> None:
     if ctx.output is None:
         return
-    frozen = ctx.output.freeze(ctx.step, task["key"], ctx.node, ctx.index, ctx.attempt)
+    frozen = ctx.output.freeze(ctx.step, task.key, ctx.node, ctx.index, ctx.attempt)
     if frozen is not None:
         outputs.append(frozen)

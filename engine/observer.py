@@ -1,8 +1,14 @@
-"""Live hooks for progress views and metrics. Called from worker threads: be thread-safe."""
+"""Live hooks for progress views and metrics, called by the coordinator as effects arrive.
+
+The coordinator calls them from its own thread, except ``backpressure`` and
+``budget_warning``, which may come from a signal handler's thread too: be thread-safe.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .records import Task
 
 
 class Observer:
@@ -14,19 +20,19 @@ class Observer:
 
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None: ...
 
-    def step_started(self, step: int, tasks: list[dict[str, Any]]) -> None: ...
+    def step_started(self, step: int, tasks: list[Task]) -> None: ...
 
-    def task_queued(self, step: int, task: dict[str, Any]) -> None: ...
+    def task_queued(self, step: int, task: Task) -> None: ...
 
-    def task_started(self, step: int, task: dict[str, Any]) -> None: ...
+    def task_started(self, step: int, task: Task) -> None: ...
 
-    def task_dropped(self, step: int, task: dict[str, Any]) -> None:
+    def task_dropped(self, step: int, task: Task) -> None:
         """A queued task that will not start (budget spent, or a signal); resume runs it."""
 
     def task_finished(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         status: str,
         duration: float,
         attempts: int,
@@ -37,7 +43,7 @@ class Observer:
     def task_retried(
         self,
         step: int,
-        task: dict[str, Any],
+        task: Task,
         attempt: int,
         reason: str,
         error: str,
@@ -46,7 +52,7 @@ class Observer:
         """Attempt ``attempt`` of ``task`` failed with ``error``; the next starts in ``delay`` s."""
 
     def task_output(
-        self, step: int, task: dict[str, Any], attempt: int, stream: str, lines: list[str]
+        self, step: int, task: Task, attempt: int, stream: str, lines: list[str]
     ) -> None:
         """Complete lines a running task printed to ``stream`` (``stdout``/``stderr``)."""
 
