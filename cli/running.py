@@ -133,7 +133,7 @@ class _Signals:
         self.engine.stop.set()
         if self.count > 1:
             self.engine.settings.grace_s = 0.0
-            self.engine.scope.abort.set()
+            self.engine.abort.set()
         self.news.put(self.engine.stop_reason)
 
     def _announce(self) -> None:

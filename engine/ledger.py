@@ -24,7 +24,6 @@ from .pricing import Prices, PriceSource
 from .store.base import LLMCall
 
 if TYPE_CHECKING:
-    from .nodes.base import Context
     from .observer import Observer
     from .records import LLMUsage
     from .store.base import Store
@@ -51,9 +50,9 @@ def _add(a: float, b: float) -> float:
 class Ledger:
     """Writes each call as it ends and watches the budget.
 
-    ``record`` is the run scope's usage listener; it runs on whichever thread made
-    the call and writes through the store's own lock, so the row is committed
-    before the node's attempt goes on (a crash after that point cannot lose it).
+    ``record`` is called by the coordinator as a call's usage arrives on the effects
+    channel, and the attempt that made the call goes on only once it returned (the
+    usage is a durable effect), so a crash after that point cannot lose the row.
     ``spent`` counts known costs and the estimates of calls of unknown cost.
     """
 
@@ -111,7 +110,7 @@ class Ledger:
             self._prices = Prices()
         return self._prices
 
-    def record(self, ctx: Context, usage: LLMUsage) -> None:
+    def record(self, step: int, node: str, index: int | None, usage: LLMUsage) -> None:
         now = time.time()
         # the served model's price when the source knows it, else the requested one's
         price = self.prices.lookup(usage.model, served=usage.served_model, at=now)
@@ -130,10 +129,10 @@ class Ledger:
             estimate = price.cost(usage.bound_in, usage.bound_out)  # all input at the input rate
         call = LLMCall(
             run_id=self.run_id,
-            step=ctx.step,
-            node=ctx.node,
-            index=ctx.index,
-            attempt=ctx.attempt,
+            step=step,
+            node=node,
+            index=index,
+            attempt=usage.attempt,
             provider=usage.provider,
             model=usage.model,
             tokens_in=usage.tokens_in,
@@ -153,14 +152,14 @@ class Ledger:
             self.calls += 1
             self._count(call)
             if self.max_cost is not None and cost is None and estimate is None:
-                self.unbounded = self.unbounded or _why_unbounded(ctx.node, usage, price)
+                self.unbounded = self.unbounded or _why_unbounded(node, usage, price)
             self._note_levels()
             over = self._over() or self.unbounded is not None
         if over:
             self.over_budget.set()
         if self.observer is not None:
             self.observer.llm_usage(
-                ctx.node,
+                node,
                 usage.model,
                 usage.tokens_in or 0,
                 usage.tokens_out or 0,

@@ -1,4 +1,4 @@
-"""Records shared across the engine's floors: a step's task, one billed LLM call.
+"""Records shared across the engine's floors: a step's task, one billed LLM call, a flag.
 
 They sit here, below ``runtime``, ``nodes``, ``costs``, ``metrics`` and ``events``,
 so none of those imports another to learn a type. Every record is plain data (it
@@ -8,7 +8,7 @@ crosses process boundaries inside a ``TaskSpec`` or a ``TaskReport``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +46,15 @@ class LLMUsage:
     bound_in: int | None = None
     bound_out: int | None = None
     reasoning: int | None = 0  # of tokens_out, reasoning tokens (billed as output)
+
+
+@runtime_checkable
+class Flag(Protocol):
+    """A flag the coordinator sets and tasks poll, shaped like ``threading.Event``
+    (a ``multiprocessing`` Manager's Event proxy and a ``distributed.Event`` fit too)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...

@@ -44,3 +44,12 @@ def _plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GITHUB_ACTIONS", "GITHUB_WORKSPACE", "GITLAB_CI", "FLOWRUN_PROGRESS_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+EXECUTORS = ("threads", "processes")
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor_kind(request: pytest.FixtureRequest) -> str:
+    """Where a test's tasks run: each executor ``Settings(executor=...)`` accepts."""
+    return str(request.param)

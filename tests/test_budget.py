@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from flowrun.engine.records import Task
-from flowrun.engine.runtime.task import StepGate, TaskOutcome
+from flowrun.engine.runtime.window import Window
 
 from .conftest import FLOWRUN
 
@@ -146,30 +146,34 @@ def test_no_retry_starts_after_the_budget_is_spent(write: Write, tmp_path: Path)
 
 
 def test_a_queued_task_cancelled_for_the_budget_frees_its_place_in_the_window() -> None:
-    gate = StepGate(max_running=1, queue_depth=1)
+    window = Window(max_running=1, queue_depth=1)
     running, release = threading.Event(), threading.Event()
 
-    def task(*, gate: StepGate) -> TaskOutcome:
-        gate.started()
+    def task() -> str:
         running.set()
         release.wait()
-        gate.finished()
-        return TaskOutcome({}, "ok", {})
+        return "ok"
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
-            first = gate.submit(pool, task)
+            window.submit()
+            first = pool.submit(task)
             assert running.wait(10)
-            second = gate.submit(pool, task)
-            assert gate.full()  # one running, one queued: the window is full
+            window.started("first")  # its TaskStarted effect arrived
+            window.submit()
+            second = pool.submit(task)
+            assert window.full()  # one running, one queued: the window is full
             assert second.cancel()  # what the coordinator does once the budget is spent
+            assert second.done()  # so it arrives among the completed futures at once
+            window.complete("second")  # … which the coordinator collects as dropped
+            window.settle(["second"])
             # the cancelled task never starts; were it still counted as queued, the
-            # coordinator's `while gate.full()` would wait for it forever
-            assert not gate.full()
-            assert second in gate.wait(0)
+            # coordinator's `while window.full()` would wait for it forever
+            assert not window.full()
+            assert window.running() == 1
         finally:
             release.set()
-        assert first.result().status == "ok"
+        assert first.result() == "ok"
 
 
 def test_observers_hear_every_queued_task_start_or_drop_when_the_budget_runs_out(

@@ -7,9 +7,9 @@ The key comes from ``ANTHROPIC_API_KEY`` (or the variable ``api_key_env`` names)
 from __future__ import annotations
 
 import os
-import threading
 from typing import TYPE_CHECKING, Any
 
+from ..records import Flag
 from ..secrets import Masker
 from .base import LLMReply, LLMRequest, LostCall, ProviderError, Usage, is_count, token_count
 from .http import post_json
@@ -79,9 +79,7 @@ class AnthropicProvider:
         self.api_key = key
         self.masker = (masker or Masker()).including([key])
 
-    def complete(
-        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
-    ) -> LLMReply:
+    def complete(self, request: LLMRequest, *, deadline: float | None, stop: Flag) -> LLMReply:
         if request.api != "chat":
             raise ProviderError(
                 f"anthropic: api {request.api!r} is OpenAI's; the Messages API is the only one",

@@ -8,12 +8,12 @@ reply recorded from one provider can be replayed for the same request by the
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..jsonvalue import dumps
+from ..records import Flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +160,4 @@ class Provider(Protocol):
 
     name: str
 
-    def complete(
-        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
-    ) -> LLMReply: ...
+    def complete(self, request: LLMRequest, *, deadline: float | None, stop: Flag) -> LLMReply: ...

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..jsonvalue import dumps
+from ..records import Flag
 from ..secrets import Masker
 from .base import CallSite, LLMReply, LLMRequest, Provider, ProviderError, Usage
 
@@ -169,9 +170,7 @@ class ReplayProvider:
         self.cassette = cassette
         self.at = at
 
-    def complete(
-        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
-    ) -> LLMReply:
+    def complete(self, request: LLMRequest, *, deadline: float | None, stop: Flag) -> LLMReply:
         found = self.cassette.find(request, self.at)
         if found is None:
             prompt = request.prompt if len(request.prompt) <= 60 else request.prompt[:57] + "..."
@@ -206,9 +205,7 @@ class Recorder:
         self.masker = masker
         self.name = inner.name
 
-    def complete(
-        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
-    ) -> LLMReply:
+    def complete(self, request: LLMRequest, *, deadline: float | None, stop: Flag) -> LLMReply:
         try:
             reply = self.inner.complete(request, deadline=deadline, stop=stop)
         except ProviderError as exc:

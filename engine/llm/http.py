@@ -18,11 +18,11 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..records import Flag
 from ..secrets import Masker
 from .base import ProviderError
 
@@ -97,7 +97,7 @@ def post_json(
     headers: dict[str, str],
     body: dict[str, Any],
     deadline: float | None,
-    stop: threading.Event,
+    stop: Flag,
     masker: Masker,
     who: str,
     on_lost: Callable[[ProviderError], None] | None = None,

@@ -11,9 +11,9 @@ OpenAI SDK reads them. A local server needs no key.
 from __future__ import annotations
 
 import os
-import threading
 from typing import TYPE_CHECKING, Any
 
+from ..records import Flag
 from ..secrets import Masker
 from .base import LLMReply, LLMRequest, LostCall, ProviderError, Usage, is_count, token_count
 from .http import post_json
@@ -124,7 +124,7 @@ class OpenAIProvider:
             )
 
     def _post(
-        self, path: str, body: dict[str, Any], deadline: float | None, stop: threading.Event
+        self, path: str, body: dict[str, Any], deadline: float | None, stop: Flag
     ) -> dict[str, Any]:
         headers = {"content-type": "application/json"}
         if self.api_key:
@@ -141,9 +141,7 @@ class OpenAIProvider:
             on_lost=self.on_lost,
         )
 
-    def complete(
-        self, request: LLMRequest, *, deadline: float | None, stop: threading.Event
-    ) -> LLMReply:
+    def complete(self, request: LLMRequest, *, deadline: float | None, stop: Flag) -> LLMReply:
         if request.api == "responses":
             return self._respond(request, deadline, stop)
         messages = []
@@ -174,9 +172,7 @@ class OpenAIProvider:
             ).with_reply(LLMReply("", model, usage, self.name))
         return LLMReply(content, model, usage, self.name)
 
-    def _respond(
-        self, request: LLMRequest, deadline: float | None, stop: threading.Event
-    ) -> LLMReply:
+    def _respond(self, request: LLMRequest, deadline: float | None, stop: Flag) -> LLMReply:
         """One ``POST /responses``: stateless (``store: false``), the prompt as its input."""
         body: dict[str, Any] = {"model": request.model, "input": request.prompt, "store": False}
         if request.system:

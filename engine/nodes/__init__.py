@@ -1,4 +1,4 @@
-"""Node kinds: one module each (command, python, set, llm)."""
+"""Node kinds: one module each (command, python, set, llm), found through ``registry``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ from ..lazy import attributes
 
 if TYPE_CHECKING:
     from ..records import LLMUsage
-    from .base import Context, RunScope, TaskError, TaskTimeout, execute
+    from .base import Context, RunScope, TaskError, TaskTimeout
 else:  # mypy sees the imports above, and flags any other name
     __getattr__ = attributes(
         __name__,
         {
             "LLMUsage": "..records",
-            **{
-                name: ".base"
-                for name in ("Context", "RunScope", "TaskError", "TaskTimeout", "execute")
-            },
+            **{name: ".base" for name in ("Context", "RunScope", "TaskError", "TaskTimeout")},
         },
     )
 
-__all__ = ["Context", "LLMUsage", "RunScope", "TaskError", "TaskTimeout", "execute"]
+__all__ = ["Context", "LLMUsage", "RunScope", "TaskError", "TaskTimeout"]

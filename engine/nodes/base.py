@@ -9,12 +9,11 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..output import DEFAULT_LIMIT, Capture
-from ..records import LLMUsage
+from ..records import Flag, LLMUsage
 from ..secrets import Masker
-from ..spec.model import Node
 from .tracebacks import Trace
 
 
@@ -43,36 +42,50 @@ class TaskTimeout(TaskError):
         super().__init__(message, reason="timeout")
 
 
+class TaskEffects(Protocol):
+    """How an attempt tells the coordinator what must outlive it (``runtime/worker.py``)."""
+
+    def usage(self, ctx: Context, usage: LLMUsage) -> None:
+        """A billed call: returns once the ledger row is committed (raises TaskError if not)."""
+
+    def proc_started(self, ctx: Context, pid: int) -> str | None:
+        """A command's group, noted for a takeover; its id, or None if it cannot be noted."""
+
+    def proc_ended(self, ctx: Context, proc_id: str) -> None: ...
+
+
 class RunScope:
-    """Per-run shared things the node kinds need: stop flag, live processes, settings."""
+    """One drive of a run as its tasks see it on one worker: flags, live processes, settings.
+
+    The flags are the coordinator's (``runtime/effects.py``): ``threading.Event`` for
+    threads, proxies of the coordinator's for worker processes.
+    """
 
     def __init__(
         self,
         base_dir: Path,
         run_id: str,
         *,
-        stop: threading.Event | None = None,
+        stop: Flag | None = None,
+        abort: Flag | None = None,
+        over_budget: Flag | None = None,
         grace_s: float = 10.0,
     ) -> None:
         self.base_dir = base_dir
         self.run_id = run_id
-        self.stop = stop or threading.Event()  # set on SIGINT/SIGTERM: no new attempts
+        self.stop: Flag = stop or threading.Event()  # SIGINT/SIGTERM: no new attempts
         self.grace_s = grace_s  # how long running work may go on after stop
-        self.abort = threading.Event()  # the grace period is over: give up running work
+        self.abort: Flag = abort or threading.Event()  # the grace period is over
+        self.over_budget: Flag = over_budget or threading.Event()  # no new LLM calls
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self.settings: dict[str, Any] = {}
-        self.usage_listener: Any = None  # callable(Context, LLMUsage), set by the engine
-        # notes commands in flight for a takeover to kill (runtime/orphans.py ProcLog):
-        # started(Context, pid) -> row id | None, ended(row id); set by the engine
-        self.proc_log: Any = None
-        self.over_budget = threading.Event()  # the cost ledger passed max cost: no new LLM calls
         self.output_limit = DEFAULT_LIMIT  # bytes of what an attempt printed that are kept
         # append/extend keys the last step grew at their end: key -> (the list before, the
-        # list after, whose first len(before) items are before's own); set by the engine,
-        # so a read-only view of the state freezes only the new items
+        # list after, whose first len(before) items are before's own); handed over with
+        # a step's tasks, so a read-only view of the state freezes only the new items
         self.grown: dict[str, tuple[list[Any], list[Any]]] = {}
-        # masks the run's secrets in every text a task hands back; set by the engine
+        # masks the run's secrets in every text a task hands back
         self.masker = Masker()
 
     def track(self, proc: subprocess.Popen[bytes]) -> None:
@@ -106,6 +119,7 @@ class Context:
     cancelled: threading.Event = field(default_factory=threading.Event)
     usage: list[LLMUsage] = field(default_factory=list)
     output: Capture | None = None  # what the attempt prints goes here
+    effects: TaskEffects | None = None  # None: nothing reaches a coordinator (a bare ctx)
 
     @property
     def workflow_dir(self) -> Path:
@@ -180,10 +194,10 @@ class Context:
         self.report_usage(u)
 
     def report_usage(self, usage: LLMUsage) -> None:
-        """Hand one billed call to the run's cost ledger (written at once, from this thread)."""
+        """Hand one billed call to the run's cost ledger; returns once its row is committed."""
         self.usage.append(usage)
-        if self.scope.usage_listener is not None:
-            self.scope.usage_listener(self, usage)
+        if self.effects is not None:
+            self.effects.usage(self, usage)
 
 
 def template_scope(state: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
@@ -194,24 +208,3 @@ def template_scope(state: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         "run": {"id": ctx.run_id, "step": ctx.step},
         "node": ctx.node,
     }
-
-
-def execute(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
-    """Run one attempt of ``node``; return its raw result (before ``save``/delta handling)."""
-    if node.kind in ("run", "shell"):
-        from .command import run_command
-
-        return run_command(node, state, ctx, timeout)
-    if node.kind == "python":
-        from .python import run_python
-
-        return run_python(node, state, ctx, timeout)
-    if node.kind == "set":
-        from .set import run_set
-
-        return run_set(node, state, ctx)
-    if node.kind == "llm":
-        from .llm import run_llm
-
-        return run_llm(node, state, ctx, timeout)
-    raise TaskError(f"unknown node kind {node.kind}", retryable=False)

@@ -24,6 +24,7 @@ from ..output import Capture
 from ..spec import templates
 from ..spec.model import Node
 from .base import Context, TaskError, TaskTimeout, template_scope
+from .registry import Printed
 
 READ_SIZE = 1 << 16
 POLL_S = 0.25  # how often a waiting task looks at the abort flag
@@ -127,7 +128,9 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
+def run_command(
+    node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None
+) -> Printed:
     scope = template_scope(state, ctx)
     try:
         if node.kind == "shell":
@@ -166,9 +169,8 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
     except ValueError as exc:  # e.g. a NUL byte in a rendered argument or env value
         raise TaskError(f"cannot start {argv[0]}: {exc}", retryable=False) from None
     ctx.scope.track(proc)
-    log = ctx.scope.proc_log
-    try:  # noted in the store, so a resume after kill -9 of flowrun can kill the group
-        row = None if log is None else log.started(ctx, proc.pid)
+    try:  # noted by the coordinator, so a resume after kill -9 of flowrun can kill the group
+        noted = None if ctx.effects is None else ctx.effects.proc_started(ctx, proc.pid)
     except BaseException:
         kill_group(proc)
         _drain(proc)
@@ -181,8 +183,8 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
         _pump(proc, ctx, capture, keep, timeout)
     finally:
         ctx.scope.untrack(proc)
-        if row is not None:
-            log.ended(row)
+        if noted is not None and ctx.effects is not None:
+            ctx.effects.proc_ended(ctx, noted)
     out_tail, err_tail = capture.tail("stdout"), capture.tail("stderr")
     if proc.returncode != 0:
         if proc.returncode < 0:
@@ -205,18 +207,7 @@ def run_command(node: Node, state: Mapping[str, Any], ctx: Context, timeout: flo
     except TaskError as exc:  # output it cannot use: keep the tails to show why
         exc.stdout, exc.stderr = out_tail, err_tail
         raise
-    return CommandResult(result, out_tail, err_tail)
-
-
-class CommandResult:
-    """A command's converted output plus the tails of its streams, for ``flowrun show``."""
-
-    __slots__ = ("stderr", "stdout", "value")
-
-    def __init__(self, value: Any, stdout: str, stderr: str) -> None:
-        self.value = value
-        self.stdout = stdout
-        self.stderr = stderr
+    return Printed(result, out_tail, err_tail)
 
 
 BEGAN = 200  # characters of unparsable stdout quoted in the error

@@ -10,7 +10,9 @@ from ..spec.model import Node
 from .base import Context, TaskError, template_scope
 
 
-def run_set(node: Node, state: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+def run_set(
+    node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None = None
+) -> dict[str, Any]:
     scope = template_scope(state, ctx)
     try:
         return {k: _render(v, scope) for k, v in node.body.items()}

@@ -41,9 +41,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol
 
-from ..records import LLMUsage
+from ..records import Flag, LLMUsage
+
+__all__ = [
+    "Channel",
+    "Control",
+    "Effect",
+    "EffectRefused",
+    "EffectSink",
+    "Flag",
+    "OutputLines",
+    "ProcEnded",
+    "ProcStarted",
+    "TaskRetried",
+    "TaskStarted",
+    "UsageReported",
+]
 
 
 class EffectRefused(Exception):
@@ -57,6 +72,8 @@ class Effect:
     step: int
     key: str  # the task's order key
     seq: int  # 1, 2, … per task (a TaskReport counts them)
+
+    DURABLE: ClassVar[bool] = False  # sent with send_durable, acknowledged once applied
 
     @property
     def ack_id(self) -> str:
@@ -87,6 +104,8 @@ class OutputLines(Effect):
 
 @dataclass(frozen=True, slots=True)
 class UsageReported(Effect):
+    DURABLE: ClassVar[bool] = True
+
     call: int  # 1, 2, … per task: with the usage's attempt, what dedups it
     node: str
     index: int | None
@@ -95,33 +114,22 @@ class UsageReported(Effect):
 
 @dataclass(frozen=True, slots=True)
 class ProcStarted(Effect):
+    DURABLE: ClassVar[bool] = True
+
     proc_id: str  # made by the worker: "<host>:<pid>:<start time>"
     node: str
-    host: str
-    owner_pid: int  # the worker process
-    owner_start: int  # its start time (/proc stat field 22)
-    pidns: str | None
+    host: str  # where the command runs (a takeover kills it only there)
+    pidns: str | None  # that host's pid namespace and boot, as store.leases.me() has them
     boot: str | None
     pid: int
     pgid: int
-    start_time: int
+    start_time: int  # /proc/<pid>/stat field 22: a reused pid is never killed
     started_at: float
 
 
 @dataclass(frozen=True, slots=True)
 class ProcEnded(Effect):
     proc_id: str
-
-
-@runtime_checkable
-class Flag(Protocol):
-    """A flag the coordinator sets and workers poll (threading.Event's shape)."""
-
-    def is_set(self) -> bool: ...
-
-    def set(self) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

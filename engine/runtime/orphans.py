@@ -2,13 +2,13 @@
 
 ``run:``/``shell:`` commands start in their own session, so a timeout can kill the
 whole process group; the price is that ``kill -9`` of flowrun leaves them running.
-Each command's group is noted in the store as it starts (:class:`ProcLog`) and
-forgotten as it ends. A process that takes over a run (:func:`take_over`) first
-kills the old owner itself if ``--force`` displaced a live owner on this host
-(SIGKILL: a stopped owner cannot act on anything gentler; its commits are already
-fenced by the new lease token), then kills the groups a dead owner left running
-(:func:`reap_orphans`), and only then runs their nodes again: two copies of a
-command never run at once.
+Each command's group is noted in the store as it starts (``runtime/apply.py``
+``ProcLog``, from the worker's effects) and forgotten as it ends. A process that
+takes over a run (:func:`take_over`) first kills the old owner itself if
+``--force`` displaced a live owner on this host (SIGKILL: a stopped owner cannot
+act on anything gentler; its commits are already fenced by the new lease token),
+then kills the groups a dead owner left running (:func:`reap_orphans`), and only
+then runs their nodes again: two copies of a command never run at once.
 
 A process is killed only if it still exists with the start time recorded
 (``/proc/<pid>/stat`` field 22): a reused pid is never killed. An owner counts as
@@ -23,12 +23,10 @@ import os
 import signal
 import time
 
-from ..errors import FlowrunError
-from ..nodes.base import Context, TaskError
 from ..store.base import LeaseOwner, ProcRecord, Store
 from ..store.leases import me, owner_alive, proc_stat, running_as, stale_after, start_time
 
-__all__ = ["KILL_WAIT_S", "ProcLog", "reap_orphans", "start_time", "stop_owner", "take_over"]
+__all__ = ["KILL_WAIT_S", "reap_orphans", "start_time", "stop_owner", "take_over"]
 
 KILL_WAIT_S = 5.0  # how long a takeover waits for killed processes to be gone
 
@@ -44,55 +42,6 @@ def _group_running(pgid: int) -> bool:
         if stat is not None and stat[1] == pgid and stat[0] != "Z":
             return True
     return False
-
-
-class ProcLog:
-    """The run scope's process log: a row per command as it starts, deleted as it ends.
-
-    Called from worker threads; each call is one small fenced transaction through
-    the store's lock (like the cost ledger). A failed write fails the attempt for
-    good: the run's lease is gone, or the store cannot be written.
-    """
-
-    def __init__(self, store: Store, run_id: str, token: int) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.token = token
-        self.owner = me()
-
-    def started(self, ctx: Context, pid: int) -> int | None:
-        """Note the group ``pid`` leads; return the row id, or None if nothing was noted."""
-        started = start_time(pid)
-        owner = self.owner
-        if started is None or owner.start is None:
-            return None  # no /proc: a takeover could not tell this process from another
-        try:
-            return self.store.record_proc(
-                self.run_id,
-                self.token,
-                ProcRecord(
-                    run_id=self.run_id,
-                    host=owner.host,
-                    owner_pid=owner.pid,
-                    owner_start=owner.start,
-                    pid=pid,
-                    pgid=pid,  # started with start_new_session: it leads its group
-                    start_time=started,
-                    step=ctx.step,
-                    node=ctx.node,
-                    started_at=time.time(),
-                    pidns=owner.pidns,
-                    boot=owner.boot,
-                ),
-            )
-        except FlowrunError as exc:
-            raise TaskError(exc.message, retryable=False, reason="store") from None
-
-    def ended(self, row: int) -> None:
-        try:
-            self.store.forget_procs(self.run_id, self.token, [row])
-        except FlowrunError as exc:
-            raise TaskError(exc.message, retryable=False, reason="store") from None
 
 
 def take_over(store: Store, run_id: str, *, force: bool = False) -> int:

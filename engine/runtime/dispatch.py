@@ -1,0 +1,314 @@
+"""One step's dispatch: submit its tasks as specs, apply what arrives, collect reports.
+
+Everything here runs on the coordinator's thread. Arrivals (effects from the
+drive's channel, futures as they complete) come through one queue, in the order
+they arrived; the step's window (``runtime/window.py``) is counted from them. A
+report is applied only after every effect its task sent before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Interrupted, RunFailed
+from ..nodes.registry import kind_of
+from ..records import Task
+from ..store.base import TaskResult
+from . import worker
+from .channels import DirectSink
+from .effects import Effect
+from .merge import task_events
+from .messages import Attempt, TaskReport, TaskSpec
+from .window import Window
+
+if TYPE_CHECKING:
+    from .drive import Drive
+
+_log = logging.getLogger("flowrun")
+EFFECTS_WAIT_S = 5.0  # how long a report waits for effects its task sent before it
+POLL_S = 0.2  # how often the coordinator looks at the stop flags while it waits
+
+Arrival = Effect | Future[TaskReport]
+
+
+class StepDispatch:
+    """Runs one step's tasks (reusing ``saved`` results) on the drive's executor."""
+
+    def __init__(
+        self,
+        d: Drive,
+        tasks: list[Task],
+        state: dict[str, Any],
+        step: int,
+        saved: dict[str, TaskResult],
+    ) -> None:
+        self.d = d
+        self.tasks = tasks
+        self.state = state
+        self.step = step
+        self.saved = saved
+        self.window = d.window = Window(d.max_concurrency, d.queue_depth)
+        d.applier.begin_step(step, tasks, self.window)
+        self.pending: dict[Future[TaskReport], int] = {}
+        self.outcomes: list[TaskReport | None] = [None] * len(tasks)
+        self.failed: list[TaskReport] = []
+        self.unsaved: list[TaskResult] = []
+        self.held: list[Future[TaskReport]] = []  # taken off the queue while awaiting effects
+        self.dispatched = False
+        # A lone python/set task runs on this thread: a pool hand-off would only add
+        # latency (both kinds watch the stop flag, so signals still work).
+        self.inline = (
+            d.backend.local
+            and d.own_executor
+            and len(tasks) == 1
+            and kind_of(d.wf.nodes[tasks[0].node]).inline
+        )
+        self.spec = TaskSpec(
+            d.run_id,
+            d.drive_id,
+            step,
+            tasks[0],
+            d.ref,
+            state,
+            d.task_settings,
+            d.channel.sink,
+            d.channel.control,
+            d.grown if d.backend.local else {},
+        )
+
+    # the step ------------------------------------------------------------------
+    def run(self) -> tuple[list[TaskReport], list[TaskResult]]:
+        """Return the step's outcomes and the results still to be saved (the step's last
+        ones, which ride in its commit)."""
+        d, obs = self.d, self.d.observer
+        for i, t in enumerate(self.tasks):
+            r = self.saved.get(t.key)
+            if r is not None:
+                self.outcomes[i] = reused(t, r)
+                obs.task_finished(self.step, t, "ok", r.duration_s, r.attempts, None, True)
+                continue
+            if d.stopping():
+                self.interrupt()
+            if d.over_budget():
+                break  # no new task once the cost ledger passed the budget
+            if self.window.full():
+                obs.backpressure()
+                while self.window.full():
+                    self.wait_some()
+                if d.over_budget():
+                    break  # the budget ran out while we waited for room
+            self.take(0)  # eager: what arrived meanwhile
+            obs.task_queued(self.step, t)
+            self.submit(i, t)
+        self.dispatched = True
+        while self.pending:
+            self.wait_some()
+        if d.stopping():
+            self.interrupt()
+        if d.over_budget():
+            self.save_unsaved()
+            raise d.ledger.exceeded()  # finished results are kept for the resume
+        if self.failed:
+            # the failed step is not committed, so its task events go with the failure
+            d.failure_events = task_events(d.outbox, self.step, self.failed)
+            culprit = min(self.failed, key=lambda o: self.tasks.index(o.task))
+            more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
+            raise RunFailed(
+                f"node {culprit.task.label!r} failed after"
+                f" {len(culprit.attempts)} attempt(s): {culprit.error}{more}",
+                hint="fix the cause, then `flowrun resume` retries this step"
+                + (f" (`flowrun show {d.run_id}` has its traceback)" if culprit.trace else ""),
+            )
+        return [o for o in self.outcomes if o is not None], self.unsaved
+
+    def submit(self, i: int, t: Task) -> None:
+        d = self.d
+        spec = replace(self.spec, task=t)
+        self.window.submit()
+        if self.inline:  # the same data path, its effects applied as they are sent
+            future: Future[TaskReport] = Future()
+            future.set_result(worker.run_spec(replace(spec, effects=DirectSink(self.apply))))
+        else:
+            try:
+                future = d.backend.executor.submit(worker.run_spec, spec)
+            except BaseException:
+                self.window.unsubmit()
+                raise
+        self.pending[future] = i
+        future.add_done_callback(d.arrivals.put)
+
+    # arrivals ------------------------------------------------------------------
+    def apply(self, effect: Effect) -> str | None:
+        error = self.d.applier.apply(effect)
+        if effect.DURABLE:
+            self.d.channel.ack(effect, error)
+        return error
+
+    def take(self, timeout: float) -> None:
+        """Apply what arrived (waiting up to ``timeout`` for something); collect futures."""
+        arrivals = self.d.arrivals
+        done, self.held = self.held, []
+        items: list[Arrival] = []
+        try:
+            if timeout > 0 and not done:
+                items.append(arrivals.get(timeout=timeout))
+            while True:
+                items.append(arrivals.get_nowait())
+        except queue.Empty:
+            pass
+        for item in items:  # in arrival order: a task that ended before another started
+            if isinstance(item, Future):
+                done.append(item)
+                continue
+            if done:
+                self.collect(done)
+                done = []
+            self.apply(item)
+        if done:
+            self.collect(done)
+
+    def await_effects(self, report: TaskReport) -> None:
+        """Apply every effect ``report``'s task sent before it (they may still be on their
+        way: effects and futures travel apart on worker processes)."""
+        applier = self.d.applier
+        deadline = time.monotonic() + EFFECTS_WAIT_S
+        while applier.missing(report) > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _log.warning(
+                    "flowrun: warning: %d effect(s) of task %s never arrived",
+                    applier.missing(report),
+                    report.task.label,
+                )
+                return
+            try:
+                item = self.d.arrivals.get(timeout=min(left, POLL_S))
+            except queue.Empty:
+                continue
+            if isinstance(item, Future):
+                self.held.append(item)
+            else:
+                self.apply(item)
+
+    def collect(self, done: list[Future[TaskReport]]) -> None:
+        d, obs, step = self.d, self.d.observer, self.step
+        finished: list[TaskReport] = []
+        settled: list[str] = []
+        for f in done:
+            i = self.pending.pop(f)
+            t = self.tasks[i]
+            self.window.complete(t.key)
+            out = None if f.cancelled() else self.report_of(f, t)
+            if out is None or out.status == "skipped":  # budget spent, or a signal
+                obs.task_dropped(step, t)
+                settled.append(t.key)
+                continue  # never ran: resume runs it
+            self.await_effects(out)
+            d.applier.finish(out)
+            obs.task_finished(
+                step, t, out.status, out.duration, len(out.attempts), out.error, False
+            )
+            self.outcomes[i] = out
+            finished.append(out)
+            if out.status == "failed":  # an interrupted one is no failure of the step
+                self.failed.append(out)
+        results = [task_result(step, out) for out in finished]
+        # Results that finished together are saved in one transaction (a group
+        # commit); only then do their tasks leave the window, which bounds the
+        # finished results a kill -9 can lose. The step's last results ride in the
+        # step's own commit (nothing is dispatched in between).
+        if (
+            self.dispatched
+            and not self.pending
+            and not self.failed
+            and not d.stopping()
+            and not d.over_budget()
+        ):
+            self.unsaved.extend(results)
+        else:
+            d.store.save_task_results(d.run_id, d.token, results)
+        self.window.settle([*settled, *(o.task.key for o in finished)])
+        for out in finished:
+            d.finished(out)
+
+    def report_of(self, f: Future[TaskReport], t: Task) -> TaskReport:
+        exc = f.exception()
+        if exc is None:
+            return f.result()
+        # the executor could not run it (a worker process died, a value did not pickle)
+        error = self.d.masker.text(f"internal error: {type(exc).__name__}: {exc}")
+        return TaskReport(t, "failed", None, (), time.time(), 0.0, error)
+
+    # waiting, stopping -----------------------------------------------------------
+    def wait_some(self) -> None:
+        d = self.d
+        self.take(POLL_S)  # something arrived (or time to look at the flags)
+        d.budget_warnings()
+        if d.stopping():
+            self.interrupt()
+        if d.over_budget():
+            d.channel.control.over_budget.set()
+            for f in list(self.pending):
+                f.cancel()  # tasks still queued never start once the budget is spent
+
+    def save_unsaved(self) -> None:  # the step will not be committed: no commit carries them
+        if self.unsaved:
+            self.d.store.save_task_results(self.d.run_id, self.d.token, self.unsaved)
+            self.unsaved.clear()
+
+    def interrupt(self) -> None:
+        """Stop dispatching; give running tasks a grace period, then kill them."""
+        d = self.d
+        self.save_unsaved()
+        control = d.channel.control
+        control.stop.set()
+        for f in list(self.pending):
+            f.cancel()  # tasks still queued never start (run_spec skips any it picks up)
+        deadline = time.monotonic() + d.settings.grace_s
+        # a second signal sets abort: stop waiting for the grace period at once
+        while self.pending and time.monotonic() < deadline and not d.abort.is_set():
+            self.take(0.1)
+        if self.pending:
+            d.abort.set()
+            control.abort.set()
+            worker.kill_local(d.drive_id)
+            end = time.monotonic() + 2.0
+            while self.pending and time.monotonic() < end:
+                self.take(0.1)
+        raise Interrupted(
+            f"interrupted by {d.stop_reason() or 'a signal'}; finished tasks were saved",
+            hint=f"continue with `flowrun resume {d.run_id}`",
+        )
+
+
+def reused(t: Task, r: TaskResult) -> TaskReport:
+    """The outcome of a task whose result was saved before the run stopped."""
+    attempt = Attempt(r.attempts, r.started_at, r.duration_s, None, None)
+    return TaskReport(t, "ok", r.delta or {}, (attempt,), r.started_at, r.duration_s, reused=True)
+
+
+def task_result(step: int, out: TaskReport) -> TaskResult:
+    t = out.task
+    return TaskResult(
+        step=step,
+        order_key=t.key,
+        node=t.node,
+        index=t.index,
+        status=out.status,
+        delta=out.delta,
+        attempts=len(out.attempts),
+        started_at=out.started_at,
+        duration_s=out.duration,
+        error=out.error,
+        stdout=out.stdout,
+        stderr=out.stderr,
+        outputs=tuple(out.outputs),
+        traceback=None if out.trace is None else out.trace.text,
+        error_file=None if out.trace is None else out.trace.file,
+        error_line=None if out.trace is None else out.trace.line,
+    )

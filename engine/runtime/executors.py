@@ -1,0 +1,148 @@
+"""Where tasks run: ``make_executor(kind, max_workers, workflow) -> Backend``.
+
+A :class:`Backend` bundles what the coordinator needs of an executor choice: the
+``concurrent.futures.Executor``; whether tasks run in this process (``local``: specs
+pass by reference, a lone python/set task may run inline, the state's views are
+cached across steps); ``install(workflow)``, the executor-specific step that makes
+the workflow known to its workers and returns how specs name it (threads: the
+compiled object; processes: the pool initializer compiled it from its text; a
+Dask backend would ``client.run`` or scatter it); ``channel(control)``, a fresh
+effects channel per drive (``runtime/effects.py``); and ``close()``.
+
+Kinds: ``threads`` (default; a ``ThreadPoolExecutor``) and ``processes`` (a
+``ProcessPoolExecutor`` of ``spawn``-ed workers: never ``fork`` from a process whose
+threads are running; not ``forkserver`` either, whose server outlives a coordinator
+killed with kill -9). Worker processes, and the manager server of the effects
+channel, end themselves once the coordinator is gone (:func:`watch_coordinator`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+
+from ..errors import UsageError
+from ..spec.model import Workflow
+from ..store.leases import running_as, start_time
+from . import worker
+from .channels import LocalChannel, ManagerChannel
+from .effects import Channel, Control
+from .messages import WorkflowRef
+
+EXECUTORS = ("threads", "processes")
+PARENT_POLL_S = 0.5  # how often a worker process looks whether its coordinator is gone
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    executor: Executor
+    local: bool
+    install: Callable[[Workflow], WorkflowRef]
+    channel: Callable[[Control | None], Channel]
+    close: Callable[[], None]
+
+
+def check_kind(kind: str) -> None:
+    """Refuse an executor kind :func:`make_executor` does not know (before a run starts)."""
+    if kind not in EXECUTORS:
+        raise UsageError(f"unknown executor {kind!r}", hint=f"one of: {', '.join(EXECUTORS)}")
+
+
+def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
+    """The backend of executor ``kind`` with ``max_workers`` workers, for ``workflow``'s run."""
+    check_kind(kind)
+    if kind == "threads":
+        pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowrun-task")
+        return Backend(pool, True, worker.install, LocalChannel, lambda: _shut(pool))
+    if kind == "processes":
+        ctx = mp_context()
+        shipped = WorkflowRef(workflow.digest, workflow.path, workflow.source)
+        procs = ProcessPoolExecutor(
+            max_workers=max_workers,
+            mp_context=ctx,
+            initializer=start_worker,
+            initargs=(shipped, dict(os.environ), coordinator()),
+        )
+
+        def install(wf: Workflow) -> WorkflowRef:
+            if (wf.digest, wf.path) == (shipped.digest, shipped.path):
+                return WorkflowRef(wf.digest, wf.path)  # the initializer compiled it
+            return WorkflowRef(wf.digest, wf.path, wf.source)
+
+        return Backend(procs, False, install, lambda control: _manager(ctx), lambda: _shut(procs))
+    raise UsageError(f"unknown executor {kind!r}", hint=f"one of: {', '.join(EXECUTORS)}")
+
+
+def for_executor(executor: Executor) -> Backend:
+    """The backend of an executor the caller made: a thread pool runs in this process;
+    any other gets the workflow's text in every spec and a multiprocessing channel."""
+    if isinstance(executor, ThreadPoolExecutor):
+        return Backend(executor, True, worker.install, LocalChannel, lambda: None)
+
+    def install(wf: Workflow) -> WorkflowRef:
+        return WorkflowRef(wf.digest, wf.path, wf.source)
+
+    ctx = mp_context()
+    return Backend(executor, False, install, lambda control: _manager(ctx), lambda: None)
+
+
+def mp_context() -> BaseContext:
+    return multiprocessing.get_context("spawn")
+
+
+def coordinator() -> tuple[int, int | None]:
+    """This process, as its workers watch it: pid and start time."""
+    return os.getpid(), start_time(os.getpid())
+
+
+def _manager(ctx: BaseContext) -> ManagerChannel:
+    return ManagerChannel(ctx, watch_coordinator, (coordinator(),))
+
+
+def _shut(executor: Executor) -> None:
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def start_worker(
+    ref: WorkflowRef, environ: dict[str, str], coordinator: tuple[int, int | None]
+) -> None:
+    """A worker process's initializer: take the coordinator's environment as it is now,
+    compile the workflow, work in its folder, and watch the coordinator."""
+    os.environ.clear()
+    os.environ.update(environ)
+    base = worker.installed(ref).base_dir
+    if base.is_dir():
+        os.chdir(base)
+    watch_coordinator(coordinator)
+
+
+def watch_coordinator(coordinator: tuple[int, int | None]) -> None:
+    """End this process (killing the commands it runs first) once the coordinator is gone:
+    a worker of a coordinator killed with kill -9 must not go on running its tasks."""
+    pid, started = coordinator
+
+    def watch() -> None:
+        while running_as(pid, started) if started is not None else _exists(pid):
+            time.sleep(PARENT_POLL_S)
+        worker.kill_all_local()
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="flowrun-coordinator-watch", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
