@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("flowrun")
 EFFECTS_WAIT_S = 5.0  # how long a report waits for effects its task sent before it
+ABANDON_WAIT_S = 5.0  # how long a leaving coordinator waits for killed work to end
 POLL_S = 0.2  # how often the coordinator looks at the stop flags while it waits
 
 Arrival = Effect | Future[TaskReport]
@@ -85,6 +86,14 @@ class StepDispatch:
     def run(self) -> tuple[list[TaskReport], list[TaskResult]]:
         """Return the step's outcomes and the results still to be saved (the step's last
         ones, which ride in its commit)."""
+        try:
+            return self._run()
+        except BaseException:
+            if self.pending:  # the coordinator is leaving (a store error, a KeyboardInterrupt)
+                self.abandon()
+            raise
+
+    def _run(self) -> tuple[list[TaskReport], list[TaskResult]]:
         d, obs = self.d, self.d.observer
         for i, t in enumerate(self.tasks):
             r = self.saved.get(t.key)
@@ -284,6 +293,16 @@ class StepDispatch:
             f"interrupted by {d.stop_reason() or 'a signal'}; finished tasks were saved",
             hint=f"continue with `flowrun resume {d.run_id}`",
         )
+
+    def abandon(self) -> None:
+        """Kill the step's running work and wait a little for it, applying nothing more."""
+        d, control = self.d, self.d.channel.control
+        for flag in (control.stop, control.abort, d.abort):
+            flag.set()
+        for f in list(self.pending):
+            f.cancel()
+        worker.kill_local(d.drive_id)
+        wait(list(self.pending), timeout=ABANDON_WAIT_S)
 
 
 def reused(t: Task, r: TaskResult) -> TaskReport:

@@ -235,6 +235,7 @@ class Engine:
             check_kind(self.settings.executor)
         # a forced-out owner, and commands a dead owner left running, die first
         token = take_over(store, run_id, force=force)
+        self.abort.clear()  # a signal's abort was for the drive it stopped
         t_start = time.perf_counter()
         rec = store.get_run(run_id)
         found = None
