@@ -5,7 +5,8 @@ over by reference (its sink is never pickled: a thread pool passes specs by
 reference); its flags can be the coordinator's own events. :class:`ManagerChannel`
 goes through a ``multiprocessing`` manager: a queue proxy carries effects to a
 reader thread on the coordinator, a dict proxy carries acknowledgements back, and
-the flags are the manager's events; all three pickle into a worker process.
+the flags are the manager's events (asked a few times a second, see
+:class:`PolledFlag`); all three pickle into a worker process.
 """
 
 from __future__ import annotations
@@ -131,6 +132,49 @@ class QueueSink:
             pause = min(pause * 2, 0.02)
 
 
+_polled: dict[str, tuple[float, bool]] = {}  # a flag's id -> when this process asked, what it was
+_polled_lock = threading.Lock()
+
+
+class PolledFlag:
+    """A manager's Event proxy, asked at most every ``POLL_S`` per process; once seen set
+    it stays set (a drive's flags are never cleared). Checking a flag then costs a
+    round trip to the manager a few times a second, not once per task."""
+
+    POLL_S = 0.05
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.key = f"{proxy._token.address}/{proxy._token.id}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PolledFlag, (self.proxy,))
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        with _polled_lock:
+            asked, value = _polled.get(self.key, (float("-inf"), False))
+        if value or now - asked < self.POLL_S:
+            return value
+        value = bool(self.proxy.is_set())
+        with _polled_lock:
+            _polled[self.key] = (now, value)
+        return value
+
+    def set(self) -> None:
+        self.proxy.set()
+        with _polled_lock:
+            _polled[self.key] = (time.monotonic(), True)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        value = bool(self.proxy.wait(timeout))
+        with _polled_lock:
+            _polled[self.key] = (time.monotonic(), value)
+        return value
+
+
 class ManagerChannel:
     """The channel of a drive on worker processes, through a ``multiprocessing`` manager
     (a server process of its own, started with ``mp_context``)."""
@@ -147,7 +191,7 @@ class ManagerChannel:
         self._queue: Any = m.Queue()
         self._acks: Any = m.dict()
         self._sink = QueueSink(self._queue, self._acks)
-        self._control = Control(m.Event(), m.Event(), m.Event())
+        self._control = Control(PolledFlag(m.Event()), PolledFlag(m.Event()), PolledFlag(m.Event()))
         self._reader: threading.Thread | None = None
 
     @property
@@ -175,4 +219,8 @@ class ManagerChannel:
             self._queue.put(None)
         if self._reader is not None:
             self._reader.join(timeout=2.0)
+        with _polled_lock:
+            for flag in (self._control.stop, self._control.abort, self._control.over_budget):
+                if isinstance(flag, PolledFlag):
+                    _polled.pop(flag.key, None)
         self._manager.shutdown()
