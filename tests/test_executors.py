@@ -228,7 +228,7 @@ def test_a_spent_budget_stops_the_run_with_every_call_in_the_ledger_and_resume_e
 
 
 def test_thirty_tasks_in_a_window_of_four_run_in_worker_processes(
-    write: Write, tmp_path: Path
+    write: Write, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write("exlib.py", LIB)
     wf = write(
@@ -250,6 +250,8 @@ def test_thirty_tasks_in_a_window_of_four_run_in_worker_processes(
     pids = {o["pid"] for o in out}
     assert os.getpid() not in pids  # not one ran in the coordinator
     assert 1 <= len(pids) <= 2  # max_concurrency worker processes
+    # each report waited for its task's effects, which travel apart from it
+    assert not [r for r in caplog.records if "never arrived" in r.getMessage()]
 
 
 KILLED = """

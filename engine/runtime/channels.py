@@ -106,22 +106,69 @@ class DirectSink:
             raise EffectRefused(error)
 
 
+_proxies: dict[str, Any] = {}  # a manager object's id -> this process's proxy of it
+_proxies_lock = threading.Lock()
+
+
+class Remote:
+    """A manager's proxy that pickles as its token and is rebuilt once per process.
+
+    A proxy's own pickling costs two round trips to the manager per copy (an incref
+    as it is rebuilt, a decref as it is collected): ten a task for a spec's sink and
+    flags. This one is rebuilt without an incref, once per worker process, and kept:
+    the coordinator's own proxy keeps the object alive on the manager.
+    """
+
+    __slots__ = ("args", "key")
+
+    def __init__(self, proxy: Any) -> None:
+        _, self.args = proxy.__reduce__()  # (rebuild function, token, serializer, kwds)
+        token = self.args[1]
+        self.key = f"{token.address}/{token.id}"
+        with _proxies_lock:
+            _proxies.setdefault(self.key, proxy)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_remote, (self.args,))
+
+    def get(self) -> Any:
+        with _proxies_lock:
+            proxy = _proxies.get(self.key)
+            if proxy is None:
+                func, token, serializer, kwds = self.args
+                proxy = _proxies[self.key] = func(token, serializer, **{**kwds, "incref": False})
+        return proxy
+
+    def forget(self) -> None:
+        with _proxies_lock:
+            _proxies.pop(self.key, None)
+
+
+def _remote(args: tuple[Any, ...]) -> Remote:
+    r = Remote.__new__(Remote)
+    r.args = args
+    token = args[1]
+    r.key = f"{token.address}/{token.id}"
+    return r
+
+
 class QueueSink:
     """A worker process's sink: effects into a manager queue, acknowledgements polled
     from a manager dict (an ack is ``""``, or the coordinator's error)."""
 
-    def __init__(self, queue: Any, acks: Any) -> None:
+    def __init__(self, queue: Remote, acks: Remote) -> None:
         self.queue = queue
         self.acks = acks
 
     def send(self, effect: Effect) -> None:
-        self.queue.put(effect)
+        self.queue.get().put(effect)
 
     def send_durable(self, effect: Effect, control: Control) -> None:
-        self.queue.put(effect)
+        self.queue.get().put(effect)
+        acks = self.acks.get()
         key, pause = effect.ack_id, 0.0005
         while True:
-            got = self.acks.pop(key, None)
+            got = acks.pop(key, None)
             if got is not None:
                 if got:
                     raise EffectRefused(got)
@@ -137,42 +184,44 @@ _polled_lock = threading.Lock()
 
 
 class PolledFlag:
-    """A manager's Event proxy, asked at most every ``POLL_S`` per process; once seen set
-    it stays set (a drive's flags are never cleared). Checking a flag then costs a
-    round trip to the manager a few times a second, not once per task."""
+    """A manager's Event, asked at most every ``POLL_S`` per process; once seen set it
+    stays set (a drive's flags are never cleared). Checking a flag then costs a round
+    trip to the manager a few times a second, not once per task."""
 
     POLL_S = 0.05
+    __slots__ = ("remote",)
 
-    def __init__(self, proxy: Any) -> None:
-        self.proxy = proxy
-        self.key = f"{proxy._token.address}/{proxy._token.id}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (PolledFlag, (self.proxy,))
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
 
     def is_set(self) -> bool:
-        now = time.monotonic()
+        key, now = self.remote.key, time.monotonic()
         with _polled_lock:
-            asked, value = _polled.get(self.key, (float("-inf"), False))
+            asked, value = _polled.get(key, (float("-inf"), False))
         if value or now - asked < self.POLL_S:
             return value
-        value = bool(self.proxy.is_set())
+        value = bool(self.remote.get().is_set())
         with _polled_lock:
-            _polled[self.key] = (now, value)
+            _polled[key] = (now, value)
         return value
 
     def set(self) -> None:
-        self.proxy.set()
+        self.remote.get().set()
         with _polled_lock:
-            _polled[self.key] = (time.monotonic(), True)
+            _polled[self.remote.key] = (time.monotonic(), True)
 
     def wait(self, timeout: float | None = None) -> bool:
         if self.is_set():
             return True
-        value = bool(self.proxy.wait(timeout))
+        value = bool(self.remote.get().wait(timeout))
         with _polled_lock:
-            _polled[self.key] = (time.monotonic(), value)
+            _polled[self.remote.key] = (time.monotonic(), value)
         return value
+
+    def forget(self) -> None:
+        with _polled_lock:
+            _polled.pop(self.remote.key, None)
+        self.remote.forget()
 
 
 class ManagerChannel:
@@ -188,10 +237,14 @@ class ManagerChannel:
         self._manager = SyncManager(ctx=mp_context)
         self._manager.start(initializer, initargs)
         m = self._manager
-        self._queue: Any = m.Queue()
-        self._acks: Any = m.dict()
-        self._sink = QueueSink(self._queue, self._acks)
-        self._control = Control(PolledFlag(m.Event()), PolledFlag(m.Event()), PolledFlag(m.Event()))
+        # the coordinator's proxies: they keep the objects alive on the manager
+        self._objects: list[Any] = [m.Queue(), m.dict(), m.Event(), m.Event(), m.Event()]
+        queue, acks, *flags = map(Remote, self._objects)
+        self._queue: Any = self._objects[0]
+        self._acks: Any = self._objects[1]
+        self._sink = QueueSink(queue, acks)
+        self._flags = [PolledFlag(f) for f in flags]
+        self._control = Control(*self._flags)
         self._reader: threading.Thread | None = None
 
     @property
@@ -219,8 +272,9 @@ class ManagerChannel:
             self._queue.put(None)
         if self._reader is not None:
             self._reader.join(timeout=2.0)
-        with _polled_lock:
-            for flag in (self._control.stop, self._control.abort, self._control.over_budget):
-                if isinstance(flag, PolledFlag):
-                    _polled.pop(flag.key, None)
+        for flag in self._flags:
+            flag.forget()
+        self._sink.queue.forget()
+        self._sink.acks.forget()
+        self._objects.clear()
         self._manager.shutdown()

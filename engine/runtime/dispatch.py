@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,8 @@ class StepDispatch:
         self.outcomes: list[TaskReport | None] = [None] * len(tasks)
         self.failed: list[TaskReport] = []
         self.unsaved: list[TaskResult] = []
-        self.held: list[Future[TaskReport]] = []  # taken off the queue while awaiting effects
+        self.backlog: deque[Arrival] = deque()  # taken off the queue, not yet dealt with
+        self.held: list[Future[TaskReport]] = []  # futures passed while awaiting effects
         self.dispatched = False
         # A lone python/set task runs on this thread: a pool hand-off would only add
         # latency (both kinds watch the stop flag, so signals still work).
@@ -160,45 +162,51 @@ class StepDispatch:
 
     def take(self, timeout: float) -> None:
         """Apply what arrived (waiting up to ``timeout`` for something); collect futures."""
-        arrivals = self.d.arrivals
+        arrivals, backlog = self.d.arrivals, self.backlog
         done, self.held = self.held, []
-        items: list[Arrival] = []
         try:
-            if timeout > 0 and not done:
-                items.append(arrivals.get(timeout=timeout))
+            if timeout > 0 and not done and not backlog:
+                backlog.append(arrivals.get(timeout=timeout))
             while True:
-                items.append(arrivals.get_nowait())
+                backlog.append(arrivals.get_nowait())
         except queue.Empty:
             pass
-        for item in items:  # in arrival order: a task that ended before another started
+        while backlog:  # in arrival order: a task that ended before another started
+            item = backlog.popleft()
             if isinstance(item, Future):
                 done.append(item)
                 continue
-            if done:
+            if done:  # those ended first; the effect waits (their reports may await it)
+                backlog.appendleft(item)
                 self.collect(done)
                 done = []
+                continue
             self.apply(item)
         if done:
             self.collect(done)
 
     def await_effects(self, report: TaskReport) -> None:
         """Apply every effect ``report``'s task sent before it (they may still be on their
-        way: effects and futures travel apart on worker processes)."""
-        applier = self.d.applier
+        way, or behind it in the backlog: effects and futures travel apart on worker
+        processes)."""
+        applier, backlog = self.d.applier, self.backlog
         deadline = time.monotonic() + EFFECTS_WAIT_S
         while applier.missing(report) > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                _log.warning(
-                    "flowrun: warning: %d effect(s) of task %s never arrived",
-                    applier.missing(report),
-                    report.task.label,
-                )
-                return
-            try:
-                item = self.d.arrivals.get(timeout=min(left, POLL_S))
-            except queue.Empty:
-                continue
+            if backlog:
+                item = backlog.popleft()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    _log.warning(
+                        "flowrun: warning: %d effect(s) of task %s never arrived",
+                        applier.missing(report),
+                        report.task.label,
+                    )
+                    return
+                try:
+                    item = self.d.arrivals.get(timeout=min(left, POLL_S))
+                except queue.Empty:
+                    continue
             if isinstance(item, Future):
                 self.held.append(item)
             else:
