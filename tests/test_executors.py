@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from flowrun.engine import Engine, Settings, SQLiteStore, load_workflow
 from flowrun.engine.costs import parse_prices
-from flowrun.engine.errors import BudgetExceeded, RunFailed, UsageError
+from flowrun.engine.errors import BudgetExceeded, Interrupted, RunFailed, UsageError
 from flowrun.engine.runtime import RunResult
 
 Write = Callable[[str, str], Path]
@@ -333,3 +333,48 @@ def test_an_unknown_executor_is_refused_before_the_run_is_recorded(
         Engine(store, settings=Settings(executor="nope")).start(load_workflow(str(wf)))
     assert caught.value.hint == "one of: threads, processes"
     assert store.list_runs() == []
+
+
+def test_a_stop_reaches_running_and_queued_tasks_and_resume_runs_only_the_rest(
+    write: Write, tmp_path: Path, executor_kind: str
+) -> None:
+    write("exlib.py", LIB)
+    wf = write(
+        "stop.yaml",
+        """
+        name: stop
+        state: {out: {default: [], reducer: append}}
+        config: {max_concurrency: 2, queue_depth: 2}
+        nodes:
+          each:
+            foreach: "{{ range(40) | list }}"
+            python: exlib:slow
+            save: out
+        """,
+    )
+    log, db = tmp_path / "tasks.log", tmp_path / "f.db"
+    os.environ["FLOWRUN_TEST_LOG"] = str(log)
+    try:
+
+        def stop_after_three(engine: Engine, out: object) -> None:
+            if len(log.read_text().splitlines()) >= 3:
+                engine.stop.set()  # what the SIGINT handler does
+
+        engine = Engine(
+            SQLiteStore(db), settings=Settings(executor=executor_kind), after_task=stop_after_three
+        )
+        with pytest.raises(Interrupted):
+            engine.start(load_workflow(str(wf)), run_id="s")
+        first = len(log.read_text().splitlines())
+        assert first < 40  # queued tasks never started
+        saved = SQLiteStore(db).load_task_results("s", 0)
+        assert len(saved) >= 3  # what finished was kept
+        res = Engine(SQLiteStore(db), settings=Settings(executor=executor_kind)).resume(
+            load_workflow(str(wf)), "s"
+        )
+    finally:
+        del os.environ["FLOWRUN_TEST_LOG"]
+    assert res.state["out"] == [i * 10 for i in range(40)]
+    ran = [int(line.split()[0]) for line in log.read_text().splitlines()]
+    assert sorted(set(ran)) == list(range(40))
+    assert len(ran) - 40 <= first - len(saved)  # only unsaved tasks ran twice
