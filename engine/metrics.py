@@ -1,6 +1,6 @@
 """Prometheus metrics for one run (SPEC §7), and the exporter that serves, pushes and writes them.
 
-:class:`RunMetrics` is an :class:`Observer` (hooks arrive from worker threads;
+:class:`RunMetrics` is an :class:`Observer` (hooks arrive from the coordinator;
 prometheus-client's metrics are thread-safe) and an event sink, on a
 ``CollectorRegistry`` of its own, never the process-global one. Labels stay
 bounded: node names, models, statuses, retry reasons. The run id appears only in

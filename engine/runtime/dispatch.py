@@ -13,7 +13,6 @@ import queue
 import time
 from collections import deque
 from concurrent.futures import Future, wait
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, RunFailed
@@ -71,18 +70,7 @@ class StepDispatch:
             and len(tasks) == 1
             and kind_of(d.wf.nodes[tasks[0].node]).inline
         )
-        self.spec = TaskSpec(
-            d.run_id,
-            d.drive_id,
-            step,
-            tasks[0],
-            d.ref,
-            state,
-            d.task_settings,
-            d.channel.sink,
-            d.channel.control,
-            d.grown if d.backend.local else {},
-        )
+        self.grown = d.grown if d.backend.local else {}
 
     # the step ------------------------------------------------------------------
     def run(self) -> tuple[list[TaskReport], list[TaskResult]]:
@@ -139,11 +127,24 @@ class StepDispatch:
 
     def submit(self, i: int, t: Task) -> None:
         d = self.d
-        spec = replace(self.spec, task=t)
+        # the same data path inline, its effects applied as they are sent
+        sink = DirectSink(self.apply) if self.inline else d.channel.sink
+        spec = TaskSpec(
+            d.run_id,
+            d.drive_id,
+            self.step,
+            t,
+            d.ref,
+            self.state,
+            d.task_settings,
+            sink,
+            d.channel.control,
+            self.grown,
+        )
         self.window.submit()
-        if self.inline:  # the same data path, its effects applied as they are sent
+        if self.inline:
             future: Future[TaskReport] = Future()
-            future.set_result(worker.run_spec(replace(spec, effects=DirectSink(self.apply))))
+            future.set_result(worker.run_spec(spec))
         else:
             try:
                 future = d.backend.executor.submit(worker.run_spec, spec)
@@ -161,7 +162,9 @@ class StepDispatch:
         return error
 
     def take(self, timeout: float) -> None:
-        """Apply what arrived (waiting up to ``timeout`` for something); collect futures."""
+        """Deal with what arrived (waiting up to ``timeout`` for something), in arrival
+        order (a task that ended before another started is heard of first), then commit
+        the results of the tasks that ended, together (a group commit)."""
         arrivals, backlog = self.d.arrivals, self.backlog
         done, self.held = self.held, []
         try:
@@ -171,19 +174,18 @@ class StepDispatch:
                 backlog.append(arrivals.get_nowait())
         except queue.Empty:
             pass
-        while backlog:  # in arrival order: a task that ended before another started
+        ended: list[TaskReport] = []
+        settled: list[str] = []
+        for f in done:
+            self.finish(f, ended, settled)
+        while backlog:
             item = backlog.popleft()
             if isinstance(item, Future):
-                done.append(item)
-                continue
-            if done:  # those ended first; the effect waits (their reports may await it)
-                backlog.appendleft(item)
-                self.collect(done)
-                done = []
-                continue
-            self.apply(item)
-        if done:
-            self.collect(done)
+                self.finish(item, ended, settled)
+            else:
+                self.apply(item)
+        if ended or settled:
+            self.commit(ended, settled)
 
     def await_effects(self, report: TaskReport) -> None:
         """Apply every effect ``report``'s task sent before it (they may still be on their
@@ -212,33 +214,34 @@ class StepDispatch:
             else:
                 self.apply(item)
 
-    def collect(self, done: list[Future[TaskReport]]) -> None:
-        d, obs, step = self.d, self.d.observer, self.step
-        finished: list[TaskReport] = []
-        settled: list[str] = []
-        for f in done:
-            i = self.pending.pop(f)
-            t = self.tasks[i]
-            self.window.complete(t.key)
-            out = None if f.cancelled() else self.report_of(f, t)
-            if out is None or out.status == "skipped":  # budget spent, or a signal
-                obs.task_dropped(step, t)
-                settled.append(t.key)
-                continue  # never ran: resume runs it
-            self.await_effects(out)
-            d.applier.finish(out)
-            obs.task_finished(
-                step, t, out.status, out.duration, len(out.attempts), out.error, False
-            )
-            self.outcomes[i] = out
-            finished.append(out)
-            if out.status == "failed":  # an interrupted one is no failure of the step
-                self.failed.append(out)
-        results = [task_result(step, out) for out in finished]
-        # Results that finished together are saved in one transaction (a group
-        # commit); only then do their tasks leave the window, which bounds the
-        # finished results a kill -9 can lose. The step's last results ride in the
-        # step's own commit (nothing is dispatched in between).
+    def finish(self, f: Future[TaskReport], ended: list[TaskReport], settled: list[str]) -> None:
+        """A future is done: apply its report (after its task's effects) or drop it."""
+        d, step = self.d, self.step
+        i = self.pending.pop(f)
+        t = self.tasks[i]
+        self.window.complete(t.key)
+        out = None if f.cancelled() else self.report_of(f, t)
+        if out is None or out.status == "skipped":  # budget spent, or a signal
+            d.observer.task_dropped(step, t)
+            settled.append(t.key)
+            return  # never ran: resume runs it
+        self.await_effects(out)
+        d.applier.finish(out)
+        d.observer.task_finished(
+            step, t, out.status, out.duration, len(out.attempts), out.error, False
+        )
+        self.outcomes[i] = out
+        ended.append(out)
+        if out.status == "failed":  # an interrupted one is no failure of the step
+            self.failed.append(out)
+
+    def commit(self, ended: list[TaskReport], settled: list[str]) -> None:
+        """Save the results of tasks that ended together in one transaction (a group
+        commit); only then do they leave the window, which bounds the finished results
+        a kill -9 can lose. The step's last results ride in the step's own commit
+        (nothing is dispatched in between)."""
+        d = self.d
+        results = [task_result(self.step, out) for out in ended]
         if (
             self.dispatched
             and not self.pending
@@ -247,10 +250,10 @@ class StepDispatch:
             and not d.over_budget()
         ):
             self.unsaved.extend(results)
-        else:
+        elif results:
             d.store.save_task_results(d.run_id, d.token, results)
-        self.window.settle([*settled, *(o.task.key for o in finished)])
-        for out in finished:
+        self.window.settle([*settled, *(o.task.key for o in ended)])
+        for out in ended:
             d.finished(out)
 
     def report_of(self, f: Future[TaskReport], t: Task) -> TaskReport:

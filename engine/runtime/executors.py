@@ -43,9 +43,9 @@ PARENT_POLL_S = 0.5  # how often a worker process looks whether its coordinator 
 @dataclass(frozen=True, slots=True)
 class Backend:
     executor: Executor
-    local: bool
-    install: Callable[[Workflow], WorkflowRef]
-    channel: Callable[[Control | None], Channel]
+    local: bool  # tasks run in this process: specs by reference, inline tasks, cached views
+    install: Callable[[Workflow], WorkflowRef]  # make the workflow known to the workers
+    channel: Callable[[Control | None], Channel]  # a drive's channel (local: these flags)
     close: Callable[[], None]
 
 

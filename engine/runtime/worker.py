@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..nodes.base import Context, RunScope, TaskError
 from ..nodes.registry import Printed, kind_of, to_delta
@@ -138,11 +139,17 @@ class Emitter:
             self.count += 1
             return self.count
 
-    def _durable(self, effect: Effect) -> None:
+    def durable(self, effect: Effect) -> None:
         try:
             self.spec.effects.send_durable(effect, self.spec.control)
         except EffectRefused as exc:
             raise TaskError(str(exc), retryable=False, reason="store") from None
+
+    def seal(self, out: TaskReport) -> TaskReport:
+        """``out`` with what every report carries: its effects count, usage and worker."""
+        with self._lock:
+            count, usage = self.count, tuple(self.usage)
+        return replace(out, usage=usage, effects=count, host=HOST, pid=os.getpid())
 
     def started(self) -> None:
         s = self.spec
@@ -194,7 +201,7 @@ class Emitter:
             started,
             time.time(),
         )
-        self._durable(effect)
+        self.durable(effect)
         return proc_id
 
     def proc_ended(self, ctx: Context, proc_id: str) -> None:
@@ -211,7 +218,7 @@ class _Effects:
         self.emitter = emitter
 
     def usage(self, ctx: Context, usage: LLMUsage) -> None:
-        self.emitter._durable(self.emitter.usage_of(ctx, usage))
+        self.emitter.durable(self.emitter.usage_of(ctx, usage))
 
     def proc_started(self, ctx: Context, pid: int) -> str | None:
         return self.emitter.proc_started(ctx, pid)
@@ -235,28 +242,19 @@ def run_spec(spec: TaskSpec) -> TaskReport:
     emitter = Emitter(spec)
     t0 = time.perf_counter()
     started = time.time()
-    mask: Callable[[str], str] = Masker(spec.settings.secrets).text
+    scope: RunScope | None = None
     try:
         wf = _workflow(spec.workflow)
         scope = _scope(spec, wf)
-        mask = scope.masker.text
         emitter.started()
         out = _attempts(spec, wf, scope, emitter)
     except TaskError as exc:  # the worker cannot run it (no workflow)
         out = TaskReport(task, "failed", None, (), started, time.perf_counter() - t0, str(exc))
     except Exception as exc:  # a bug, not a node failure: still the task's
-        error = mask(f"internal error: {type(exc).__name__}: {exc}")
+        masker = scope.masker if scope is not None else Masker(spec.settings.secrets)
+        error = masker.text(f"internal error: {type(exc).__name__}: {exc}")
         out = TaskReport(task, "failed", None, (), started, time.perf_counter() - t0, error)
-    return _sealed(out, emitter)
-
-
-def _sealed(out: TaskReport, emitter: Emitter) -> TaskReport:
-    """``out`` with what every report carries: its effects count, usage and worker."""
-    from dataclasses import replace
-
-    with emitter._lock:
-        count, usage = emitter.count, tuple(emitter.usage)
-    return replace(out, usage=usage, effects=count, host=HOST, pid=os.getpid())
+    return emitter.seal(out)
 
 
 def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -> TaskReport:
