@@ -17,7 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 
 from ..nodes.base import Context, RunScope, TaskError
 from ..nodes.registry import Printed, kind_of, to_delta
@@ -60,8 +59,7 @@ def installed(ref: WorkflowRef) -> Workflow:
 
 
 def _workflow(ref: WorkflowRef) -> Workflow:
-    with _lock:
-        wf = _workflows.get((ref.digest, ref.path))
+    wf = _workflows.get((ref.digest, ref.path))  # a dict read needs no lock
     if wf is not None:
         return wf
     if ref.text is None:
@@ -79,6 +77,10 @@ def _workflow(ref: WorkflowRef) -> Workflow:
 
 
 def _scope(spec: TaskSpec, wf: Workflow) -> RunScope:
+    scope = _scopes.get(spec.drive)  # a dict read needs no lock
+    if scope is not None:
+        scope.grown = spec.grown
+        return scope
     with _lock:
         scope = _scopes.get(spec.drive)
         if scope is None:
@@ -149,7 +151,23 @@ class Emitter:
         """``out`` with what every report carries: its effects count, usage and worker."""
         with self._lock:
             count, usage = self.count, tuple(self.usage)
-        return replace(out, usage=usage, effects=count, host=HOST, pid=os.getpid())
+        return TaskReport(  # not dataclasses.replace: this is on every task's path
+            out.task,
+            out.status,
+            out.delta,
+            out.attempts,
+            out.started_at,
+            out.duration,
+            out.error,
+            out.stdout,
+            out.stderr,
+            usage,
+            out.outputs,
+            out.trace,
+            count,
+            HOST,
+            os.getpid(),
+        )
 
     def started(self) -> None:
         s = self.spec
