@@ -152,11 +152,40 @@ def _remote(args: tuple[Any, ...]) -> Remote:
     return r
 
 
+_inherited: dict[str, Any] = {}  # objects a worker process was started with, by name
+
+
+class Inherited:
+    """An object a worker process inherits as it starts (a ``multiprocessing`` queue
+    passed to the pool's initializer), named in specs: it pickles as its name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str, obj: Any = None) -> None:
+        self.name = name
+        if obj is not None:
+            _inherited[name] = obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Inherited, (self.name,))
+
+    def get(self) -> Any:
+        return _inherited[self.name]
+
+    def forget(self) -> None:
+        _inherited.pop(self.name, None)
+
+
+def inherit(objects: dict[str, Any]) -> None:
+    """A worker process's initializer step: keep what it was started with, by name."""
+    _inherited.update(objects)
+
+
 class QueueSink:
     """A worker process's sink: effects into a manager queue, acknowledgements polled
     from a manager dict (an ack is ``""``, or the coordinator's error)."""
 
-    def __init__(self, queue: Remote, acks: Remote) -> None:
+    def __init__(self, queue: Remote | Inherited, acks: Remote) -> None:
         self.queue = queue
         self.acks = acks
 
@@ -226,22 +255,32 @@ class PolledFlag:
 
 class ManagerChannel:
     """The channel of a drive on worker processes, through a ``multiprocessing`` manager
-    (a server process of its own, started with ``mp_context``)."""
+    (a server process of its own, started with ``mp_context``).
+
+    ``effects``: a queue the workers inherited (:class:`Inherited`), for the effects
+    themselves: reading a pipe costs the coordinator no round trip to the manager,
+    which would bound it to one effect per round trip. Without one (workers of a pool
+    this channel did not start), effects go through a manager queue too.
+    """
 
     def __init__(
         self,
         mp_context: BaseContext,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        effects: Inherited | None = None,
     ) -> None:
         self._manager = SyncManager(ctx=mp_context)
         self._manager.start(initializer, initargs)
         m = self._manager
         # the coordinator's proxies: they keep the objects alive on the manager
-        self._objects: list[Any] = [m.Queue(), m.dict(), m.Event(), m.Event(), m.Event()]
-        queue, acks, *flags = map(Remote, self._objects)
-        self._queue: Any = self._objects[0]
-        self._acks: Any = self._objects[1]
+        self._objects: list[Any] = [m.dict(), m.Event(), m.Event(), m.Event()]
+        if effects is None:
+            self._objects.append(m.Queue())
+        acks, *flags = map(Remote, self._objects[:4])
+        queue = effects or Remote(self._objects[4])
+        self._queue: Any = queue.get()
+        self._acks: Any = self._objects[0]
         self._sink = QueueSink(queue, acks)
         self._flags = [PolledFlag(f) for f in flags]
         self._control = Control(*self._flags)

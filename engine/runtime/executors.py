@@ -23,16 +23,18 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
+from typing import Any
 
 from ..errors import UsageError
 from ..spec.model import Workflow
 from ..store.leases import running_as, start_time
 from . import worker
-from .channels import LocalChannel, ManagerChannel
+from .channels import Inherited, LocalChannel, ManagerChannel, inherit
 from .effects import Channel, Control
 from .messages import WorkflowRef
 
@@ -64,11 +66,12 @@ def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
     if kind == "processes":
         ctx = mp_context()
         shipped = WorkflowRef(workflow.digest, workflow.path, workflow.source)
+        effects = Inherited(f"effects-{uuid.uuid4().hex}", ctx.SimpleQueue())
         procs = ProcessPoolExecutor(
             max_workers=max_workers,
             mp_context=ctx,
             initializer=start_worker,
-            initargs=(shipped, dict(os.environ), coordinator()),
+            initargs=(shipped, dict(os.environ), coordinator(), {effects.name: effects.get()}),
         )
 
         def install(wf: Workflow) -> WorkflowRef:
@@ -76,7 +79,11 @@ def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
                 return WorkflowRef(wf.digest, wf.path)  # the initializer compiled it
             return WorkflowRef(wf.digest, wf.path, wf.source)
 
-        return Backend(procs, False, install, lambda control: _manager(ctx), lambda: _shut(procs))
+        def close() -> None:
+            _shut(procs)
+            effects.forget()
+
+        return Backend(procs, False, install, lambda control: _manager(ctx, effects), close)
     raise UsageError(f"unknown executor {kind!r}", hint=f"one of: {', '.join(EXECUTORS)}")
 
 
@@ -102,8 +109,8 @@ def coordinator() -> tuple[int, int | None]:
     return os.getpid(), start_time(os.getpid())
 
 
-def _manager(ctx: BaseContext) -> ManagerChannel:
-    return ManagerChannel(ctx, watch_coordinator, (coordinator(),))
+def _manager(ctx: BaseContext, effects: Inherited | None = None) -> ManagerChannel:
+    return ManagerChannel(ctx, watch_coordinator, (coordinator(),), effects)
 
 
 def _shut(executor: Executor) -> None:
@@ -111,10 +118,15 @@ def _shut(executor: Executor) -> None:
 
 
 def start_worker(
-    ref: WorkflowRef, environ: dict[str, str], coordinator: tuple[int, int | None]
+    ref: WorkflowRef,
+    environ: dict[str, str],
+    coordinator: tuple[int, int | None],
+    inherited: dict[str, Any],
 ) -> None:
-    """A worker process's initializer: take the coordinator's environment as it is now,
-    compile the workflow, work in its folder, and watch the coordinator."""
+    """A worker process's initializer: take the coordinator's environment as it is now
+    and the effects queue, compile the workflow, work in its folder, and watch the
+    coordinator."""
+    inherit(inherited)
     os.environ.clear()
     os.environ.update(environ)
     base = worker.installed(ref).base_dir
