@@ -57,8 +57,8 @@ def test_help_and_version_import_no_engine_and_no_heavy_library(
     assert not {m for m in modules if m.startswith("flowrun.engine.")} - {
         "flowrun.engine.errors",
         "flowrun.engine.lazy",
-        "flowrun.engine.runtime",  # for the Observer base of the progress views: one small module
-        "flowrun.engine.runtime.observer",
+        "flowrun.engine.observer",  # for the Observer base of the progress views: one small module
+        "flowrun.engine.records",  # and the records its hooks are called with
     }
 
 
@@ -128,7 +128,7 @@ def test_validate_opens_no_database_and_imports_no_scheduler(tmp_path: Path) -> 
 def test_the_engine_api_loads_on_first_use_and_refuses_unknown_names() -> None:
     code = """
 import sys
-import flowrun.engine.store.base, flowrun.engine.spec.model, flowrun.engine.runtime.observer
+import flowrun.engine.store.base, flowrun.engine.spec.model, flowrun.engine.observer
 assert not {"sqlite3", "yaml", "jinja2", "flowrun.engine.runtime.engine"} & set(sys.modules)
 import flowrun.engine as engine
 from flowrun.engine import *
