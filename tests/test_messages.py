@@ -19,10 +19,11 @@ import pytest
 from flowrun.engine import load_workflow
 from flowrun.engine.records import Task
 from flowrun.engine.runtime import frontier as fr
-from flowrun.engine.runtime.channels import LocalChannel, ManagerChannel
+from flowrun.engine.runtime.channels import LocalChannel
 from flowrun.engine.runtime.effects import Effect, TaskStarted, UsageReported
 from flowrun.engine.runtime.executors import mp_context
 from flowrun.engine.runtime.messages import TaskReport, TaskSettings, TaskSpec, WorkflowRef
+from flowrun.engine.runtime.mpchannel import ManagerChannel
 from flowrun.engine.runtime.worker import install, run_spec
 from flowrun.engine.spec.model import Workflow
 

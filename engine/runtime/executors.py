@@ -18,25 +18,28 @@ channel, end themselves once the coordinator is gone (:func:`watch_coordinator`)
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..spec.model import Workflow
 from ..store.leases import running_as, start_time
 from . import worker
-from .channels import Inherited, LocalChannel, ManagerChannel, inherit
+from .channels import LocalChannel
 from .effects import Channel, Control
 from .messages import WorkflowRef
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+    from .mpchannel import Inherited, ManagerChannel
 
 EXECUTORS = ("threads", "processes")
 PARENT_POLL_S = 0.5  # how often a worker process looks whether its coordinator is gone
@@ -64,6 +67,10 @@ def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
         pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowrun-task")
         return Backend(pool, True, worker.install, LocalChannel, lambda: _shut(pool))
     if kind == "processes":
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .mpchannel import Inherited
+
         ctx = mp_context()
         shipped = WorkflowRef(workflow.digest, workflow.path, workflow.source)
         effects = Inherited(f"effects-{uuid.uuid4().hex}", ctx.SimpleQueue())
@@ -101,6 +108,8 @@ def for_executor(executor: Executor) -> Backend:
 
 
 def mp_context() -> BaseContext:
+    import multiprocessing  # here: a run on threads never imports it
+
     return multiprocessing.get_context("spawn")
 
 
@@ -110,6 +119,8 @@ def coordinator() -> tuple[int, int | None]:
 
 
 def _manager(ctx: BaseContext, effects: Inherited | None = None) -> ManagerChannel:
+    from .mpchannel import ManagerChannel
+
     return ManagerChannel(ctx, watch_coordinator, (coordinator(),), effects)
 
 
@@ -126,6 +137,8 @@ def start_worker(
     """A worker process's initializer: take the coordinator's environment as it is now
     and the effects queue, compile the workflow, work in its folder, and watch the
     coordinator."""
+    from .mpchannel import inherit
+
     inherit(inherited)
     os.environ.clear()
     os.environ.update(environ)
