@@ -37,7 +37,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[postgres]' 'langgraph>=1.2,<1.3' 'langgraph-checkpoint-sqlite>=3,<4' \
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[postgres,dask]' 'langgraph>=1.2,<1.3' 'langgraph-checkpoint-sqlite>=3,<4' \
 		'dbos>=3.4,<3.5'
 	touch $(BENCH_VENV)/.installed
 

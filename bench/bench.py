@@ -252,12 +252,18 @@ class Whole:
 
 
 def bench_whole(
-    d: Path, name: str, yaml_text: str, tasks: int, url: str | None = None, n: int = REPEAT
+    d: Path,
+    name: str,
+    yaml_text: str,
+    tasks: int,
+    url: str | None = None,
+    n: int = REPEAT,
+    flags: tuple[str, ...] = (),
 ) -> Whole:
     """``n`` whole ``flowrun run`` processes of ``yaml_text``, each after a one-node run.
 
     Each run of either kind gets a new SQLite file (or ``url``), so creating the
-    schema is in both and cancels out.
+    schema is in both and cancels out; ``flags`` go to both kinds.
     """
     (d / name).write_text(yaml_text)
     (d / "one-node.yaml").write_text(ONE_NODE)
@@ -265,7 +271,7 @@ def bench_whole(
     for i in range(n):
         for wf, out in (("one-node.yaml", starts), (name, runs)):
             db = url or str(d / f"whole-{Path(wf).stem}-{i}.db")
-            out.append(bench_process(d, ["run", wf, "--db", db, "-q"], 1))
+            out.append(bench_process(d, ["run", wf, "--db", db, "-q", *flags], 1))
     return Whole(tasks, statistics.median(runs), statistics.median(starts), spread(starts))
 
 
@@ -277,6 +283,30 @@ def spread(xs: list[float]) -> float:
 
 def rate(figure: float | None, width: int) -> str:
     return f"{figure:>{width},.0f}" if figure is not None else f"{'n/a (within noise)':>{width}}"
+
+
+def bench_executors(d: Path, names: list[str]) -> None:
+    """The 1,000-item foreach on other executors, as whole processes (``BENCH_EXECUTORS``).
+
+    Each executor's own start-up (a process pool, a Dask cluster of 8 workers) is
+    in its one-node run and so subtracted; what remains is the tasks, 8 at once.
+    """
+    print()
+    print("1,000-item foreach by --executor (whole process minus a one-node run), median of 3")
+    base: float | None = None
+    for name in ["threads", *names]:
+        flags = ("--executor", name, "--max-concurrency", "8")
+        w = bench_whole(d, f"fan-{name}.yaml", foreach_yaml(1000), 1000, n=3, flags=flags)
+        one, dt = w.start_s, w.run_s - w.start_s
+        if dt <= 0:
+            print(f"  {name:<10}: n/a (within noise); start-up {one * 1000:,.0f} ms")
+            continue
+        per_task = dt / 1000  # wall time per task, 8 at once
+        base = per_task if base is None else base
+        print(
+            f"  {name:<10}: {1000 / dt:8,.0f} tasks/s, {per_task * 1000:6.2f} ms a task"
+            f" ({(per_task - base) * 1000:+.2f} ms vs threads); start-up {one * 1000:,.0f} ms"
+        )
 
 
 def bench_load(d: Path) -> tuple[float, float]:
@@ -364,6 +394,11 @@ def main() -> None:
                 )
         else:
             print("PostgreSQL: skipped (set FLOWRUN_BENCH_PG=postgresql://… to measure it)")
+        executors = [e for e in os.environ.get("BENCH_EXECUTORS", "").split(",") if e]
+        if executors:
+            bench_executors(d, executors)
+        else:
+            print("other executors: skipped (BENCH_EXECUTORS=processes,dask runs them)")
         peers = peer_figures(d)
         if not peers:
             print("peers: none installed here (make bench installs them); ratios skipped")

@@ -110,9 +110,11 @@ def _shown(
     output_limit: str | None,
     junit: str | None,
     metrics: tuple[int | None, str, float, str | None, str | None],
+    executor: str = "threads",
 ) -> "Shown":
     """The flags ``run``, ``resume`` and ``fork`` share for showing and reporting a run."""
     from flowrun.engine.metrics import ExportOptions
+    from flowrun.engine.runtime.executors import check_kind
 
     from .reports import ci_reports
     from .running import Shown
@@ -126,6 +128,7 @@ def _shown(
         metrics=ExportOptions(*metrics),
         output_limit=opt.output_limit(output_limit),
         reports=ci_reports(junit),
+        executor=check_kind(executor),
     )
 
 
@@ -163,6 +166,7 @@ def run(
     ] = "continue",
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
+    executor: opt.ExecutorOpt = "threads",
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -207,6 +211,7 @@ def run(
             output_limit,
             junit,
             (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
+            executor,
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )
@@ -233,6 +238,7 @@ def resume(
     ] = False,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
+    executor: opt.ExecutorOpt = "threads",
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -273,6 +279,7 @@ def resume(
             output_limit,
             junit,
             (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
+            executor,
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )
@@ -445,6 +452,7 @@ def fork(
     ] = None,
     db: opt.Db = None,
     max_concurrency: opt.MaxConcurrency = None,
+    executor: opt.ExecutorOpt = "threads",
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
@@ -486,6 +494,7 @@ def fork(
             None,
             junit,
             (metrics_port, metrics_addr, metrics_linger, metrics_push, metrics_file),
+            executor,
         ),
         llm=llm_opt.LLMOptions(pricing, max_cost, llm_record, llm_replay),
     )

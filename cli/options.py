@@ -25,6 +25,16 @@ MaxConcurrency = Annotated[
     int | None,
     typer.Option("--max-concurrency", min=1, metavar="N", help="Tasks running at once."),
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        envvar="FLOWRUN_EXECUTOR",
+        metavar="threads|processes|dask|tcp://HOST:PORT",
+        help="Where tasks run: threads (default), processes, a Dask cluster started for"
+        " the run, or an existing Dask scheduler.",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the final summary.")]
 Verbose = Annotated[

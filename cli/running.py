@@ -187,6 +187,7 @@ class Shown:
     metrics: ExportOptions = field(default_factory=ExportOptions)
     output_limit: int | None = None
     reports: CIReports | None = None
+    executor: str = "threads"  # --executor, checked by check_kind
 
 
 def _execute(store: Store, go: Any, run_id_hint: str | None, wf: Workflow, shown: Shown) -> None:
@@ -210,6 +211,7 @@ def _execute(store: Store, go: Any, run_id_hint: str | None, wf: Workflow, shown
             exporter,
             shown.output_limit,
             None if reports is None else lambda run_id: reports.write(store, run_id, wf),
+            shown.executor,
         )
     finally:
         if exporter is not None:
@@ -231,6 +233,7 @@ def _drive(
     exporter: Exporter | None,
     output_limit: int | None,
     ended: Callable[[str], None] | None = None,
+    executor: str = "threads",
 ) -> None:
     sinks: list[EventSink] = []
     if events:
@@ -242,7 +245,9 @@ def _drive(
     if exporter is not None:
         observer = Fanout(view, exporter.metrics)
         sinks.append(exporter.metrics)
-    settings = Settings(max_concurrency=max_concurrency, grace_s=envvars.grace_s())
+    settings = Settings(
+        max_concurrency=max_concurrency, grace_s=envvars.grace_s(), executor=executor
+    )
     if output_limit is not None:
         settings.output_limit = output_limit
     engine = Engine(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,10 +49,82 @@ def _plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-EXECUTORS = ("threads", "processes")
+EXECUTORS = ("threads", "processes", "dask")
 
 
 @pytest.fixture(params=EXECUTORS)
 def executor_kind(request: pytest.FixtureRequest) -> str:
-    """Where a test's tasks run: each executor ``Settings(executor=...)`` accepts."""
+    """Where a test's tasks run: each executor ``Settings(executor=...)`` accepts.
+
+    ``dask`` is the session's cluster (``tcp://…``): one cluster for every test.
+    """
+    if request.param == "dask":
+        return str(request.getfixturevalue("dask_cluster").scheduler_address)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """One real Dask cluster for the session: two worker processes of one thread each.
+
+    Started on first use (a test that needs none pays nothing); its address is
+    ``dask_cluster.scheduler_address``, for ``--executor tcp://…`` or a Client.
+    """
+    import distributed
+
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not 8787
+        silence_logs=logging.ERROR,
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def dask_client(dask_cluster: Any) -> Iterator[Any]:
+    """A client of the session's cluster, closed after the test."""
+    import distributed
+
+    client = distributed.Client(dask_cluster.scheduler_address, timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def worker_env(executor_kind: str, name: str, value: str) -> Iterator[None]:
+    """``name=value`` here and, on a Dask scheduler, in its workers' environments too.
+
+    Thread and process workers take this process's environment; a Dask worker has its
+    own (docs/distributed.md), set here as its user would set it, then unset.
+    """
+    os.environ[name] = value
+    client = None
+    if executor_kind.startswith("tcp://"):
+        import distributed
+
+        client = distributed.Client(executor_kind, timeout=10)
+        client.run(_setenv, name, value)
+    try:
+        yield
+    finally:
+        del os.environ[name]
+        if client is not None:
+            client.run(_setenv, name, None)
+            client.close()
+
+
+def _setenv(name: str, value: str | None) -> None:
+    """On a worker: set (or, ``None``, unset) ``name`` in its own environment."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -22,6 +22,8 @@ from flowrun.engine.costs import parse_prices
 from flowrun.engine.errors import BudgetExceeded, Interrupted, RunFailed, UsageError
 from flowrun.engine.runtime import RunResult
 
+from .conftest import worker_env
+
 Write = Callable[[str, str], Path]
 
 LIB = """
@@ -331,7 +333,7 @@ def test_an_unknown_executor_is_refused_before_the_run_is_recorded(
     store = SQLiteStore(tmp_path / "f.db")
     with pytest.raises(UsageError, match="unknown executor 'nope'") as caught:
         Engine(store, settings=Settings(executor="nope")).start(load_workflow(str(wf)))
-    assert caught.value.hint == "one of: threads, processes"
+    assert caught.value.hint == "one of: threads, processes, dask, tcp://HOST:PORT"
     assert store.list_runs() == []
 
 
@@ -353,8 +355,7 @@ def test_a_stop_reaches_running_and_queued_tasks_and_resume_runs_only_the_rest(
         """,
     )
     log, db = tmp_path / "tasks.log", tmp_path / "f.db"
-    os.environ["FLOWRUN_TEST_LOG"] = str(log)
-    try:
+    with worker_env(executor_kind, "FLOWRUN_TEST_LOG", str(log)):
 
         def stop_after_three(engine: Engine, out: object) -> None:
             if len(log.read_text().splitlines()) >= 3:
@@ -372,8 +373,6 @@ def test_a_stop_reaches_running_and_queued_tasks_and_resume_runs_only_the_rest(
         res = Engine(SQLiteStore(db), settings=Settings(executor=executor_kind)).resume(
             load_workflow(str(wf)), "s"
         )
-    finally:
-        del os.environ["FLOWRUN_TEST_LOG"]
     assert res.state["out"] == [i * 10 for i in range(40)]
     ran = [int(line.split()[0]) for line in log.read_text().splitlines()]
     assert sorted(set(ran)) == list(range(40))

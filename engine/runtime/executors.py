@@ -18,6 +18,7 @@ channel, end themselves once the coordinator is gone (:func:`watch_coordinator`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -33,6 +35,7 @@ from ..spec.model import Workflow
 from ..store.leases import running_as, start_time
 from . import worker
 from .channels import LocalChannel
+from .dask_cluster import check_address, is_dask_target, open_dask
 from .effects import Channel, Control
 from .messages import WorkflowRef
 
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 
     from .mpchannel import Inherited, ManagerChannel
 
-EXECUTORS = ("threads", "processes")
+EXECUTORS = ("threads", "processes", "dask", "tcp://HOST:PORT")
 PARENT_POLL_S = 0.5  # how often a worker process looks whether its coordinator is gone
 
 
@@ -54,15 +57,20 @@ class Backend:
     close: Callable[[], None]
 
 
-def check_kind(kind: str) -> None:
+def check_kind(kind: str) -> str:
     """Refuse an executor kind :func:`make_executor` does not know (before a run starts)."""
-    if kind not in EXECUTORS:
+    if kind.startswith("tcp://"):
+        check_address(kind)
+    elif kind not in EXECUTORS:
         raise UsageError(f"unknown executor {kind!r}", hint=f"one of: {', '.join(EXECUTORS)}")
+    return kind
 
 
 def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
     """The backend of executor ``kind`` with ``max_workers`` workers, for ``workflow``'s run."""
     check_kind(kind)
+    if is_dask_target(kind):
+        return _dask(kind, max_workers)
     if kind == "threads":
         pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowrun-task")
         return Backend(pool, True, worker.install, LocalChannel, lambda: _shut(pool))
@@ -92,6 +100,32 @@ def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
 
         return Backend(procs, False, install, lambda control: _manager(ctx, effects), close)
     raise UsageError(f"unknown executor {kind!r}", hint=f"one of: {', '.join(EXECUTORS)}")
+
+
+def _dask(kind: str, max_workers: int) -> Backend:
+    """A Dask backend: the workflow goes to every worker once, by a worker plugin
+    (``runtime/dask_workers.py``); effects travel on Dask's events (``dask_effects.py``)."""
+    dask = open_dask(kind, workers=max_workers)
+    from .dask_effects import DaskChannel
+    from .dask_workers import WorkflowPlugin, plugin_name
+
+    plugins: list[str] = []
+
+    def install(wf: Workflow) -> WorkflowRef:
+        path = str(wf.base_dir / Path(wf.path).name)  # a worker's working folder is its own
+        shipped = WorkflowRef(wf.digest, path, wf.source)
+        name = plugin_name(shipped)
+        dask.client.register_plugin(WorkflowPlugin(shipped), name=name)
+        plugins.append(name)
+        return WorkflowRef(wf.digest, path)
+
+    def close() -> None:
+        for name in plugins:  # a scheduler that stays up forgets the workflow
+            with contextlib.suppress(Exception):
+                dask.client.unregister_worker_plugin(name)
+        dask.shutdown(cancel_futures=True)
+
+    return Backend(dask, False, install, lambda control: DaskChannel(dask.client), close)
 
 
 def for_executor(executor: Executor) -> Backend:
