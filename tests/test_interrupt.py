@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+from flowrun.engine import SQLiteStore
 
 from .conftest import FLOWRUN
 
@@ -76,3 +80,48 @@ def test_sigint_abandons_a_long_python_node_after_the_grace_period_and_resume_fi
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"] == {"n": 2}
+
+
+SIGINT_WF = """
+name: sig
+state:
+  out: {default: [], reducer: append}
+config: {max_concurrency: 2, queue_depth: 0}
+nodes:
+  map:
+    foreach: "{{ [0, 1] }}"
+    shell: "echo $$ > item-{{ item }}.pid; sleep 2; echo {{ item }}"
+    save: out
+"""
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes", "dask"])
+def test_ctrl_c_lets_running_commands_finish_within_the_grace_period_on_every_executor(
+    write: Callable[[str, str], Path], tmp_path: Path, executor: str
+) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: worker
+    processes must not take it as their own (KeyboardInterrupt); the coordinator
+    stops them, and what finishes within the grace period is saved."""
+    write("sig.yaml", SIGINT_WF)
+    db = tmp_path / "f.db"
+    env = {**os.environ, "FLOWRUN_GRACE": "60"}
+    proc = subprocess.Popen(
+        [FLOWRUN, "run", "sig.yaml", "--db", str(db), "--run-id", "c", "--executor", executor],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's job is
+    )
+    pids = [tmp_path / f"item-{i}.pid" for i in (0, 1)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() and p.read_text().strip() for p in pids):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "KeyboardInterrupt" not in err and "internal error" not in err
+    saved = SQLiteStore(db).load_task_results("c", 0)
+    assert len(saved) == 2  # both commands finished within the grace period and were kept

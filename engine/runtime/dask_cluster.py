@@ -159,6 +159,7 @@ def open_dask(target: str, *, workers: int | None = None) -> DaskExecutor:
             # its HTTP server (health, metrics) on a free loopback port, not on 8787
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
+            preload=["flowrun.engine.runtime.dask_workers"],  # its workers ignore Ctrl-C
         )
         try:
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -20,7 +21,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from . import worker as flowrun_worker
 from .messages import WorkflowRef
 
-__all__ = ["WorkflowPlugin", "plugin_name"]
+__all__ = ["WorkflowPlugin", "dask_setup", "plugin_name"]
 
 
 def plugin_name(ref: WorkflowRef) -> str:
@@ -37,3 +38,14 @@ class WorkflowPlugin(WorkerPlugin):
         base = flowrun_worker.installed(self.ref).base_dir  # compiled from its text, kept
         with contextlib.suppress(OSError):  # not there: commands say so, with their cwd
             os.chdir(base)
+
+
+def dask_setup(worker: Any) -> None:
+    """A preload of the worker processes of a run's own LocalCluster: they ignore SIGINT.
+
+    A terminal's Ctrl-C reaches the whole process group, the cluster's worker
+    processes too; the coordinator alone handles it and stops tasks through the
+    stop and abort flags. Dask runs a preload on the worker's event loop, in its
+    process's main thread, where a signal handler can be set.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

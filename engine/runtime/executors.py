@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -168,11 +169,13 @@ def start_worker(
     coordinator: tuple[int, int | None],
     inherited: dict[str, Any],
 ) -> None:
-    """A worker process's initializer: take the coordinator's environment as it is now
-    and the effects queue, compile the workflow, work in its folder, and watch the
-    coordinator."""
+    """A worker process's initializer: ignore SIGINT (a terminal's Ctrl-C reaches the
+    whole process group; the coordinator stops its workers through the stop flags),
+    take the coordinator's environment as it is now and the effects queue, compile
+    the workflow, work in its folder, and watch the coordinator."""
     from .mpchannel import inherit
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the initializer runs in the main thread
     inherit(inherited)
     os.environ.clear()
     os.environ.update(environ)
