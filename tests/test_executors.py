@@ -7,6 +7,7 @@ data and the drive's effects channel; nothing of the coordinator's is shared.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -63,6 +64,12 @@ def pid(state, ctx):
     return {"i": ctx.index, "pid": os.getpid()}
 
 
+def timed(state, ctx):
+    t0 = time.time()
+    time.sleep(0.4)
+    return {"item": ctx.item, "t0": t0, "t1": time.time()}
+
+
 def slow(state, ctx):
     with open(os.environ["FLOWRUN_TEST_LOG"], "a") as f:
         f.write(f"{ctx.index} {os.getpid()}\\n")
@@ -112,6 +119,33 @@ def test_a_run_has_the_same_state_and_digest_on_every_executor(
     assert res.digest == base.digest
     assert res.state["big"] == 173
     assert [s["i"] for s in res.state["squares"]] == list(range(8))
+
+
+def test_no_more_than_max_concurrency_tasks_run_at_once_on_any_executor(
+    write: Write, tmp_path: Path, executor_kind: str
+) -> None:
+    """max_concurrency 1 with a queue of 2: the session's Dask cluster has two workers,
+    and still runs one task at a time (queued tasks wait on the coordinator)."""
+    write("exlib.py", LIB)
+    wf = write(
+        "conc.yaml",
+        """
+        name: conc
+        state: {out: {default: [], reducer: append}}
+        config: {max_concurrency: 1, queue_depth: 2}
+        nodes:
+          map:
+            foreach: "{{ range(5) | list }}"
+            python: exlib:timed
+            save: out
+        """,
+    )
+    _, res = start(wf, tmp_path / "f.db", executor_kind)
+    out = res.state["out"]
+    assert [o["item"] for o in out] == list(range(5))
+    spans = sorted((o["t0"], o["t1"]) for o in out)
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert end <= begin  # each task started after the one before it ended
 
 
 def test_a_failed_attempt_is_retried_and_its_retry_recorded(

@@ -53,7 +53,7 @@ class StepDispatch:
         self.state = state
         self.step = step
         self.saved = saved
-        self.window = d.window = Window(d.max_concurrency, d.queue_depth)
+        self.window = d.window = Window(d.max_concurrency, d.queue_depth, d.backend.bounded)
         d.applier.begin_step(step, tasks, self.window)
         self.pending: dict[Future[TaskReport], int] = {}
         self.outcomes: list[TaskReport | None] = [None] * len(tasks)

@@ -56,6 +56,8 @@ class Backend:
     install: Callable[[Workflow], WorkflowRef]  # make the workflow known to the workers
     channel: Callable[[Control | None], Channel]  # a drive's channel (local: these flags)
     close: Callable[[], None]
+    # it runs at most max_workers tasks at once (else the window hands it no more)
+    bounded: bool = True
 
 
 def check_kind(kind: str) -> str:
@@ -126,20 +128,25 @@ def _dask(kind: str, max_workers: int) -> Backend:
                 dask.client.unregister_worker_plugin(name)
         dask.shutdown(cancel_futures=True)
 
-    return Backend(dask, False, install, lambda control: DaskChannel(dask.client), close)
+    def channel(control: Control | None) -> Channel:
+        return DaskChannel(dask.client)
+
+    # a scheduler of the run's own has max_workers workers; an existing one, any number
+    return Backend(dask, False, install, channel, close, bounded=kind == "dask")
 
 
 def for_executor(executor: Executor) -> Backend:
     """The backend of an executor the caller made: a thread pool runs in this process;
-    any other gets the workflow's text in every spec and a multiprocessing channel."""
+    any other gets the workflow's text in every spec and a multiprocessing channel.
+    Its size is the caller's: it is handed no more than max_concurrency tasks at once."""
     if isinstance(executor, ThreadPoolExecutor):
-        return Backend(executor, True, worker.install, LocalChannel, lambda: None)
+        return Backend(executor, True, worker.install, LocalChannel, lambda: None, False)
 
     def install(wf: Workflow) -> WorkflowRef:
         return WorkflowRef(wf.digest, wf.path, wf.source)
 
     ctx = mp_context()
-    return Backend(executor, False, install, lambda control: _manager(ctx), lambda: None)
+    return Backend(executor, False, install, lambda control: _manager(ctx), lambda: None, False)
 
 
 def mp_context() -> BaseContext:

@@ -10,15 +10,22 @@ unsettled: queued, running, or finished with a result not committed yet (it call
 counts as started when its ``TaskStarted`` effect arrives or, failing that, when its
 future completes: nothing is counted inside a worker, so any executor works, and a
 lost effect cannot stall the step.
+
+That assumes the executor runs at most ``max_running`` tasks at once (a pool of that
+many workers). One that may run more (a Dask scheduler with more workers; a pool
+the caller made) is handed at most ``max_running`` tasks not completed yet
+(``bounded=False``): the queue is then held on the coordinator, and the loss bound
+is the same.
 """
 
 from __future__ import annotations
 
 
 class Window:
-    def __init__(self, max_running: int, queue_depth: int) -> None:
+    def __init__(self, max_running: int, queue_depth: int, bounded: bool = True) -> None:
         self.max_running = max(1, max_running)
         self.queue_depth = max(0, queue_depth)
+        self.bounded = bounded  # the executor itself runs at most max_running at once
         self.submitted = 0
         self.settled = 0
         self.completed = 0
@@ -26,11 +33,12 @@ class Window:
         self._counted = 0  # started (heard of, or completed)
 
     def full(self) -> bool:
-        queued = self.submitted - self._counted
         unsettled = self.submitted - self.settled
-        return queued >= max(1, self.queue_depth) or (
-            unsettled >= self.max_running + self.queue_depth
-        )
+        if unsettled >= self.max_running + self.queue_depth:
+            return True
+        if not self.bounded:
+            return self.submitted - self.completed >= self.max_running
+        return self.submitted - self._counted >= max(1, self.queue_depth)
 
     def submit(self) -> None:
         self.submitted += 1
