@@ -188,3 +188,43 @@ def test_kill_9_of_the_coordinator_of_its_own_cluster_then_resume_reaps_the_comm
     assert not _alive(sleeping)  # killed by the takeover before slow ran again
     assert json.loads(p.stdout)["status"] == "succeeded"
     assert (folder / "finished").exists()
+
+
+RERUN = """
+name: rerun
+state: {out: {default: null}}
+config: {max_concurrency: 1}
+nodes:
+  call:
+    python: rerunlib:call
+    save: out
+"""
+
+RERUNLIB = """
+import os
+import pathlib
+
+
+def call(state, ctx):
+    ctx.record_llm_usage("gpt-4o-mini", 1000, 100)  # a paid call, in the ledger before going on
+    marker = pathlib.Path(ctx.workflow_dir) / "died"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), 9)  # the worker dies after the call (OOM, a lost machine)
+    return {"pid": os.getpid()}
+"""
+
+
+def test_a_task_dask_runs_again_after_its_worker_died_has_both_paid_calls_in_the_ledger(
+    write: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    write("rerunlib.py", RERUNLIB)
+    write("rerun.yaml", RERUN)
+    with dask_command_cluster(tmp_path / "cluster", workers=2) as procs:
+        p = flowrun(tmp_path, "run", "rerun.yaml", "--json", "--executor", procs.address)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    dead = int((tmp_path / "died").read_text())
+    assert report["state"]["out"]["pid"] != dead  # Dask ran it again on another process
+    assert report["costs"]["calls"] == 2  # the dead execution's call and the re-run's
+    assert report["costs"]["tokens_in"] == 2000

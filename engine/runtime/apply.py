@@ -3,8 +3,9 @@
 Effects arrive on the drive's channel (``runtime/effects.py``) while tasks run and
 are applied here, on the coordinator, in arrival order; a durable one is
 acknowledged once applied. Applying is idempotent where a report repeats an effect:
-a billed call is one ledger row whatever carried it (keyed by task, attempt and call),
-and a task's report forgets whatever process notes its commands left.
+a billed call is one ledger row whatever carried it (keyed by the task's execution,
+attempt and call), and an execution's report forgets whatever process notes its
+commands left (not those of an earlier execution of the task, whose worker died).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ProcLog:
         self.token = token
         self.owner = me()
         self.rows: dict[str, int] = {}  # proc id -> row id
-        self.of_task: defaultdict[str, set[str]] = defaultdict(set)
+        # (task key, execution) -> proc ids
+        self.of_task: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
 
     def started(self, e: ProcStarted) -> None:
         owner = self.owner
@@ -66,18 +68,18 @@ class ProcLog:
             ),
         )
         self.rows[e.proc_id] = row
-        self.of_task[e.key].add(e.proc_id)
+        self.of_task[e.key, e.execution].add(e.proc_id)
 
-    def ended(self, key: str, proc_id: str) -> None:
+    def ended(self, key: str, execution: str, proc_id: str) -> None:
         row = self.rows.pop(proc_id, None)
-        self.of_task[key].discard(proc_id)
+        self.of_task[key, execution].discard(proc_id)
         if row is not None:
             self.store.forget_procs(self.run_id, self.token, [row])
 
-    def task_done(self, key: str) -> None:
-        """The task is over: none of its commands runs any more."""
-        for proc_id in list(self.of_task.pop(key, ())):
-            self.ended(key, proc_id)
+    def task_done(self, key: str, execution: str) -> None:
+        """That execution of the task is over: none of its commands runs any more."""
+        for proc_id in list(self.of_task.pop((key, execution), ())):
+            self.ended(key, execution, proc_id)
 
 
 class Applier:
@@ -93,8 +95,9 @@ class Applier:
         self.step = 0
         self.tasks: dict[str, Task] = {}
         self.window = Window(1, 0)
-        self.seen: defaultdict[str, int] = defaultdict(int)  # key -> effects applied
-        self._billed: set[tuple[str, int, int]] = set()
+        # (key, execution) -> effects applied
+        self.seen: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._billed: set[tuple[str, str, int, int]] = set()
 
     def begin_step(self, step: int, tasks: list[Task], window: Window) -> None:
         self.step, self.window = step, window
@@ -111,14 +114,14 @@ class Applier:
         """
         task = self.tasks.get(e.key) if e.step == self.step else None
         if task is not None:
-            self.seen[e.key] += 1
+            self.seen[e.key, e.execution] += 1
         try:
             if isinstance(e, UsageReported):
                 self._bill(e)
             elif isinstance(e, ProcStarted):
                 self.procs.started(e)
             elif isinstance(e, ProcEnded):
-                self.procs.ended(e.key, e.proc_id)
+                self.procs.ended(e.key, e.execution, e.proc_id)
             elif task is None:
                 pass
             elif isinstance(e, TaskStarted):
@@ -133,7 +136,7 @@ class Applier:
         return None
 
     def _bill(self, e: UsageReported) -> None:
-        mark = (e.key, e.usage.attempt, e.call)
+        mark = (e.key, e.execution, e.usage.attempt, e.call)
         if mark in self._billed:
             return
         self._billed.add(mark)
@@ -143,12 +146,12 @@ class Applier:
 
     def missing(self, report: TaskReport) -> int:
         """How many of the effects ``report`` counts have not been applied yet."""
-        return report.effects - self.seen.get(report.task.key, 0)
+        return report.effects - self.seen.get((report.task.key, report.execution), 0)
 
     def finish(self, report: TaskReport) -> None:
         """Apply what ``report`` repeats of its effects (once), then close its task."""
         key = report.task.key
         for u in report.usage:
             self._bill(u)
-        self.procs.task_done(key)
-        self.seen.pop(key, None)
+        self.procs.task_done(key, report.execution)
+        self.seen.pop((key, report.execution), None)

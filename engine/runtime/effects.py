@@ -15,10 +15,13 @@ coordinator while it runs travels on one channel, as plain picklable records:
 - :class:`TaskStarted`, :class:`TaskRetried`, :class:`OutputLines`: for the
   observer (the live view, metrics). Not durable.
 
-Every effect names its task (``step``, ``key``) and its place among the effects that
-task sent (``seq``, 1, 2, …). The task's report (``TaskReport.effects``) counts them,
-and the coordinator applies all of them before the report; whatever a report also
-carries (its usage list) is applied once, deduplicated by (key, attempt, call).
+Every effect names its task (``step``, ``key``), the execution of the task that sent
+it (``execution``: an id made as a worker starts running it, so a task Dask runs
+again after its worker died is a new execution) and its place among the effects that
+execution sent (``seq``, 1, 2, …). The execution's report (``TaskReport.effects``)
+counts them, and the coordinator applies all of them before the report; whatever a
+report also carries (its usage list) is applied once, deduplicated by (execution,
+attempt, call).
 
 Stopping goes the other way, through three flags the worker polls (:class:`Flag`:
 ``threading.Event``, a ``multiprocessing.Manager().Event()`` proxy, a
@@ -40,7 +43,7 @@ Implementing a channel (threads and processes here, Dask elsewhere) means:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from ..records import Flag, LLMUsage
@@ -71,14 +74,15 @@ class Effect:
 
     step: int
     key: str  # the task's order key
-    seq: int  # 1, 2, … per task (a TaskReport counts them)
+    seq: int  # 1, 2, … per execution (its TaskReport counts them)
+    execution: str = field(default="", kw_only=True)  # the task's run on a worker that sent it
 
     DURABLE: ClassVar[bool] = False  # sent with send_durable, acknowledged once applied
 
     @property
     def ack_id(self) -> str:
         """Unique within a drive: how a durable effect's acknowledgement finds its sender."""
-        return f"{self.step}/{self.seq}/{self.key}"
+        return f"{self.step}/{self.seq}/{self.execution}/{self.key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ class OutputLines(Effect):
 class UsageReported(Effect):
     DURABLE: ClassVar[bool] = True
 
-    call: int  # 1, 2, … per task: with the usage's attempt, what dedups it
+    call: int  # 1, 2, … per execution: with it and the usage's attempt, what dedups it
     node: str
     index: int | None
     usage: LLMUsage

@@ -70,8 +70,8 @@ class TaskReport:
 
     ``status``: ok | failed | interrupted (stopped by SIGINT/SIGTERM: resume runs it
     again) | skipped (never ran: picked up after the budget or a signal). Every text
-    in it is masked by the run's secrets. ``effects`` counts the effects the task sent
-    before this report; ``usage`` repeats its billed calls (applied once).
+    in it is masked by the run's secrets. ``effects`` counts the effects this execution
+    of the task sent before this report; ``usage`` repeats its billed calls (applied once).
     """
 
     task: Task
@@ -90,6 +90,7 @@ class TaskReport:
     host: str = ""
     pid: int = 0
     reused: bool = False  # a result saved before a crash, not run again
+    execution: str = ""  # the id its effects carry (a re-run of the task has another)
 
 
 TaskOutcome = TaskReport  # what ``Engine(after_task=...)`` receives

@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -126,11 +127,13 @@ def kill_local(drive: str) -> None:
 
 
 class Emitter:
-    """One task's effects: numbered, sent on the drive's sink (the ``ctx.effects`` of
-    its attempts). Durable ones return once the coordinator applied them."""
+    """One execution's effects: numbered, marked with the execution's id, sent on the
+    drive's sink (the ``ctx.effects`` of its attempts). Durable ones return once the
+    coordinator applied them."""
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
+        self.execution = uuid.uuid4().hex  # a re-run of the task (its worker died) is another
         self.count = 0
         self.calls = 0
         self.usage: list[UsageReported] = []
@@ -167,22 +170,32 @@ class Emitter:
             count,
             HOST,
             os.getpid(),
+            execution=self.execution,
         )
 
     def started(self) -> None:
         s = self.spec
-        self.spec.effects.send(TaskStarted(s.step, s.task.key, self._seq(), HOST, os.getpid()))
+        self.spec.effects.send(
+            TaskStarted(
+                s.step, s.task.key, self._seq(), HOST, os.getpid(), execution=self.execution
+            )
+        )
 
     def retried(self, attempt: int, reason: str, error: str, delay: float) -> None:
         s = self.spec
-        effect = TaskRetried(s.step, s.task.key, self._seq(), attempt, reason, error, delay)
+        effect = TaskRetried(
+            s.step, s.task.key, self._seq(), attempt, reason, error, delay, execution=self.execution
+        )
         s.effects.send(effect)
 
     def lines(self, attempt: int) -> Callable[[str, list[str]], None]:
         s = self.spec
 
         def on_lines(stream: str, lines: list[str]) -> None:
-            effect = OutputLines(s.step, s.task.key, self._seq(), attempt, stream, tuple(lines))
+            seq = self._seq()
+            effect = OutputLines(
+                s.step, s.task.key, seq, attempt, stream, tuple(lines), execution=self.execution
+            )
             s.effects.send(effect)
 
         return on_lines
@@ -193,7 +206,14 @@ class Emitter:
             self.count += 1
             self.calls += 1
             effect = UsageReported(
-                ctx.step, self.spec.task.key, self.count, self.calls, ctx.node, ctx.index, usage
+                ctx.step,
+                self.spec.task.key,
+                self.count,
+                self.calls,
+                ctx.node,
+                ctx.index,
+                usage,
+                execution=self.execution,
             )
             self.usage.append(effect)
         return effect
@@ -218,13 +238,16 @@ class Emitter:
             pid,  # started with start_new_session: it leads its group
             started,
             time.time(),
+            execution=self.execution,
         )
         self.durable(effect)
         return proc_id
 
     def proc_ended(self, ctx: Context, proc_id: str) -> None:
         s = self.spec
-        s.effects.send(ProcEnded(s.step, s.task.key, self._seq(), proc_id))
+        s.effects.send(
+            ProcEnded(s.step, s.task.key, self._seq(), proc_id, execution=self.execution)
+        )
 
 
 class _Effects:
