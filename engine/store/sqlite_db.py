@@ -108,7 +108,7 @@ class SQLiteDB(SQLDB):
             conn.create_function("flowrun_now", 0, time.time)  # the seam's _NOW
             conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             if uri is None:
-                conn.execute("PRAGMA journal_mode = WAL")
+                self._wal(conn, busy_ms / 1000)
                 sync = "FULL" if self.durability == "full" else "NORMAL"
                 conn.execute(f"PRAGMA synchronous = {sync}")
             else:
@@ -117,6 +117,27 @@ class SQLiteDB(SQLDB):
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise damage_error(self.path, exc) from None
         return conn
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection, wait_s: float) -> None:
+        """``PRAGMA journal_mode = WAL``, waiting up to ``wait_s`` for other openers.
+
+        Switching a new file to WAL takes an exclusive lock, and SQLite answers "database
+        is locked" at once (without the busy handler) while another process that opens
+        the same new file holds a lock on it: several flowruns starting on one fresh
+        database met that. A wait like busy_timeout's makes them take turns.
+        """
+        deadline = time.monotonic() + wait_s
+        pause = 0.002
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
