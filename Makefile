@@ -18,10 +18,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The Hypothesis suite of tests/test_fuzz.py at length (CI runs a short profile).
-# A new crasher goes into tests/fuzz_corpus/ as a regression case.
+# The Hypothesis suite of tests/e2e/test_fuzz.py at length (CI runs a short profile).
+# A new crasher goes into tests/e2e/fuzz_corpus/ as a regression case.
 fuzz: $(STAMP)
-	FLOWRUN_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py
+	FLOWRUN_FUZZ_PROFILE=fuzz $(BIN)/python -m pytest -q tests/e2e/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check cli engine tests bench

@@ -18,7 +18,7 @@ classname ``workflow.node``:
 - ``<system-out>``/``<system-err>`` hold the stored output tails of every attempt.
 
 The schema it keeps to is the Jenkins xUnit plugin's ``junit-10.xsd``
-(``tests/data/jenkins-junit.xsd``).
+(``tests/engine/data/jenkins-junit.xsd``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .pg import pg_server, pg_url, store_url  # noqa: F401 - PostgreSQL fixtures
+from tests.support.pg import pg_server, pg_url, store_url  # noqa: F401 - PostgreSQL fixtures
 
 BIN = Path(sys.executable).parent
 FLOWRUN = shutil.which("flowrun", path=str(BIN)) or "flowrun"

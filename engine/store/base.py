@@ -302,7 +302,7 @@ class Store(RunHistory, Protocol):
 
     Writes for a run take its lease token and raise ``LeaseLost`` once another
     holder has a newer one (``record_llm_call`` excepted: money spent is kept).
-    ``tests/test_store_contract.py`` pins the behaviour; a new store binds
+    ``tests/engine/store/test_store_contract.py`` pins the behaviour; a new store binds
     ``StoreContract`` to itself.
     """
 

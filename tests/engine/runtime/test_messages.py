@@ -1,0 +1,187 @@
+"""What crosses to a worker and back survives pickling: a TaskSpec of every node kind,
+and the TaskReports real tasks make (as httpx tests its models round trips).
+
+Specs carry the multiprocessing channel's sink and flags (manager proxies); the sink
+of a spec that went through pickle still reaches the coordinator's channel.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+from flowrun.engine import load_workflow
+from flowrun.engine.records import Task
+from flowrun.engine.runtime import frontier as fr
+from flowrun.engine.runtime.channels import LocalChannel
+from flowrun.engine.runtime.effects import Effect, TaskStarted, UsageReported
+from flowrun.engine.runtime.executors import mp_context
+from flowrun.engine.runtime.messages import TaskReport, TaskSettings, TaskSpec, WorkflowRef
+from flowrun.engine.runtime.mpchannel import ManagerChannel
+from flowrun.engine.runtime.worker import install, run_spec
+from flowrun.engine.spec.model import Workflow
+
+from tests.support.llm_servers import OpenAIServer
+
+Write = Callable[[str, str], Path]
+
+KINDS_YAML = """
+name: kinds
+state:
+  out: {default: null}
+  n: {default: 2}
+nodes:
+  cmd:
+    run: ["echo", "{{ state.n }}"]
+    save: out
+    next: [sh, py, boom, set, ask]
+  sh:
+    shell: "echo shell"
+  py:
+    python: kindlib:double
+  boom:
+    python: kindlib:boom
+  set:
+    set: {n: "{{ state.n + 1 }}"}
+  ask:
+    llm: {model: gpt-4o-mini, prompt: "Say hi"}
+    save: out
+"""
+
+KINDLIB = """
+def double(state, ctx):
+    return {"n": state["n"] * 2}
+
+
+def boom(state, ctx):
+    raise ValueError("no luck")
+"""
+
+
+@pytest.fixture
+def workflow(write: Write) -> Workflow:
+    write("kindlib.py", KINDLIB)
+    return load_workflow(str(write("kinds.yaml", KINDS_YAML)))
+
+
+@pytest.fixture
+def manager() -> Iterator[ManagerChannel]:
+    channel = ManagerChannel(mp_context())
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+def spec_for(wf: Workflow, node: str, channel: ManagerChannel | LocalChannel) -> TaskSpec:
+    entry = fr.entry(node, "", 0)
+    (task,) = fr.expand(wf, [entry], wf.initial_state(), "r", 1)
+    return TaskSpec(
+        "r",
+        "r/drive",
+        1,
+        task,
+        WorkflowRef(wf.digest, wf.path, wf.source),
+        wf.initial_state(),
+        TaskSettings(output_limit=4096, grace_s=1.0, secrets=("s3cr3t-value",), live_output=True),
+        channel.sink,
+        channel.control,
+    )
+
+
+@pytest.mark.parametrize("node", ["cmd", "sh", "py", "boom", "set", "ask"])
+def test_a_task_spec_of_every_kind_round_trips_through_pickle(
+    workflow: Workflow, manager: ManagerChannel, node: str
+) -> None:
+    spec = spec_for(workflow, node, manager)
+    back = pickle.loads(pickle.dumps(spec))
+    assert workflow.nodes[node].kind in ("run", "shell", "python", "set", "llm")
+    for f in fields(TaskSpec):
+        if f.name not in ("effects", "control"):  # proxies: equal by what they reach
+            assert getattr(back, f.name) == getattr(spec, f.name), f.name
+    assert back.control.stop.is_set() is False
+    manager.control.stop.set()  # the coordinator's flag, seen through the copy
+    assert back.control.stop.is_set() is True
+    got: queue.SimpleQueue[Effect] = queue.SimpleQueue()
+    manager.open(got.put)
+    sent = TaskStarted(1, spec.task.key, 1, "here", os.getpid())
+    back.effects.send(sent)
+    assert got.get(timeout=10) == sent
+
+
+def test_a_durable_effect_through_a_pickled_sink_returns_once_acknowledged(
+    workflow: Workflow, manager: ManagerChannel
+) -> None:
+    back = pickle.loads(pickle.dumps(spec_for(workflow, "ask", manager)))
+    arrived: queue.SimpleQueue[Effect] = queue.SimpleQueue()
+    manager.open(arrived.put)
+    from flowrun.engine.records import LLMUsage
+
+    usage = UsageReported(1, back.task.key, 1, 1, "ask", None, LLMUsage("gpt-4o-mini", 3, 4))
+    sender = threading.Thread(target=back.effects.send_durable, args=(usage, back.control))
+    sender.start()
+    assert arrived.get(timeout=10) == usage
+    assert sender.is_alive()  # waiting for the coordinator
+    manager.ack(usage)
+    sender.join(timeout=10)
+    assert not sender.is_alive()
+
+
+def reports(wf: Workflow, tmp_path: Path) -> dict[str, TaskReport]:
+    """Each node of ``wf`` run once in this process, as a worker runs it."""
+    install(wf)
+    channel = LocalChannel()
+    channel.open(lambda e: channel.ack(e) if e.DURABLE else None)
+    out = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for node in wf.nodes:
+            spec = spec_for(wf, node, channel)
+            out[node] = run_spec(replace(spec, workflow=WorkflowRef(wf.digest, wf.path)))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def test_the_reports_real_tasks_make_round_trip_through_pickle(
+    workflow: Workflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OpenAIServer(api_key="sk-test-key") as o:
+        monkeypatch.setenv("OPENAI_BASE_URL", o.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        got = reports(workflow, tmp_path)
+    for node, report in got.items():
+        back = pickle.loads(pickle.dumps(report))
+        assert back == report, node
+        assert back.pid == os.getpid() and back.host
+    assert got["cmd"].delta == {"out": "2"} and got["cmd"].stdout == "2\n"
+    assert got["set"].delta == {"n": 3}
+    assert got["py"].delta == {"n": 4}
+    ask = got["ask"]  # an LLM report carries its billed call
+    assert ask.status == "ok" and len(ask.usage) == 1
+    assert ask.usage[0].usage.model == "gpt-4o-mini" and ask.usage[0].usage.tokens_in
+    assert ask.effects >= 2  # started, and the durable usage
+    boom = got["boom"]  # a failed Python report carries its trimmed traceback
+    assert boom.status == "failed" and "ValueError: no luck" in (boom.error or "")
+    assert boom.trace is not None and "kindlib.py" in boom.trace.text
+    assert pickle.loads(pickle.dumps(boom)).trace == boom.trace
+
+
+def test_a_spec_for_a_workflow_the_worker_lacks_fails_with_a_cause(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    channel = LocalChannel()
+    channel.open(lambda e: None)
+    spec = spec_for(workflow, "set", channel)
+    unknown = replace(spec, workflow=WorkflowRef("0" * 64, str(tmp_path / "gone.yaml")))
+    report = run_spec(unknown)
+    assert report.status == "failed"
+    assert "is not installed on this worker" in (report.error or "")
+    assert Task("set", "", 0, spec.task.key) == report.task
