@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.installed import BIN
 from tests.support.pg import pg_server, pg_url, store_url  # noqa: F401 - PostgreSQL fixtures
-
-BIN = Path(sys.executable).parent
-FLOWRUN = shutil.which("flowrun", path=str(BIN)) or "flowrun"
 
 
 @pytest.fixture
@@ -97,34 +92,3 @@ def dask_client(dask_cluster: Any) -> Iterator[Any]:
         yield client
     finally:
         client.close()
-
-
-@contextlib.contextmanager
-def worker_env(executor_kind: str, name: str, value: str) -> Iterator[None]:
-    """``name=value`` here and, on a Dask scheduler, in its workers' environments too.
-
-    Thread and process workers take this process's environment; a Dask worker has its
-    own (docs/distributed.md), set here as its user would set it, then unset.
-    """
-    os.environ[name] = value
-    client = None
-    if executor_kind.startswith("tcp://"):
-        import distributed
-
-        client = distributed.Client(executor_kind, timeout=10)
-        client.run(_setenv, name, value)
-    try:
-        yield
-    finally:
-        del os.environ[name]
-        if client is not None:
-            client.run(_setenv, name, None)
-            client.close()
-
-
-def _setenv(name: str, value: str | None) -> None:
-    """On a worker: set (or, ``None``, unset) ``name`` in its own environment."""
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value

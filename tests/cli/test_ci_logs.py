@@ -18,7 +18,7 @@ import pytest
 from flowrun.cli import cilog
 from flowrun.engine import SQLiteStore
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

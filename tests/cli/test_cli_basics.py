@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 ROOT = Path(__file__).resolve().parents[2]
 

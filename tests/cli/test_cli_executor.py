@@ -12,7 +12,7 @@ import pytest
 from flowrun.cli.app import app
 from typer.testing import CliRunner
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 WF = """
 name: tiny

@@ -17,7 +17,7 @@ import pytest
 from flowrun.engine import SQLiteStore
 from flowrun.engine.store.base import LLMCall, ProcRecord
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 DAY = 86400.0

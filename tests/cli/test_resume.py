@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 
 def flowrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 # Run one command in a fresh interpreter, as the installed `flowrun` does, and list
 # every module it imported by the time it exited.

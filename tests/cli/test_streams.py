@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

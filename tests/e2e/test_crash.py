@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.stores import integrity_ok, is_postgres, query
 
 Key = tuple[int, str, str]  # step, node, index ("None" when not a foreach task)

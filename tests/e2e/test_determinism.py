@@ -13,7 +13,7 @@ from typing import Any
 
 from flowrun.engine.store import open_store
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

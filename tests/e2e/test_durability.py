@@ -19,8 +19,8 @@ from flowrun.engine import Engine, SQLiteStore, StoreError, load_workflow
 from flowrun.engine.store.base import StepCommit
 from typer.testing import CliRunner
 
-from tests.conftest import FLOWRUN
 from tests.engine.store.test_store import FailAfterStateWrite
+from tests.support.installed import FLOWRUN
 from tests.support.stores import integrity_ok, is_postgres, query
 
 

@@ -24,7 +24,7 @@ from flowrun.engine import Engine, SQLiteStore, UsageError, load_workflow
 from flowrun.engine.nodes.base import TaskError
 from flowrun.engine.nodes.llm import parse_json_reply
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 NON_FINITE_HINT = "JSON has no NaN/Infinity; pass a string or a finite number"
 

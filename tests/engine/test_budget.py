@@ -20,7 +20,7 @@ import pytest
 from flowrun.engine.records import Task
 from flowrun.engine.runtime.window import Window
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 ITEMS = list(range(8))

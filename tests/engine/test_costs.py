@@ -17,8 +17,8 @@ from flowrun.engine.costs import Price, cost_report, load_prices, parse_prices
 from flowrun.engine.errors import WorkflowError
 from flowrun.engine.store.base import LLMCall
 
-from tests.conftest import FLOWRUN
 from tests.engine.llm.test_llm import ANTHROPIC_KEY, OPENAI_KEY, clean_env, flowrun, ledger
+from tests.support.installed import FLOWRUN
 from tests.support.llm_servers import AnthropicServer, OpenAIServer
 
 Write = Callable[[str, str], Path]

@@ -14,7 +14,7 @@ from typing import Any
 from flowrun.engine import JsonlSink
 from flowrun.engine.store.base import Event
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

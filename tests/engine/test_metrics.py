@@ -27,7 +27,7 @@ from flowrun.engine.records import Task
 from flowrun.engine.spec import load_workflow
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

@@ -18,7 +18,7 @@ from flowrun.engine.records import Task
 from flowrun.engine.secrets import Masker
 from flowrun.engine.store.leases import proc_stat
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 SECRET = "supersecretvalue0123456789"

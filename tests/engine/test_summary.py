@@ -7,9 +7,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import FLOWRUN
 from tests.engine.llm.test_llm import OPENAI_KEY, clean_env
 from tests.engine.test_junit import FOREACH, LIB
+from tests.support.installed import FLOWRUN
 from tests.support.llm_servers import OpenAIServer
 
 Write = Callable[[str, str], Path]

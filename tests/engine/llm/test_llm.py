@@ -34,7 +34,7 @@ from flowrun.engine.llm.openai import OpenAIProvider
 from flowrun.engine.nodes.base import TaskError
 from flowrun.engine.nodes.llm import parse_json_reply
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.llm_servers import AnthropicServer, OpenAIServer, Reply
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -36,7 +36,7 @@ from flowrun.engine.llm import (
 )
 from flowrun.engine.llm.anthropic import AnthropicProvider, parse_usage
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.llm_servers import AnthropicServer, OpenAIServer, Reply
 
 OPENAI_KEY = "sk-test-openai-0123456789abcdef"

@@ -26,7 +26,7 @@ from flowrun.engine.llm.openai import OpenAIProvider
 from flowrun.engine.metrics import Exporter, ExportOptions, RunMetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.llm_servers import AnthropicServer, OpenAIServer, Reply
 
 Write = Callable[[str, str], Path]

@@ -25,7 +25,7 @@ from flowrun.engine import (
 )
 from flowrun.engine.store.base import TaskResult
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FLOWRUN
 from tests.support.dask_procs import dask_command_cluster
+from tests.support.installed import FLOWRUN
 
 PIDS = """
 name: pids

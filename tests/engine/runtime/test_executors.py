@@ -23,7 +23,7 @@ from flowrun.engine.costs import parse_prices
 from flowrun.engine.errors import BudgetExceeded, Interrupted, RunFailed, UsageError
 from flowrun.engine.runtime import RunResult
 
-from tests.conftest import worker_env
+from tests.support.executors import worker_env
 
 Write = Callable[[str, str], Path]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 ITEMS = 4_000
 MAX_CONCURRENCY = 4

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flowrun.engine import SQLiteStore
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 
 def test_sigint_abandons_a_long_python_node_after_the_grace_period_and_resume_finishes(

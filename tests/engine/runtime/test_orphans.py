@@ -25,7 +25,7 @@ from flowrun.engine.store import SQLiteStore
 from flowrun.engine.store.base import ProcRecord
 from flowrun.engine.store.leases import HOST
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 SLOW_YAML = """
 name: orphan

@@ -27,7 +27,7 @@ from flowrun.engine.runtime.ordering import idempotency_key, order_key
 from flowrun.engine.runtime.reducers import ReduceError, reduce
 from flowrun.engine.spec.model import RetryPolicy
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 Write = Callable[[str, str], Path]
 

@@ -15,7 +15,7 @@ import pytest
 from flowrun.engine.spec import nesting, templates
 from flowrun.engine.spec.templates import TemplateError, render
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 PAYLOADS = [
     "$(touch X)",

@@ -18,7 +18,7 @@ import pytest
 from flowrun.cli.app import main
 from flowrun.engine.spec import yamlpos
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from flowrun.engine.spec import templates
 from flowrun.engine.spec.templates import TemplateError, evaluate, references, render
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 EVIL = "; $(touch X) `touch Y` ' \" \\ $HOME * && touch Z"
 

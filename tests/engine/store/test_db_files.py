@@ -17,7 +17,7 @@ from flowrun.engine.store.migrations import APP_ID_VERSION, FLOWRUN_APP_ID, MIGR
 from flowrun.engine.store.sqlite import SQLiteStore
 from flowrun.engine.store.sqlite_file import legacy_tables
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 
 
 def flowrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,7 @@ from flowrun.engine.runtime.orphans import start_time
 from flowrun.engine.store import SQLiteStore, Store, open_store
 from flowrun.engine.store.leases import HOST
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.stores import db_now, execute, freeze, query
 
 # Each copy of the command notes its pid, and first notes any earlier copy still running.

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FLOWRUN
 from tests.e2e.test_crash import (
     CRASH_YAML,
     CRASHLIB,
@@ -31,6 +30,7 @@ from tests.e2e.test_crash import (
     step_digests,
     wait_for,
 )
+from tests.support.installed import FLOWRUN
 from tests.support.stores import db_now, execute, freeze, query
 
 STALE_S = 1.0  # FLOWRUN_LEASE_STALE_S for the takeover test

@@ -22,7 +22,7 @@ from flowrun.engine.store import open_store
 from flowrun.engine.store.open import masked, sqlite_path, url_secrets
 from flowrun.engine.store.sqlite import SQLiteStore
 
-from tests.conftest import FLOWRUN
+from tests.support.installed import FLOWRUN
 from tests.support.stores import execute, query
 
 FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
