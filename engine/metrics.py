@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import UsageError
+from .nodes.registry import kind_of
 from .observer import Observer
 from .records import Task
 from .spec.model import Workflow
@@ -129,8 +130,7 @@ class RunMetrics(Observer):
             self.executions.labels(name, "ok")
             self.executions.labels(name, "failed")
             self.latency.labels(name, "ok")  # 19 samples each: failed ones appear on first use
-            llm = node.body if node.kind == "llm" and isinstance(node.body, dict) else {}
-            model = llm.get("model")
+            model = kind_of(node).model(node)
             if isinstance(model, str) and "{" not in model:
                 self.tokens.labels(model, "in")
                 self.tokens.labels(model, "out")

@@ -144,9 +144,11 @@ class Masker:
 
 def secret_env_names(workflow: Workflow) -> list[str]:
     """The environment variables whose values a run of ``workflow`` masks."""
+    from .nodes.registry import kind_of
+
     names = list(PROVIDER_KEY_ENVS)
     for node in workflow.nodes.values():
-        env = node.body.get("api_key_env") if node.kind == "llm" else None
+        env = kind_of(node).key_env(node)
         if isinstance(env, str) and "{{" not in env:
             names.append(env)
     names.extend(workflow.secrets)

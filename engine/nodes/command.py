@@ -16,7 +16,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import jsonvalue
@@ -128,16 +128,35 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_command(
-    node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None
+def _argv(body: Any, scope: dict[str, Any]) -> list[str]:
+    return [templates.render_text(a, scope) for a in body]
+
+
+def _shell(body: Any, scope: dict[str, Any]) -> list[str]:
+    text = templates.render(body, scope, shell=True)
+    return ["/bin/sh", "-c", text if isinstance(text, str) else str(text)]
+
+
+def run_argv(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Printed:
+    """``run: [cmd, arg, ...]``: the command, run without a shell."""
+    return _run(node, _argv, state, ctx, timeout)
+
+
+def run_shell(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Printed:
+    """``shell: script``: the script, run by ``/bin/sh -c``."""
+    return _run(node, _shell, state, ctx, timeout)
+
+
+def _run(
+    node: Node,
+    argv_of: Callable[[Any, dict[str, Any]], list[str]],
+    state: Mapping[str, Any],
+    ctx: Context,
+    timeout: float | None,
 ) -> Printed:
     scope = template_scope(state, ctx)
     try:
-        if node.kind == "shell":
-            text = templates.render(node.body, scope, shell=True)
-            argv = ["/bin/sh", "-c", text if isinstance(text, str) else str(text)]
-        else:
-            argv = [templates.render_text(a, scope) for a in node.body]
+        argv = argv_of(node.body, scope)
         env = dict(os.environ)
         env.update({k: templates.render_text(v, scope) for k, v in node.env.items()})
         cwd = ctx.scope.base_dir

@@ -1,9 +1,11 @@
 """What each node kind's body may hold: ``run``, ``shell``, ``python``, ``set``, ``llm``.
 
-The body is the value under the node's kind key. Settings that may come from the
-state (any string of an ``llm`` body) are checked as templates at load and again
-as values when the node runs (:mod:`flowrun.engine.nodes.llm`); a literal value
-is checked here, so a typo fails ``flowrun validate`` rather than the run.
+The body is the value under the node's kind key. Each check here is a hook of its
+kind's entry in :mod:`flowrun.engine.nodes.registry`, which the validator calls.
+Settings that may come from the state (any string of an ``llm`` body) are checked as
+templates at load and again as values when the node runs
+(:mod:`flowrun.engine.nodes.llm`); a literal value is checked here, so a typo fails
+``flowrun validate`` rather than the run.
 """
 
 from __future__ import annotations
@@ -25,41 +27,15 @@ MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the other
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
 
 
-def check_body(
+def check_run(
     c: Checker,
-    kind: str,
     body: Any,
     path: Path,
     state: Mapping[str, StateKey],
     foreach: bool,
     targets: pytarget.Targets,
-) -> Any:
-    """The body of a ``kind`` node at ``path``, as the node will run it.
-
-    A ``python`` target is looked up through ``targets`` (the workflow's folder).
-    """
-    if kind == "run":
-        return _argv(c, body, path, state, foreach)
-    if kind == "shell":
-        text = c.text(body, path)
-        c.template(text, path, state, foreach=foreach, shell=True)
-        return text
-    if kind == "python":
-        target = c.text(body, path)
-        if not PYTHON_TARGET.match(target):
-            c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
-        problem = targets.problem(target)
-        if problem is not None:
-            c.report(path, problem.message, hint=problem.hint)
-        return target
-    if kind == "set":
-        return _set(c, body, path, state, foreach)
-    return _llm(c, body, path, state, foreach)
-
-
-def _argv(
-    c: Checker, body: Any, path: Path, state: Mapping[str, StateKey], foreach: bool
 ) -> list[str]:
+    """``run: [cmd, arg, ...]``: a non-empty argv of strings and numbers (templates)."""
     if isinstance(body, str):
         c.err(path, "run takes an argv list", hint='use `run: [cmd, arg]` or `shell: "..."`')
     if not isinstance(body, list) or not body:
@@ -72,9 +48,47 @@ def _argv(
     return argv
 
 
-def _set(
-    c: Checker, body: Any, path: Path, state: Mapping[str, StateKey], foreach: bool
+def check_shell(
+    c: Checker,
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
+    foreach: bool,
+    targets: pytarget.Targets,
+) -> str:
+    """``shell: script``: a template whose substituted values are data."""
+    text = c.text(body, path)
+    c.template(text, path, state, foreach=foreach, shell=True)
+    return text
+
+
+def check_python(
+    c: Checker,
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
+    foreach: bool,
+    targets: pytarget.Targets,
+) -> str:
+    """``python: module:function``, looked up through ``targets`` (the workflow's folder)."""
+    target = c.text(body, path)
+    if not PYTHON_TARGET.match(target):
+        c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
+    problem = targets.problem(target)
+    if problem is not None:
+        c.report(path, problem.message, hint=problem.hint)
+    return target
+
+
+def check_set(
+    c: Checker,
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
+    foreach: bool,
+    targets: pytarget.Targets,
 ) -> dict[str, Any]:
+    """``set: {key: value-or-template}``: declared state keys only."""
     values = c.mapping(body, path, hint="e.g. `set: {count: 0}`")
     for k in values:
         if k not in state:
@@ -94,9 +108,15 @@ def default_provider(model: str) -> str:
     return "anthropic" if model.startswith("claude") else "openai"
 
 
-def _llm(
-    c: Checker, body: Any, path: Path, state: Mapping[str, StateKey], foreach: bool
+def check_llm(
+    c: Checker,
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
+    foreach: bool,
+    targets: pytarget.Targets,
 ) -> dict[str, Any]:
+    """``llm: {model, prompt, ...}``: every literal setting as the provider takes it."""
     from ..llm.session import PROVIDERS  # only a workflow with an llm node pays for it
 
     spec = c.mapping(body, path, hint="e.g. `llm: {model: gpt-4o-mini, prompt: ...}`")
@@ -204,7 +224,11 @@ def _llm(
 
 
 def reply_used(
-    c: Checker, body: Mapping[str, Any], path: Path, state: Mapping[str, StateKey]
+    c: Checker,
+    node: Mapping[str, Any],
+    body: Any,
+    path: Path,
+    state: Mapping[str, StateKey],
 ) -> None:
     """Report an ``llm`` node without ``save`` whose reply could never reach the state.
 
@@ -213,6 +237,8 @@ def reply_used(
     (or a template that may give it), and a workflow without state keys has nothing
     the reply could write. Only ``json: true`` replies' keys are left to the run.
     """
+    if "save" in node or not isinstance(body, dict):
+        return
     as_json = body.get("json", False)
     if as_json is True or (isinstance(as_json, str) and templates.is_template(as_json)):
         if not state:

@@ -6,6 +6,10 @@ a node, a route, an ``llm`` body) is a tuple of :class:`Key`. The validator
 :mod:`.schema` builds the JSON Schema from the same tuples, so a key cannot be
 accepted by one and missing from the other.
 
+Each node kind's own key (``run``, ``llm``, …) is on its entry in
+:mod:`flowrun.engine.nodes.registry`, with the keys only that kind takes;
+:data:`KIND_BODIES` lists them in the registry's order.
+
 A key's ``type`` is one of :data:`TYPES`; what each means is the schema's
 business. The validator checks more than the types say (node references,
 templates, reducer defaults): the schema describes the shape, ``flowrun
@@ -16,13 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .model import KINDS, OUTPUTS, REDUCERS, Config, RetryPolicy
+from .model import OUTPUTS, REDUCERS, Config, RetryPolicy
 
 __all__ = [
     "COMMAND",
-    "COMMAND_KINDS",
     "COMMON",
     "CONFIG",
     "ENV_NAME",
@@ -165,8 +168,7 @@ COMMON = (
     Key("description", "string", "Free text for readers."),
 )
 
-COMMAND_KINDS = ("run", "shell")  # the kinds that take COMMAND keys
-COMMAND = (
+COMMAND = (  # the node keys of the kinds that run a command (see nodes/registry.py)
     Key("output", "choice", "How stdout becomes the result.", "text", choices=OUTPUTS),
     Key("env", "mapping", "Extra environment variables (values are templates).", nullable=True),
     Key("cwd", "string", "Working folder, relative to the workflow file's folder."),
@@ -198,15 +200,6 @@ LLM = (
     Key("cassette", "string", "The replay provider's cassette, next to the workflow."),
 )
 
-KIND_BODIES = (
-    Key("run", "argv", "A command and its arguments, run without a shell."),
-    Key("shell", "string", "A /bin/sh -c script; substituted values are data."),
-    Key("python", "python_target", "A function module:function, called as fn(state, ctx)."),
-    Key("llm", "object", "One chat completion.", keys=LLM),
-    Key("set", "mapping", "State keys and the values (or templates) written to them."),
-)
-assert names(KIND_BODIES) == KINDS
-
 TOP = (
     Key("name", "string", "The workflow's name.", required=True),
     Key("description", "string", "Free text for readers."),
@@ -221,3 +214,15 @@ TOP = (
     Key("start", "node", "The node(s) the run starts with (default: the first node)."),
     Key("nodes", "nodes", "The nodes, by name.", required=True),
 )
+
+
+if TYPE_CHECKING:
+    KIND_BODIES: tuple[Key, ...]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KIND_BODIES":  # the kinds' own keys, from their registry entries
+        from ..nodes.registry import KINDS
+
+        return tuple(kind.body for kind in KINDS.values())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

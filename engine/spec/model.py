@@ -8,7 +8,6 @@ from typing import Any
 
 END = "END"
 REDUCERS = ("replace", "append", "extend", "merge", "add", "max", "min")
-KINDS = ("run", "shell", "python", "llm", "set")
 OUTPUTS = ("text", "json", "lines", "none")
 
 
@@ -43,7 +42,7 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
-    kind: str  # one of KINDS
+    kind: str  # a name in nodes/registry.py KINDS
     body: Any  # the kind's own value: argv list, shell text, "mod:fn", llm mapping, set mapping
     next: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()

@@ -1,4 +1,5 @@
-"""The JSON Schema (draft 2020-12) of a workflow file, built from :mod:`.keys`.
+"""The JSON Schema (draft 2020-12) of a workflow file, built from :mod:`.keys` and the
+node kinds' entries (:mod:`flowrun.engine.nodes.registry`).
 
 The schema describes the file's shape: which keys each section takes and their
 types. What only the whole file can tell (that ``next`` names an existing node,
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..nodes.registry import KINDS, Kind
 from . import keys
 from .checks import DURATION_PATTERN
 from .keys import Key
@@ -20,7 +22,7 @@ TEMPLATE = {"type": "string", "pattern": r"\{\{|\{%", "description": "A template
 
 def workflow_schema() -> dict[str, Any]:
     """The schema of a workflow file, as a JSON-able mapping."""
-    node_variants = [_node(kind) for kind in keys.KIND_BODIES]
+    node_variants = [_node(kind) for kind in KINDS.values()]
     return {
         "$schema": DIALECT,
         "title": "flowrun workflow",
@@ -36,19 +38,18 @@ def workflow_schema() -> dict[str, Any]:
             },
             "node_name": {"type": "string", "pattern": keys.NODE_NAME.pattern},
             "node": {
-                "description": "A node: exactly one of " + ", ".join(keys.names(keys.KIND_BODIES)),
+                "description": "A node: exactly one of " + ", ".join(KINDS),
                 "oneOf": node_variants,
             },
         },
     }
 
 
-def _node(kind: Key) -> dict[str, Any]:
-    command = keys.COMMAND if kind.name in keys.COMMAND_KINDS else ()
-    section: tuple[Key, ...] = (kind, *keys.COMMON, *command)
+def _node(kind: Kind) -> dict[str, Any]:
+    section: tuple[Key, ...] = (kind.body, *keys.COMMON, *kind.keys)
     out = _object(section)
     out["required"] = [kind.name]
-    out["description"] = f"A {kind.name} node: {kind.doc}"
+    out["description"] = f"A {kind.name} node: {kind.body.doc}"
     return out
 
 

@@ -4,7 +4,8 @@ Every error names the file, line and column, starts with the offending key
 (``nodes.fetch.next: unknown node 'sumarize'``) and suggests the near miss.
 This module checks the document's shape: the top level, ``state``, ``config``,
 each node's common keys and the graph they make. What a node kind's body may hold
-is :mod:`.bodies`; the checks both use (types, durations, templates) are :mod:`.checks`.
+is its kind's (:mod:`flowrun.engine.nodes.registry`, whose hooks live in :mod:`.bodies`);
+the checks both use (types, durations, templates) are :mod:`.checks`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..errors import WorkflowError
+from ..nodes.registry import KINDS, TAKEN_BY
 from . import keys, pytarget
-from .bodies import check_body, reply_used
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, masked, parse_duration
 from .keys import ENV_NAME, NODE_NAME, POLICIES
 from .model import (
     END,
-    KINDS,
     OUTPUTS,
     REDUCERS,
     Config,
@@ -40,7 +40,7 @@ STATE_KEYS = keys.names(keys.STATE)
 CONFIG_KEYS = keys.names(keys.CONFIG)
 RETRY_KEYS = keys.names(keys.RETRY)
 COMMON_KEYS = keys.names(keys.COMMON)
-COMMAND_KEYS = keys.names(keys.COMMAND)
+KIND_KEYS = tuple(TAKEN_BY)  # the node keys only some kinds take (a command's output, ...)
 ROUTE_KEYS = keys.names(keys.ROUTE)
 
 
@@ -339,12 +339,12 @@ class _Validator(Checker):
         path: Path = ("nodes", name)
         kinds = [k for k in raw if k in KINDS]
         if not kinds:
-            others = (*COMMON_KEYS, *COMMAND_KEYS)
+            others = (*COMMON_KEYS, *KIND_KEYS)
             for k in raw:
                 near = did_you_mean(k, KINDS)
                 if k not in others and near:
                     # the typo is the cause; "a node needs a kind" would only echo it
-                    self.unknown(path, k, KINDS, hint=near, stop=True)
+                    self.unknown(path, k, tuple(KINDS), hint=near, stop=True)
             self.err(
                 path,
                 "a node needs a kind",
@@ -405,19 +405,19 @@ class _Validator(Checker):
     ) -> Node:
         path: Path = ("nodes", name)
         raw = self.mapping(raw, path, hint="e.g. `fetch: {shell: 'echo hi'}`")
-        kind = self.kind_of(name, raw)
-        allowed = (kind, *COMMON_KEYS, *(COMMAND_KEYS if kind in keys.COMMAND_KINDS else ()))
+        kind = KINDS[self.kind_of(name, raw)]
+        allowed = (kind.name, *COMMON_KEYS, *keys.names(kind.keys))
         for k in raw:
-            if k in COMMAND_KEYS and k not in allowed:
-                self.unknown(path, k, allowed, hint=f"{k} applies only to run and shell nodes")
+            if k in KIND_KEYS and k not in allowed:
+                self.unknown(path, k, allowed, hint=f"{k} applies only to {_kinds(k)} nodes")
             elif k not in allowed:
                 self.unknown(path, k, allowed)
         foreach_node = "foreach" in raw
-        body = raw[kind]
+        at: Path = (*path, kind.name)
+        body = raw[kind.name]
         with self.collect():
-            body = check_body(self, kind, body, (*path, kind), state, foreach_node, self.targets)
-        if kind == "llm" and "save" not in raw and isinstance(body, dict):
-            reply_used(self, body, (*path, kind), state)
+            body = kind.check_body(self, body, at, state, foreach_node, self.targets)
+        kind.after_validate(self, raw, body, at, state)
         nxt: tuple[str, ...] = ()
         routes: tuple[Route, ...] = ()
         if "next" in raw and "routes" in raw:
@@ -490,7 +490,7 @@ class _Validator(Checker):
         desc = raw.get("description")
         return Node(
             name=name,
-            kind=kind,
+            kind=kind.name,
             body=body,
             next=nxt,
             routes=routes,
@@ -548,6 +548,12 @@ class _Validator(Checker):
                     hint=f"route to {n!r} on a path that does not go through {name!r},"
                     f" or remove it from `needs`",
                 )
+
+
+def _kinds(key: str) -> str:
+    """The kinds that take ``key``, in words: ``run and shell``."""
+    takers = TAKEN_BY[key]
+    return " and ".join(takers) if len(takers) < 3 else f"{', '.join(takers[:-1])} and {takers[-1]}"
 
 
 def _reach(start: tuple[str, ...], nodes: dict[str, Node], avoid: str | None = None) -> set[str]:

@@ -23,6 +23,8 @@ from flowrun.engine import (
     SQLiteStore,
     load_workflow,
 )
+from flowrun.engine.errors import WorkflowError
+from flowrun.engine.spec.checks import Checker
 from flowrun.engine.store.base import TaskResult
 
 from tests.support.installed import FLOWRUN
@@ -532,6 +534,65 @@ def test_set_renders_templates_to_native_values(write: Write, db: Path) -> None:
     assert res.state["label"] == "n=3"
     assert res.state["nested"] == {"total": 6, "raw": [1, 0]}
     assert res.state["flag"] is True
+
+
+# a new kind: one registry entry, whose hooks check and run it ----------------------------
+def check_upper(c: Checker, body: Any, path: Any, state: Any, foreach: bool, targets: Any) -> str:
+    text = c.text(body, path)
+    if not text.strip():
+        c.err(path, "upper takes a word", hint="e.g. `upper: hello`")
+    return text
+
+
+def run_upper(node: Any, state: Any, ctx: Any, timeout: float | None) -> str:
+    return str(node.body).upper()
+
+
+def test_a_node_kind_is_one_registry_entry_that_validation_the_schema_and_runs_follow(
+    write: Write, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowrun.engine.nodes.registry import KINDS, Kind
+    from flowrun.engine.spec import keys
+    from flowrun.engine.spec.schema import workflow_schema
+
+    upper = Kind(
+        keys.Key("upper", "string", "A word, in capitals."),
+        f"{__name__}:check_upper",
+        f"{__name__}:run_upper",
+        lambda node: False,
+    )
+    monkeypatch.setitem(KINDS, "upper", upper)
+    wf = write(
+        "wf.yaml",
+        """
+        name: shout
+        state: {out: {default: null}}
+        nodes:
+          loud: {upper: hello, save: out}
+        """,
+    )
+    res, _ = run_wf(wf, db)
+    assert res.state["out"] == "HELLO"
+    bad = write(
+        "bad.yaml",
+        """
+        name: shout
+        state: {out: {default: null}}
+        nodes:
+          loud: {upper: " ", save: out, env: {A: b}}
+          typo: {uper: hello}
+        """,
+    )
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(str(bad))
+    message = "\n".join(f"{e}: {e.hint}" for e in info.value.errors)
+    assert "nodes.loud.upper: upper takes a word" in message
+    assert "env applies only to run and shell nodes" in message
+    assert "did you mean 'upper'?" in message
+    assert keys.KIND_BODIES[-1] is upper.body
+    variants = workflow_schema()["$defs"]["node"]
+    assert variants["description"].endswith("llm, set, upper")
+    assert variants["oneOf"][-1]["required"] == ["upper"]
 
 
 # timeouts ---------------------------------------------------------------------------------
