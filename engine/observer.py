@@ -2,6 +2,8 @@
 
 The coordinator calls them from its own thread, except ``backpressure`` and
 ``budget_warning``, which may come from a signal handler's thread too: be thread-safe.
+(A task the coordinator runs inline has its effects' hooks called, one at a time, by
+the thread its python call runs on, while the coordinator's thread waits for it.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """One step's dispatch: submit its tasks as specs, apply what arrives, collect reports.
 
-Everything here runs on the coordinator's thread. Arrivals (effects from the
-drive's channel, futures as they complete) come through one queue, in the order
-they arrived; the step's window (``runtime/window.py``) is counted from them. A
-report is applied only after every effect its task sent before it.
+Everything here runs on the coordinator's thread, but for the effects of a task it
+runs inline: the thread that sends one applies it while the coordinator's waits in
+the task (``channels.InlineSink``). Arrivals (effects from the drive's channel,
+futures as they complete) come through one queue, in the order they arrived; the
+step's window (``runtime/window.py``) is counted from them. A report is applied only
+after every effect its task sent before it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..nodes.registry import kind_of
 from ..records import Task
 from ..store.base import TaskResult
 from . import worker
-from .channels import DirectSink
+from .channels import InlineSink
 from .effects import Effect
 from .merge import task_events
 from .messages import Attempt, TaskReport, TaskSpec
@@ -127,8 +129,8 @@ class StepDispatch:
 
     def submit(self, i: int, t: Task) -> None:
         d = self.d
-        # the same data path inline, its effects applied as they are sent
-        sink = DirectSink(self.apply) if self.inline else d.channel.sink
+        # the same data path inline, its effects applied as they are sent while it runs
+        inline = InlineSink(self.apply, d.channel.sink) if self.inline else None
         spec = TaskSpec(
             d.run_id,
             d.drive_id,
@@ -137,14 +139,17 @@ class StepDispatch:
             d.ref,
             self.state,
             d.task_settings,
-            sink,
+            d.channel.sink if inline is None else inline,
             d.channel.control,
             self.grown,
         )
         self.window.submit()
-        if self.inline:
+        if inline is not None:
             future: Future[TaskReport] = Future()
-            future.set_result(worker.run_spec(spec))
+            try:
+                future.set_result(worker.run_spec(spec))
+            finally:  # what a call it abandoned sends from now on comes through the channel
+                inline.close()
         else:
             try:
                 future = d.backend.executor.submit(worker.run_spec, spec)

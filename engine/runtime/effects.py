@@ -19,7 +19,8 @@ Every effect names its task (``step``, ``key``), the execution of the task that 
 it (``execution``: an id made as a worker starts running it, so a task Dask runs
 again after its worker died is a new execution) and its place among the effects that
 execution sent (``seq``, 1, 2, …). The execution's report (``TaskReport.effects``)
-counts them, and the coordinator applies all of them before the report; whatever a
+counts those the channel took (an effect whose send raised :class:`EffectNotSent` is
+not waited for), and the coordinator applies all of them before the report; whatever a
 report also carries (its usage list) is applied once, deduplicated by (execution,
 attempt, call).
 
@@ -36,7 +37,9 @@ Implementing a channel (threads and processes here, Dask elsewhere) means:
   effects to ``deliver`` (from any thread; it must not block), ``ack(effect,
   error)`` releases a worker waiting in ``send_durable`` (``error``: the coordinator
   could not apply it, say the lease is lost; the worker's call raises
-  :class:`EffectRefused`), ``close()`` ends it;
+  :class:`EffectRefused`), ``close()`` ends it: a durable effect is then never
+  dropped quietly (a send raises :class:`EffectNotSent`, a wait for an
+  acknowledgement that can no longer come ends with :class:`EffectRefused`);
 - the three flags, picklable, as ``Channel.control``.
 """
 
@@ -52,6 +55,7 @@ __all__ = [
     "Channel",
     "Control",
     "Effect",
+    "EffectNotSent",
     "EffectRefused",
     "EffectSink",
     "Flag",
@@ -66,6 +70,11 @@ __all__ = [
 
 class EffectRefused(Exception):
     """The coordinator could not apply a durable effect (its store refused it)."""
+
+
+class EffectNotSent(EffectRefused):
+    """The channel did not take an effect (it is closed, its queue is gone): the
+    coordinator never sees it, and the execution's report does not count it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +158,14 @@ class EffectSink(Protocol):
     """The worker's end: picklable, one per drive, shared by the drive's tasks."""
 
     def send(self, effect: Effect) -> None:
-        """Hand ``effect`` to the coordinator; do not wait."""
+        """Hand ``effect`` to the coordinator; do not wait. Raise :class:`EffectNotSent`
+        if the channel cannot take it (it was closed)."""
 
     def send_durable(self, effect: Effect, control: Control) -> None:
         """Hand ``effect`` over and return once the coordinator applied it; raise
-        :class:`EffectRefused` if it could not, and give up waiting (raise) once
-        ``control.abort`` is set."""
+        :class:`EffectNotSent` if the channel cannot take it, :class:`EffectRefused` if
+        the coordinator could not apply it (or the drive ended first), and give up
+        waiting (raise) once ``control.abort`` is set."""
 
 
 class Channel(Protocol):

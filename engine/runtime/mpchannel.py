@@ -18,8 +18,11 @@ from multiprocessing.context import BaseContext
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from .channels import ABORTED
-from .effects import Control, Effect, EffectRefused
+from .channels import ABORTED, ENDED
+from .effects import Control, Effect, EffectNotSent, EffectRefused
+
+# what a manager's proxy or a closed queue raises once the coordinator's end is gone
+_GONE = (OSError, EOFError, ValueError)
 
 _proxies: dict[str, Any] = {}  # a manager object's id -> this process's proxy of it
 _proxies_lock = threading.Lock()
@@ -105,14 +108,20 @@ class QueueSink:
         self.acks = acks
 
     def send(self, effect: Effect) -> None:
-        self.queue.get().put(effect)
+        try:
+            self.queue.get().put(effect)
+        except _GONE as exc:  # the coordinator's queue (or its manager) is gone
+            raise EffectNotSent(f"the effects channel is gone: {type(exc).__name__}") from None
 
     def send_durable(self, effect: Effect, control: Control) -> None:
-        self.queue.get().put(effect)
+        self.send(effect)
         acks = self.acks.get()
         key, pause = effect.ack_id, 0.0005
         while True:
-            got = acks.pop(key, None)
+            try:
+                got = acks.pop(key, None)
+            except _GONE as exc:  # the manager went with the drive: no ack can come
+                raise EffectRefused(f"{ENDED} ({type(exc).__name__})") from None
             if got is not None:
                 if got:
                     raise EffectRefused(got)

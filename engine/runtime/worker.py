@@ -29,6 +29,7 @@ from ..store.base import TaskOutput
 from ..store.leases import HOST, me, start_time
 from .effects import (
     Effect,
+    EffectNotSent,
     EffectRefused,
     OutputLines,
     ProcEnded,
@@ -129,26 +130,47 @@ def kill_local(drive: str) -> None:
 class Emitter:
     """One execution's effects: numbered, marked with the execution's id, sent on the
     drive's sink (the ``ctx.effects`` of its attempts). Durable ones return once the
-    coordinator applied them."""
+    coordinator applied them.
+
+    ``count`` is what the report tells the coordinator to wait for: the effects the
+    channel took. One it did not take (closed, its queue gone) is not counted, so the
+    coordinator never waits for an effect that cannot come; one that is not durable is
+    then dropped (a live line is not worth failing the task for)."""
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.execution = uuid.uuid4().hex  # a re-run of the task (its worker died) is another
-        self.count = 0
+        self.seq = 0  # numbers handed out
+        self.count = 0  # effects the channel took
         self.calls = 0
         self.usage: list[UsageReported] = []
         self._lock = threading.Lock()
 
     def _seq(self) -> int:
         with self._lock:
+            self.seq += 1
+            return self.seq
+
+    def _sent(self) -> None:
+        with self._lock:
             self.count += 1
-            return self.count
+
+    def send(self, effect: Effect) -> None:
+        try:
+            self.spec.effects.send(effect)
+        except EffectNotSent:
+            return
+        self._sent()
 
     def durable(self, effect: Effect) -> None:
         try:
             self.spec.effects.send_durable(effect, self.spec.control)
-        except EffectRefused as exc:
+        except EffectNotSent as exc:  # the coordinator never saw it
             raise TaskError(str(exc), retryable=False, reason="store") from None
+        except EffectRefused as exc:  # it arrived; the coordinator could not apply it
+            self._sent()
+            raise TaskError(str(exc), retryable=False, reason="store") from None
+        self._sent()
 
     def seal(self, out: TaskReport) -> TaskReport:
         """``out`` with what every report carries: its effects count, usage and worker."""
@@ -175,7 +197,7 @@ class Emitter:
 
     def started(self) -> None:
         s = self.spec
-        self.spec.effects.send(
+        self.send(
             TaskStarted(
                 s.step, s.task.key, self._seq(), HOST, os.getpid(), execution=self.execution
             )
@@ -186,7 +208,7 @@ class Emitter:
         effect = TaskRetried(
             s.step, s.task.key, self._seq(), attempt, reason, error, delay, execution=self.execution
         )
-        s.effects.send(effect)
+        self.send(effect)
 
     def lines(self, attempt: int) -> Callable[[str, list[str]], None]:
         s = self.spec
@@ -196,19 +218,20 @@ class Emitter:
             effect = OutputLines(
                 s.step, s.task.key, seq, attempt, stream, tuple(lines), execution=self.execution
             )
-            s.effects.send(effect)
+            self.send(effect)
 
         return on_lines
 
     # TaskEffects, for the attempts' contexts
     def usage_of(self, ctx: Context, usage: LLMUsage) -> UsageReported:
+        """The effect of a billed call; the report carries it too, sent or not."""
         with self._lock:
-            self.count += 1
+            self.seq += 1
             self.calls += 1
             effect = UsageReported(
                 ctx.step,
                 self.spec.task.key,
-                self.count,
+                self.seq,
                 self.calls,
                 ctx.node,
                 ctx.index,
@@ -245,9 +268,7 @@ class Emitter:
 
     def proc_ended(self, ctx: Context, proc_id: str) -> None:
         s = self.spec
-        s.effects.send(
-            ProcEnded(s.step, s.task.key, self._seq(), proc_id, execution=self.execution)
-        )
+        self.send(ProcEnded(s.step, s.task.key, self._seq(), proc_id, execution=self.execution))
 
 
 class _Effects:

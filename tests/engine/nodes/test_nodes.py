@@ -17,6 +17,7 @@ import pytest
 from flowrun.engine import (
     Engine,
     Interrupted,
+    Observer,
     RunFailed,
     RunResult,
     Settings,
@@ -663,6 +664,68 @@ def test_python_timeout_sets_cancelled_and_abandons_the_call(write: Write, db: P
     import pytimeout_lib  # type: ignore[import-not-found]
 
     assert pytimeout_lib.seen.wait(10)
+
+
+LATE_LIB = """
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def slow(state, ctx):
+    if ctx.attempt > 1:
+        return {"out": "second"}
+    ctx.cancelled.wait(20)  # abandoned past its timeout, and it goes on
+    for _ in range(400):  # until the next step runs: its own step is over by then
+        if (HERE / "started").exists():
+            break
+        time.sleep(0.05)
+    ctx.record_llm_usage("gpt-4o-mini", 10, 5)  # returns once the ledger row is in
+    (HERE / "reported").write_text("yes")
+"""
+
+
+class UsageThreads(Observer):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def llm_usage(self, node: str, model: str, *args: Any) -> None:
+        self.seen.append((node, threading.current_thread().name))
+
+
+def test_a_call_abandoned_by_an_inline_python_task_is_billed_on_the_coordinator_thread(
+    write: Write, db: Path
+) -> None:
+    write("latelib.py", LATE_LIB)
+    wf = write(
+        "wf.yaml",
+        """
+        name: late
+        state: {out: {default: null}}
+        nodes:
+          slow:
+            python: latelib:slow
+            timeout: 300ms
+            retry: {max_attempts: 2, backoff: 0s}
+            next: after
+          after:
+            shell: |
+              touch started
+              i=0
+              while [ ! -e reported ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+              test -e reported
+        """,
+    )
+    observer = UsageThreads()
+    store = SQLiteStore(db)
+    res = Engine(store, observer=observer).start(load_workflow(str(wf)))
+    assert res.status == "succeeded" and res.state["out"] == "second"
+    # the lone python task ran on this thread; its abandoned call sent the usage while
+    # the next step ran, and this thread applied it (not the call's own thread)
+    assert observer.seen == [("slow", threading.current_thread().name)]
+    (call,) = store.llm_calls(res.run_id)
+    assert (call.node, call.step, call.attempt, call.tokens_in) == ("slow", 0, 1, 10)
 
 
 def test_python_timeout_does_not_keep_the_flowrun_process_alive(

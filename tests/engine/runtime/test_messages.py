@@ -20,7 +20,14 @@ from flowrun.engine import load_workflow
 from flowrun.engine.records import Task
 from flowrun.engine.runtime import frontier as fr
 from flowrun.engine.runtime.channels import LocalChannel
-from flowrun.engine.runtime.effects import Effect, TaskStarted, UsageReported
+from flowrun.engine.runtime.effects import (
+    Control,
+    Effect,
+    EffectNotSent,
+    EffectRefused,
+    TaskStarted,
+    UsageReported,
+)
 from flowrun.engine.runtime.executors import mp_context
 from flowrun.engine.runtime.messages import TaskReport, TaskSettings, TaskSpec, WorkflowRef
 from flowrun.engine.runtime.mpchannel import ManagerChannel
@@ -185,3 +192,90 @@ def test_a_spec_for_a_workflow_the_worker_lacks_fails_with_a_cause(
     assert report.status == "failed"
     assert "is not installed on this worker" in (report.error or "")
     assert Task("set", "", 0, spec.task.key) == report.task
+
+
+# what a report counts: the effects the channel took ---------------------------------------
+class Broken:
+    """A sink whose channel is gone in a way no sink foresaw: every send raises."""
+
+    def send(self, effect: Effect) -> None:
+        raise BrokenPipeError("the coordinator's queue is gone")
+
+    def send_durable(self, effect: Effect, control: Control) -> None:
+        raise BrokenPipeError("the coordinator's queue is gone")
+
+
+def test_a_report_does_not_count_an_effect_whose_send_raised(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    install(workflow)
+    spec = replace(spec_for(workflow, "set", LocalChannel()), effects=Broken())
+    report = run_spec(replace(spec, workflow=WorkflowRef(workflow.digest, workflow.path)))
+    assert report.status == "failed" and "BrokenPipeError" in (report.error or "")
+    assert report.effects == 0  # what the coordinator waits for before it takes the report
+
+
+@pytest.mark.parametrize("node", ["set", "py", "sh", "ask"])
+def test_a_report_counts_exactly_the_effects_that_reached_the_coordinator(
+    workflow: Workflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str
+) -> None:
+    channel = LocalChannel()
+    got: list[Effect] = []
+
+    def deliver(effect: Effect) -> None:  # the drive ends once its first effect arrived
+        got.append(effect)
+        channel.close()
+
+    channel.open(deliver)
+    install(workflow)
+    spec = spec_for(workflow, node, channel)
+    monkeypatch.chdir(tmp_path)
+    with OpenAIServer(api_key="sk-test-key") as o:
+        monkeypatch.setenv("OPENAI_BASE_URL", o.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        report = run_spec(replace(spec, workflow=WorkflowRef(workflow.digest, workflow.path)))
+    assert [type(e) for e in got] == [TaskStarted]
+    assert report.effects == 1  # not those sent after the channel closed
+    if node in ("sh", "ask"):  # a process note or a billed call must not be dropped quietly
+        assert report.status == "failed"
+        assert "its effects channel is closed" in (report.error or "")
+    else:
+        assert report.status == "ok"
+    if node == "ask":  # the report still carries the paid call, for the ledger
+        assert len(report.usage) == 1
+
+
+def test_a_durable_effect_is_refused_once_the_local_channel_closed_and_never_dropped_quietly() -> (
+    None
+):
+    channel = LocalChannel()
+    arrived: queue.SimpleQueue[Effect] = queue.SimpleQueue()
+    channel.open(arrived.put)
+    from flowrun.engine.records import LLMUsage
+
+    usage = UsageReported(1, "0", 1, 1, "ask", None, LLMUsage("gpt-4o-mini", 3, 4))
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            channel.sink.send_durable(usage, channel.control)
+        except EffectRefused as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert arrived.get(timeout=10) == usage  # it arrived; its sender waits for the ack
+    channel.close()  # the drive ended before the coordinator applied it
+    sender.join(timeout=10)
+    assert not sender.is_alive()
+    (refused,) = outcome
+    assert isinstance(refused, EffectRefused) and not isinstance(refused, EffectNotSent)
+    assert "ended before the coordinator applied it" in str(refused)
+    later = replace(usage, seq=2)
+    with pytest.raises(EffectNotSent, match="effects channel is closed"):
+        channel.sink.send_durable(later, channel.control)
+    with pytest.raises(EffectNotSent):
+        channel.sink.send(TaskStarted(1, "0", 3, "here", os.getpid()))
+    assert arrived.empty()
