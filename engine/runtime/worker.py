@@ -156,6 +156,7 @@ class Emitter:
             self.count += 1
 
     def send(self, effect: Effect) -> None:
+        """Send an effect that is not durable; a closed channel's is dropped, uncounted."""
         try:
             self.spec.effects.send(effect)
         except EffectNotSent:
