@@ -3,7 +3,10 @@
 The coordinator calls them from its own thread, except ``backpressure`` and
 ``budget_warning``, which may come from a signal handler's thread too: be thread-safe.
 (A task the coordinator runs inline has its effects' hooks called, one at a time, by
-the thread its python call runs on, while the coordinator's thread waits for it.)
+the thread its python call runs on, while the coordinator's thread waits for it; what
+a hook prints there is not the task's output. ``llm_usage`` of a paid call that a
+python call abandoned makes after its run's drive ended is called on that call's
+thread.)
 """
 
 from __future__ import annotations

@@ -356,7 +356,8 @@ def install() -> None:
 
 
 class capturing:  # a context manager, named like contextlib's
-    """While the block runs on this thread, its ``print``s go to ``capture``."""
+    """While the block runs on this thread, its ``print``s go to ``capture`` (None: to
+    the process's own streams, as if no task's capture were active on this thread)."""
 
     __slots__ = ("_capture", "_token")
 
@@ -364,7 +365,8 @@ class capturing:  # a context manager, named like contextlib's
         self._capture = capture
 
     def __enter__(self) -> None:
-        install()
+        if self._capture is not None:
+            install()
         self._token = _current.set(self._capture)
 
     def __exit__(self, *exc: object) -> None:

@@ -4,19 +4,35 @@ See ``runtime/effects.py`` for the contract. :class:`LocalChannel` hands effects
 over by reference (its sink is never pickled: a thread pool passes specs by
 reference); its flags can be the coordinator's own events. :class:`InlineSink`
 applies each effect as it is sent while the coordinator waits for a task it runs
-itself. Worker processes use ``runtime/mpchannel.py``.
+itself. :class:`DriveSink` is what a drive's in-process tasks send on: the channel
+while the drive lasts, and once it ended, a thread a task left running applies its
+durable effects itself (a paid call is still billed). Worker processes use
+``runtime/mpchannel.py``.
+
+An effect applied on a task's thread is applied with that thread's output capture
+suspended: what an observer hook prints is not the task's output (and cannot send
+an effect of its own while one is being applied).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
-from .effects import Control, Effect, EffectNotSent, EffectRefused, EffectSink
+from ..output import capturing
+from .effects import Control, Effect, EffectNotSent, EffectRefused, EffectSink, UsageReported
 
 ABORTED = "the run was aborted before the coordinator applied it"
 CLOSED = "the run's drive is over: its effects channel is closed"
 ENDED = "the run's drive ended before the coordinator applied it"
+
+_log = logging.getLogger("flowrun")
+
+
+class DriveEnded(EffectRefused):
+    """The drive ended while a durable effect waited for its acknowledgement: the
+    coordinator never applied it."""
 
 
 class _Ack:
@@ -54,6 +70,8 @@ class LocalSink:
                 with self._lock:
                     self._waiting.pop(effect.ack_id, None)
                 raise EffectRefused(ABORTED)
+        if ack.error is ENDED:
+            raise DriveEnded(ENDED)
         if ack.error is not None:
             raise EffectRefused(ack.error)
 
@@ -102,31 +120,36 @@ class InlineSink:
 
     Until :meth:`close` (the task returned), each effect is applied at once by the thread
     that sends it, one at a time: the task's own thread, or the thread its python call
-    runs on. The coordinator's thread is blocked in the task meanwhile, so nothing else
-    touches what the effects change, and a durable effect of the call could not wait for
-    that thread (it waits for the call). After close, a thread the task left running (a
-    python call abandoned past its timeout or at an interrupt) may still send: its
-    effects go to the drive's channel (``later``) and are applied on the coordinator's
-    thread, as those of a task on a pool are.
+    runs on (its output capture suspended meanwhile). The coordinator's thread is
+    blocked in the task meanwhile, so nothing else touches what the effects change, and
+    a durable effect of the call could not wait for that thread (it waits for the
+    call). The lock is reentrant: a hook that sent an effect on the same thread while
+    one is applied (main's sink had no lock) must not wait for itself. After close, a
+    thread the task left running (a python call abandoned past its timeout or at an
+    interrupt) may still send: its effects go to ``later`` (the drive's
+    :class:`DriveSink`) and are applied on the coordinator's thread, as those of a task
+    on a pool are, or by the sending thread once the drive ended.
     """
 
     def __init__(self, apply: Callable[[Effect], str | None], later: EffectSink) -> None:
         self._apply = apply
         self._later = later
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._open = True
 
     def send(self, effect: Effect) -> None:
         with self._lock:
             if self._open:
-                self._apply(effect)
+                with capturing(None):
+                    self._apply(effect)
                 return
         self._later.send(effect)
 
     def send_durable(self, effect: Effect, control: Control) -> None:
         with self._lock:
             if self._open:
-                error = self._apply(effect)
+                with capturing(None):
+                    error = self._apply(effect)
                 if error is not None:
                     raise EffectRefused(error)
                 return
@@ -136,3 +159,68 @@ class InlineSink:
         """The coordinator stopped waiting for the task (an effect being applied ends first)."""
         with self._lock:
             self._open = False
+
+
+class DriveSink:
+    """The sink of a drive's in-process tasks (threads, and what inline tasks left running).
+
+    While the drive lasts, effects go to its ``channel`` and are applied on the
+    coordinator's thread. Once it ended (:meth:`end`: the coordinator applied what was
+    still queued), a thread a task left running (a python call abandoned past its
+    timeout or at an interrupt) may still send: a durable effect is then applied by
+    that thread itself (``apply``), one at a time, with its output capture suspended,
+    so a paid LLM call is still written to the ledger (the store is thread-safe and the
+    ledger's rows are not fenced by the lease); if it cannot be (the store was closed),
+    a warning names it. Effects that are not durable are then dropped.
+    """
+
+    def __init__(self, channel: EffectSink, apply: Callable[[Effect], str | None]) -> None:
+        self._channel = channel
+        self._apply = apply
+        self._lock = threading.RLock()
+        self._ended = False
+
+    def send(self, effect: Effect) -> None:
+        if self._ended:
+            raise EffectNotSent(CLOSED)
+        self._channel.send(effect)
+
+    def send_durable(self, effect: Effect, control: Control) -> None:
+        if not self._ended:
+            try:
+                self._channel.send_durable(effect, control)
+                return
+            except (EffectNotSent, DriveEnded):  # the drive ended before it was applied
+                if not self._ended:
+                    raise
+        self._late(effect)
+
+    def _late(self, effect: Effect) -> None:
+        with self._lock, capturing(None):
+            try:
+                error = self._apply(effect)
+            except Exception as exc:  # the store was closed under it
+                error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            _log.warning(
+                "flowrun: warning: %s, sent after its run's drive ended, was lost: %s",
+                _described(effect),
+                error,
+            )
+            raise EffectRefused(error)
+
+    def end(self) -> None:
+        """The drive is over (what was queued was applied; the channel closes next): from
+        now on a durable effect is applied by the thread that sends it."""
+        with self._lock:
+            self._ended = True
+
+
+def _described(effect: Effect) -> str:
+    if isinstance(effect, UsageReported):
+        u = effect.usage
+        return (
+            f"a paid {u.model} call of node {effect.node!r} (step {effect.step},"
+            f" attempt {u.attempt}, {u.tokens_in} tokens in, {u.tokens_out} out)"
+        )
+    return f"a {type(effect).__name__} of step {effect.step}, task {effect.key!r}"

@@ -130,7 +130,7 @@ class StepDispatch:
     def submit(self, i: int, t: Task) -> None:
         d = self.d
         # the same data path inline, its effects applied as they are sent while it runs
-        inline = InlineSink(self.apply, d.channel.sink) if self.inline else None
+        inline = InlineSink(self.apply, d.sink) if self.inline else None
         spec = TaskSpec(
             d.run_id,
             d.drive_id,
@@ -139,7 +139,7 @@ class StepDispatch:
             d.ref,
             self.state,
             d.task_settings,
-            d.channel.sink if inline is None else inline,
+            d.sink if inline is None else inline,
             d.channel.control,
             self.grown,
         )
@@ -161,10 +161,7 @@ class StepDispatch:
 
     # arrivals ------------------------------------------------------------------
     def apply(self, effect: Effect) -> str | None:
-        error = self.d.applier.apply(effect)
-        if effect.DURABLE:
-            self.d.channel.ack(effect, error)
-        return error
+        return self.d.apply(effect)
 
     def take(self, timeout: float) -> None:
         """Deal with what arrived (waiting up to ``timeout`` for something), in arrival

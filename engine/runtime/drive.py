@@ -7,6 +7,7 @@ window, what the last merge grew) lives here, not on the engine.
 
 from __future__ import annotations
 
+import logging
 import queue
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -18,13 +19,16 @@ from ..secrets import Masker
 from ..spec.model import Workflow
 from ..store.base import Event, Store
 from .apply import Applier, ProcLog
-from .effects import Channel, Control
+from .channels import DriveSink
+from .effects import Channel, Control, Effect, EffectSink
 from .executors import Backend
 from .messages import TaskReport, TaskSettings, WorkflowRef
 from .window import Window
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+_log = logging.getLogger("flowrun")
 
 
 class Drive:
@@ -73,6 +77,10 @@ class Drive:
         )
         self.arrivals: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.channel.open(self.arrivals.put)
+        # what tasks send on: in this process, a thread a task left running still has its
+        # paid calls billed once the drive ended (``channels.DriveSink``)
+        self.late = DriveSink(self.channel.sink, self.applier.apply) if backend.local else None
+        self.sink: EffectSink = self.channel.sink if self.late is None else self.late
         self.window = Window(1, 0)
         self.grown: dict[str, tuple[list[Any], list[Any]]] = {}
         self.failure_events: list[Event] = []
@@ -106,8 +114,44 @@ class Drive:
         if hook is not None:
             hook(self.engine, out)
 
+    def apply(self, effect: Effect) -> str | None:
+        """Apply an effect that arrived (on the coordinator's thread, or the thread of a
+        task it runs inline); acknowledge a durable one."""
+        error = self.applier.apply(effect)
+        if effect.DURABLE:
+            self.channel.ack(effect, error)
+        return error
+
     def close(self) -> None:
+        """The drive is over: apply the effects still queued (what a call a task abandoned
+        sent after the last step took its arrivals, a paid call above all), then close
+        the channel; what such a call sends later is applied by its own thread
+        (``channels.DriveSink``)."""
         from . import worker
 
-        self.channel.close()
-        worker.forget(self.drive_id)
+        try:
+            self._drain()
+        finally:
+            if self.late is not None:
+                self.late.end()
+            self.channel.close()
+            worker.forget(self.drive_id)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self.arrivals.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, Effect):
+                continue  # a future: its report came (or will never matter) once the step ended
+            try:
+                self.apply(item)
+            except Exception as exc:  # an observer hook failed: the run's outcome stands
+                _log.warning(
+                    "flowrun: warning: run %s: an effect that arrived as the run ended"
+                    " could not be applied: %s: %s",
+                    self.run_id,
+                    type(exc).__name__,
+                    exc,
+                )

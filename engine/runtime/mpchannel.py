@@ -18,7 +18,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.managers import SyncManager
 from typing import Any
 
-from .channels import ABORTED, ENDED
+from .channels import ABORTED, ENDED, DriveEnded
 from .effects import Control, Effect, EffectNotSent, EffectRefused
 
 # what a manager's proxy or a closed queue raises once the coordinator's end is gone
@@ -121,7 +121,7 @@ class QueueSink:
             try:
                 got = acks.pop(key, None)
             except _GONE as exc:  # the manager went with the drive: no ack can come
-                raise EffectRefused(f"{ENDED} ({type(exc).__name__})") from None
+                raise DriveEnded(f"{ENDED} ({type(exc).__name__})") from None
             if got is not None:
                 if got:
                     raise EffectRefused(got)

@@ -19,7 +19,7 @@ import pytest
 from flowrun.engine import load_workflow
 from flowrun.engine.records import Task
 from flowrun.engine.runtime import frontier as fr
-from flowrun.engine.runtime.channels import LocalChannel
+from flowrun.engine.runtime.channels import DriveSink, LocalChannel
 from flowrun.engine.runtime.effects import (
     Control,
     Effect,
@@ -278,4 +278,55 @@ def test_a_durable_effect_is_refused_once_the_local_channel_closed_and_never_dro
         channel.sink.send_durable(later, channel.control)
     with pytest.raises(EffectNotSent):
         channel.sink.send(TaskStarted(1, "0", 3, "here", os.getpid()))
+    assert arrived.empty()
+
+
+def test_a_drive_sink_applies_a_durable_effect_on_the_senders_thread_once_the_drive_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flowrun.engine.records import LLMUsage
+
+    channel = LocalChannel()
+    arrived: queue.SimpleQueue[Effect] = queue.SimpleQueue()
+    channel.open(arrived.put)
+    applied: list[tuple[Effect, str]] = []
+    fail = False
+
+    def apply(effect: Effect) -> str | None:
+        if fail:
+            raise RuntimeError("the store is closed")
+        applied.append((effect, threading.current_thread().name))
+        return None
+
+    sink = DriveSink(channel.sink, apply)
+    usage = UsageReported(1, "0", 1, 1, "ask", None, LLMUsage("gpt-4o-mini", 3, 4))
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            sink.send_durable(usage, channel.control)
+        except EffectRefused as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    sender = threading.Thread(target=send, name="abandoned-call", daemon=True)
+    sender.start()
+    assert arrived.get(timeout=10) == usage  # queued; the coordinator never takes it
+    sink.end()
+    channel.close()  # releases the sender: it applies the effect itself
+    sender.join(timeout=10)
+    assert not sender.is_alive()
+    assert outcome == [None]
+    assert applied == [(usage, "abandoned-call")]
+    later = replace(usage, seq=2, call=2)
+    sink.send_durable(later, channel.control)  # after the end: applied here at once
+    assert applied[-1] == (later, threading.current_thread().name)
+    with pytest.raises(EffectNotSent):  # an observer effect is dropped
+        sink.send(TaskStarted(1, "0", 3, "here", os.getpid()))
+    fail = True
+    with pytest.raises(EffectRefused, match="the store is closed"):
+        sink.send_durable(replace(usage, seq=4, call=3), channel.control)
+    assert "a paid gpt-4o-mini call of node 'ask'" in caplog.text
+    assert "was lost: RuntimeError: the store is closed" in caplog.text
     assert arrived.empty()

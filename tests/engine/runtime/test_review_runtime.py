@@ -3,7 +3,9 @@ queued tasks, resumes under a changed workflow, and the event stream's attempt c
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,3 +322,149 @@ def test_a_command_whose_output_is_refused_keeps_its_output_tails_for_show(
     assert r.status == "failed"
     assert r.stdout is not None and r.stdout.startswith(("not json", '{"nope"'))
     assert r.stderr == "why\n"
+
+
+# effects of an inline python call -----------------------------------------------------
+
+CHATTY_LIB = """
+def ask(state, ctx):
+    print("asking")
+    ctx.record_llm_usage("gpt-4o-mini", 10, 5)
+    return {"out": "done"}
+"""
+
+
+class Chatty(Observer):
+    """Shows tasks' output live and prints a line per billed call (a user's observer)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def task_output(
+        self, step: int, task: Task, attempt: int, stream: str, lines: list[str]
+    ) -> None:
+        self.lines.extend(lines)
+
+    def llm_usage(self, node: str, model: str, *args: Any) -> None:
+        print(f"billed a {model} call of {node}")
+
+
+def test_an_observer_that_prints_as_an_inline_calls_effect_is_applied_does_not_hang_the_run(
+    write: Write, db: Path
+) -> None:
+    write("chattylib.py", CHATTY_LIB)
+    wf = write(
+        "wf.yaml",
+        """
+        name: chatty
+        state: {out: {default: null}}
+        nodes:
+          ask: {python: 'chattylib:ask', timeout: 30s}
+        """,
+    )
+    observer = Chatty()
+    store = SQLiteStore(db)
+    box: list[Any] = []
+    run = threading.Thread(
+        target=lambda: box.append(Engine(store, observer=observer).start(load_workflow(str(wf)))),
+        daemon=True,  # a regression hangs this thread, not the suite
+    )
+    run.start()
+    run.join(60)
+    assert not run.is_alive(), "the run hangs: an observer's print re-entered the inline sink"
+    (res,) = box
+    assert res.status == "succeeded" and res.state["out"] == "done"
+    assert len(store.llm_calls(res.run_id)) == 1
+    # what the hook printed is not the task's output; what the task printed is
+    assert observer.lines == ["asking"]
+    (result,) = store.load_task_results(res.run_id, 0).values()
+    assert "billed" not in (result.stdout or "")
+
+
+LATE_BILLING_LIB = """
+import threading
+
+go = threading.Event()  # the test sets it once the run is over
+done = threading.Event()
+outcome = []
+
+def slow(state, ctx):
+    ctx.cancelled.wait(30)  # abandoned past its timeout: the run fails and ends meanwhile
+    go.wait(30)
+    try:
+        ctx.record_llm_usage("gpt-4o-mini", 10, 5)
+        outcome.append("billed")
+    except BaseException as exc:
+        outcome.append(f"{type(exc).__name__}: {exc}")
+    done.set()
+"""
+
+LATE_WORKFLOW = """
+name: late
+state: {out: {default: null}}
+nodes:
+  slow: {python: 'late_billing_lib:slow', timeout: 300ms}
+"""
+
+
+class Threads(Observer):
+    """Where the observer heard of each billed call, and a hook run as the run finishes."""
+
+    def __init__(self) -> None:
+        self.billed_on: list[str] = []
+        self.at_finish: Callable[[], None] = lambda: None
+
+    def llm_usage(self, node: str, model: str, *args: Any) -> None:
+        self.billed_on.append(threading.current_thread().name)
+
+    def run_finished(self, status: str, error: str | None) -> None:
+        self.at_finish()
+
+
+def test_a_paid_call_an_abandoned_inline_call_makes_after_the_run_ended_is_in_the_ledger(
+    write: Write, db: Path
+) -> None:
+    write("late_billing_lib.py", LATE_BILLING_LIB)
+    wf = write("wf.yaml", LATE_WORKFLOW)
+    store = SQLiteStore(db)
+    observer = Threads()
+    with pytest.raises(RunFailed, match="timed out"):
+        Engine(store, observer=observer).start(load_workflow(str(wf)))
+    lib = sys.modules["late_billing_lib"]
+    lib.go.set()  # the drive is over: its channel is closed
+    assert lib.done.wait(30)
+    assert lib.outcome == ["billed"]
+    (call,) = store.llm_calls(store.list_runs()[0].run_id)
+    assert (call.node, call.step, call.attempt, call.tokens_in) == ("slow", 0, 1, 10)
+    assert observer.billed_on == ["flowrun-python"]  # applied by the call's own thread
+
+
+def test_a_paid_call_still_queued_when_the_drive_ends_is_applied_before_its_channel_closes(
+    write: Write, db: Path
+) -> None:
+    write("late_billing_lib.py", LATE_BILLING_LIB)
+    wf = write("wf.yaml", LATE_WORKFLOW)
+    store = SQLiteStore(db)
+    observer = Threads()
+    engine = Engine(store, observer=observer)
+
+    def bill_as_the_run_finishes() -> None:  # no step takes its arrivals any more
+        lib = sys.modules["late_billing_lib"]
+        lib.go.set()
+        drive = engine._drive_of
+        assert drive is not None
+        arrivals = drive.arrivals
+        for _ in range(600):  # until the abandoned call's paid call is queued
+            if not arrivals.empty() or lib.done.is_set():
+                break
+            time.sleep(0.05)
+
+    observer.at_finish = bill_as_the_run_finishes
+    with pytest.raises(RunFailed, match="timed out"):
+        engine.start(load_workflow(str(wf)))
+    lib = sys.modules["late_billing_lib"]
+    assert lib.done.wait(30)
+    assert lib.outcome == ["billed"]
+    assert len(store.llm_calls(store.list_runs()[0].run_id)) == 1
+    # applied by the coordinator as its drive ended, not by the call's thread afterwards
+    assert observer.billed_on == [threading.current_thread().name]
