@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     NodeCheck = Callable[[Checker, Mapping[str, Any], Any, Path, Mapping[str, StateKey]], None]
     Runner = Callable[[Node, Mapping[str, Any], Context, float | None], Any]
 
-__all__ = ["KINDS", "TAKEN_BY", "Kind", "Printed", "kind_of", "to_delta"]
+__all__ = ["KINDS", "Kind", "Printed", "kind_keys", "kind_of", "taken_by", "to_delta"]
 
 _ENGINE = __name__.rsplit(".", 2)[0]  # flowrun.engine: what a hook's ".module" is under
 
@@ -191,11 +191,17 @@ KINDS: dict[str, Kind] = {
         ),
     )
 }
-# a kind-only node key -> the kinds that take it, in KINDS order
-TAKEN_BY: dict[str, tuple[str, ...]] = {}
-for _kind in KINDS.values():
-    for _key in _kind.keys:
-        TAKEN_BY[_key.name] = (*TAKEN_BY.get(_key.name, ()), _kind.name)
+
+
+def taken_by(key: str) -> tuple[str, ...]:
+    """The kinds that take the kind-only node key ``key``, in KINDS order (asked of KINDS
+    as it is now, so a kind added later counts)."""
+    return tuple(kind.name for kind in KINDS.values() if any(k.name == key for k in kind.keys))
+
+
+def kind_keys() -> frozenset[str]:
+    """The node keys only some kinds take (a command's output, an llm's options…)."""
+    return frozenset(k.name for kind in KINDS.values() for k in kind.keys)
 
 
 def _refused(message: str, reason: str = "error") -> Exception:

@@ -140,7 +140,16 @@ def _flag(name: str, or_cancelled: bool) -> DaskFlag:
 
 @dataclass(frozen=True, slots=True)
 class DaskSink:
-    """The worker's end: effects go up as events on ``topic``."""
+    """The worker's end: effects go up as events on ``topic``.
+
+    Unlike the channels of one machine, it does not refuse an effect once the
+    coordinator closed the channel (``effects.EffectSink``'s contract): a worker cannot
+    see that without asking the scheduler on every send, and nothing the scheduler
+    keeps for it could be freed at close. What a task Dask left running (its future
+    cancelled, its thread going on) sends after the drive ended goes to a topic nobody
+    reads: the send succeeds and is lost, and a durable one waits :data:`ACK_WAIT_S`
+    (or until the task sees ``abort``) and is then refused.
+    """
 
     topic: str
 

@@ -16,7 +16,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..errors import WorkflowError
-from ..nodes.registry import KINDS, TAKEN_BY
+from ..nodes.registry import KINDS, kind_keys, taken_by
 from . import keys, pytarget
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, masked, parse_duration
 from .keys import ENV_NAME, NODE_NAME, POLICIES
@@ -40,7 +40,6 @@ STATE_KEYS = keys.names(keys.STATE)
 CONFIG_KEYS = keys.names(keys.CONFIG)
 RETRY_KEYS = keys.names(keys.RETRY)
 COMMON_KEYS = keys.names(keys.COMMON)
-KIND_KEYS = tuple(TAKEN_BY)  # the node keys only some kinds take (a command's output, ...)
 ROUTE_KEYS = keys.names(keys.ROUTE)
 
 
@@ -339,7 +338,7 @@ class _Validator(Checker):
         path: Path = ("nodes", name)
         kinds = [k for k in raw if k in KINDS]
         if not kinds:
-            others = (*COMMON_KEYS, *KIND_KEYS)
+            others = (*COMMON_KEYS, *kind_keys())
             for k in raw:
                 near = did_you_mean(k, KINDS)
                 if k not in others and near:
@@ -407,8 +406,9 @@ class _Validator(Checker):
         raw = self.mapping(raw, path, hint="e.g. `fetch: {shell: 'echo hi'}`")
         kind = KINDS[self.kind_of(name, raw)]
         allowed = (kind.name, *COMMON_KEYS, *keys.names(kind.keys))
+        only_some = kind_keys()
         for k in raw:
-            if k in KIND_KEYS and k not in allowed:
+            if k in only_some and k not in allowed:
                 self.unknown(path, k, allowed, hint=f"{k} applies only to {_kinds(k)} nodes")
             elif k not in allowed:
                 self.unknown(path, k, allowed)
@@ -552,7 +552,7 @@ class _Validator(Checker):
 
 def _kinds(key: str) -> str:
     """The kinds that take ``key``, in words: ``run and shell``."""
-    takers = TAKEN_BY[key]
+    takers = taken_by(key)
     return " and ".join(takers) if len(takers) < 3 else f"{', '.join(takers[:-1])} and {takers[-1]}"
 
 

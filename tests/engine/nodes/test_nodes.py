@@ -596,6 +596,36 @@ def test_a_node_kind_is_one_registry_entry_that_validation_the_schema_and_runs_f
     assert variants["oneOf"][-1]["required"] == ["upper"]
 
 
+def test_a_node_key_of_a_kind_registered_after_import_is_refused_on_other_kinds(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowrun.engine.nodes.registry import KINDS, Kind, taken_by
+    from flowrun.engine.spec import keys
+
+    upper = Kind(
+        keys.Key("upper", "string", "A word, in capitals."),
+        f"{__name__}:check_upper",
+        f"{__name__}:run_upper",
+        lambda node: False,
+        keys=(keys.Key("accent", "string", "How to say it."),),
+    )
+    monkeypatch.setitem(KINDS, "upper", upper)
+    assert taken_by("accent") == ("upper",)
+    bad = write(
+        "bad.yaml",
+        """
+        name: shout
+        state: {out: {default: null}}
+        nodes:
+          say: {shell: 'echo hi', accent: loud}
+        """,
+    )
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(str(bad))
+    message = "\n".join(f"{e}: {e.hint}" for e in info.value.errors)
+    assert "accent applies only to upper nodes" in message
+
+
 # timeouts ---------------------------------------------------------------------------------
 def _gone(pid: int) -> bool:
     """True once ``pid`` no longer runs (absent, or a zombie waiting for its reaper)."""
