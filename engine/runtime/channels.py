@@ -128,7 +128,7 @@ class InlineSink:
     thread the task left running (a python call abandoned past its timeout or at an
     interrupt) may still send: its effects go to ``later`` (the drive's
     :class:`DriveSink`) and are applied on the coordinator's thread, as those of a task
-    on a pool are, or by the sending thread once the drive ended.
+    on a pool are (a paid call: by the sending thread, once the drive ended).
     """
 
     def __init__(self, apply: Callable[[Effect], str | None], later: EffectSink) -> None:
@@ -167,11 +167,12 @@ class DriveSink:
     While the drive lasts, effects go to its ``channel`` and are applied on the
     coordinator's thread. Once it ended (:meth:`end`: the coordinator applied what was
     still queued), a thread a task left running (a python call abandoned past its
-    timeout or at an interrupt) may still send: a durable effect is then applied by
-    that thread itself (``apply``), one at a time, with its output capture suspended,
-    so a paid LLM call is still written to the ledger (the store is thread-safe and the
-    ledger's rows are not fenced by the lease); if it cannot be (the store was closed),
-    a warning names it. Effects that are not durable are then dropped.
+    timeout or at an interrupt) may still send: a paid LLM call is then applied by that
+    thread itself (``apply``), one at a time, with its output capture suspended, so it
+    is still written to the ledger (the store is thread-safe and ledger rows are not
+    fenced by the lease); if it cannot be (the store was closed), a warning names it.
+    Any other effect is then refused (:class:`EffectNotSent`: a command's start, as
+    before, fails its call; a line is dropped).
     """
 
     def __init__(self, channel: EffectSink, apply: Callable[[Effect], str | None]) -> None:
@@ -191,11 +192,13 @@ class DriveSink:
                 self._channel.send_durable(effect, control)
                 return
             except (EffectNotSent, DriveEnded):  # the drive ended before it was applied
-                if not self._ended:
+                if not self._ended or not isinstance(effect, UsageReported):
                     raise
+        elif not isinstance(effect, UsageReported):  # a command: nobody would note its end
+            raise EffectNotSent(CLOSED)
         self._late(effect)
 
-    def _late(self, effect: Effect) -> None:
+    def _late(self, effect: UsageReported) -> None:
         with self._lock, capturing(None):
             try:
                 error = self._apply(effect)
@@ -211,16 +214,14 @@ class DriveSink:
 
     def end(self) -> None:
         """The drive is over (what was queued was applied; the channel closes next): from
-        now on a durable effect is applied by the thread that sends it."""
+        now on a paid call is applied by the thread that sends it."""
         with self._lock:
             self._ended = True
 
 
-def _described(effect: Effect) -> str:
-    if isinstance(effect, UsageReported):
-        u = effect.usage
-        return (
-            f"a paid {u.model} call of node {effect.node!r} (step {effect.step},"
-            f" attempt {u.attempt}, {u.tokens_in} tokens in, {u.tokens_out} out)"
-        )
-    return f"a {type(effect).__name__} of step {effect.step}, task {effect.key!r}"
+def _described(effect: UsageReported) -> str:
+    u = effect.usage
+    return (
+        f"a paid {u.model} call of node {effect.node!r} (step {effect.step},"
+        f" attempt {u.attempt}, {u.tokens_in} tokens in, {u.tokens_out} out)"
+    )

@@ -25,6 +25,7 @@ from flowrun.engine.runtime.effects import (
     Effect,
     EffectNotSent,
     EffectRefused,
+    ProcStarted,
     TaskStarted,
     UsageReported,
 )
@@ -324,6 +325,9 @@ def test_a_drive_sink_applies_a_durable_effect_on_the_senders_thread_once_the_dr
     assert applied[-1] == (later, threading.current_thread().name)
     with pytest.raises(EffectNotSent):  # an observer effect is dropped
         sink.send(TaskStarted(1, "0", 3, "here", os.getpid()))
+    started = ProcStarted(1, "0", 4, "here:1:2", "run", "here", None, None, 1, 1, 2, 0.0)
+    with pytest.raises(EffectNotSent):  # a command nobody would note the end of is refused
+        sink.send_durable(started, channel.control)
     fail = True
     with pytest.raises(EffectRefused, match="the store is closed"):
         sink.send_durable(replace(usage, seq=4, call=3), channel.control)
