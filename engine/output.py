@@ -355,6 +355,11 @@ def install() -> None:
             sys.stderr = _Proxy("stderr", sys.stderr)
 
 
+def capture_active() -> bool:
+    """Whether this thread's prints go to a task's capture now."""
+    return _current.get() is not None
+
+
 class capturing:  # a context manager, named like contextlib's
     """While the block runs on this thread, its ``print``s go to ``capture`` (None: to
     the process's own streams, as if no task's capture were active on this thread)."""

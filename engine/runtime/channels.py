@@ -5,8 +5,8 @@ over by reference (its sink is never pickled: a thread pool passes specs by
 reference); its flags can be the coordinator's own events. :class:`InlineSink`
 applies each effect as it is sent while the coordinator waits for a task it runs
 itself. :class:`DriveSink` is what a drive's in-process tasks send on: the channel
-while the drive lasts, and once it ended, a thread a task left running applies its
-durable effects itself (a paid call is still billed). Worker processes use
+while the drive lasts, and once it ended, a thread a task left running writes its
+paid calls to the ledger itself (they are still billed). Worker processes use
 ``runtime/mpchannel.py``.
 
 An effect applied on a task's thread is applied with that thread's output capture
@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..output import capturing
+from ..output import capture_active, capturing
 from .effects import Control, Effect, EffectNotSent, EffectRefused, EffectSink, UsageReported
 
 ABORTED = "the run was aborted before the coordinator applied it"
@@ -140,16 +140,14 @@ class InlineSink:
     def send(self, effect: Effect) -> None:
         with self._lock:
             if self._open:
-                with capturing(None):
-                    self._apply(effect)
+                _uncaptured(self._apply, effect)
                 return
         self._later.send(effect)
 
     def send_durable(self, effect: Effect, control: Control) -> None:
         with self._lock:
             if self._open:
-                with capturing(None):
-                    error = self._apply(effect)
+                error = _uncaptured(self._apply, effect)
                 if error is not None:
                     raise EffectRefused(error)
                 return
@@ -159,6 +157,14 @@ class InlineSink:
         """The coordinator stopped waiting for the task (an effect being applied ends first)."""
         with self._lock:
             self._open = False
+
+
+def _uncaptured(apply: Callable[[Effect], str | None], effect: Effect) -> str | None:
+    """``apply(effect)`` with this thread's output capture (if any) suspended."""
+    if not capture_active():  # the usual case: a line (its capture suspends itself)
+        return apply(effect)
+    with capturing(None):
+        return apply(effect)
 
 
 class DriveSink:
@@ -199,9 +205,9 @@ class DriveSink:
         self._late(effect)
 
     def _late(self, effect: UsageReported) -> None:
-        with self._lock, capturing(None):
+        with self._lock:
             try:
-                error = self._apply(effect)
+                error = _uncaptured(self._apply, effect)
             except Exception as exc:  # the store was closed under it
                 error = f"{type(exc).__name__}: {exc}"
         if error is not None:
