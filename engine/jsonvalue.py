@@ -11,6 +11,7 @@ Each raises :class:`JSONValueError`, which says where inside the value it failed
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -61,14 +62,7 @@ def dumps(
 ) -> str:
     """``value`` as strict JSON text; :class:`TypeError` for what is not JSON-like."""
     try:
-        text = json.dumps(
-            value,
-            sort_keys=sort_keys,
-            separators=(",", ":") if compact else None,
-            ensure_ascii=ensure_ascii,
-            indent=indent,
-            allow_nan=False,
-        )
+        text = _encoder(sort_keys, compact, ensure_ascii, indent).encode(value)
     except RecursionError:
         raise _TooDeep from None
     except ValueError as exc:  # NaN/Infinity, or an int past the digits limit
@@ -81,6 +75,20 @@ def dumps(
             check(value)  # a lone surrogate: says where
             raise
     return text
+
+
+@functools.cache
+def _encoder(
+    sort_keys: bool, compact: bool, ensure_ascii: bool, indent: int | None
+) -> json.JSONEncoder:
+    """One encoder per set of options (what ``json.dumps`` would make at every call)."""
+    return json.JSONEncoder(
+        sort_keys=sort_keys,
+        separators=(",", ":") if compact else None,
+        ensure_ascii=ensure_ascii,
+        indent=indent,
+        allow_nan=False,
+    )
 
 
 def loads(text: str) -> Any:
