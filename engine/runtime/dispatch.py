@@ -170,10 +170,10 @@ class StepDispatch:
         try:
             if timeout > 0 and not done and not backlog:
                 backlog.append(arrivals.get(timeout=timeout))
-            while True:
-                backlog.append(arrivals.get_nowait())
         except queue.Empty:
             pass
+        while not arrivals.empty():  # only this thread takes: what is there stays there
+            backlog.append(arrivals.get_nowait())
         ended: list[TaskReport] = []
         settled: list[str] = []
         for f in done:
