@@ -24,6 +24,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +71,40 @@ def dotted(path: Path) -> str:
     return out
 
 
+class Positions(Mapping[Path, Pos]):
+    """Where each value (or key) of a document starts, by path.
+
+    Kept as the parser's marks (``marks``, which the builder fills) and read as
+    :class:`Pos` on lookup: a load notes about twenty per node, and only an error
+    reads one.
+    """
+
+    __slots__ = ("marks",)
+
+    def __init__(self) -> None:
+        self.marks: dict[Path, Any] = {}
+
+    def __getitem__(self, path: Path) -> Pos:
+        return _pos(self.marks[path])
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.marks
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.marks)
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+
 @dataclass(slots=True)
 class Document:
     """A loaded YAML document: its data and the position of every value and key."""
 
     file: str
     data: Any
-    values: dict[Path, Pos] = field(default_factory=dict)
-    keys: dict[Path, Pos] = field(default_factory=dict)
+    values: Positions = field(default_factory=Positions)
+    keys: Positions = field(default_factory=Positions)
 
     def where(self, path: Path, *, key: bool = False) -> Pos | None:
         """The position of ``path`` (its key if ``key``), else of its nearest ancestor."""
@@ -493,7 +520,7 @@ class _Builder:
         return self._fail(node, path, f"unsupported YAML tag {tag}", hint)
 
     def build(self, node: Any, path: Path) -> Any:
-        self.doc.values.setdefault(path, _pos(node.start_mark))
+        self.doc.values.marks.setdefault(path, node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -587,6 +614,6 @@ class _Builder:
             if key in explicit:
                 raise self._fail(key_node, path, f"duplicate key {key!r}", "remove one of the two")
             explicit.add(key)
-            self.doc.keys[(*path, key)] = _pos(key_node.start_mark)
+            self.doc.keys.marks[(*path, key)] = key_node.start_mark
             out[key] = self.build(value_node, (*path, key))
         return out
