@@ -221,7 +221,7 @@ if yaml.__with_libyaml__:
             same nodes. The safe loader has no path resolvers (a scalar's tag depends on
             its text alone), so none is kept. A composer error is raised as PyYAML's; the
             file is then read again by the pure-Python loader for its message."""
-            event = self.get_event()
+            event: Any = self.get_event()  # one of yaml.events' classes
             kind = type(event)
             if kind is yaml.AliasEvent:
                 self.aliases_seen += 1
@@ -298,7 +298,8 @@ if yaml.__with_libyaml__:
                         items.append((key, self.compose_node(node, key)))
             finally:
                 self.depth -= 1
-            node.end_mark = self.get_event().end_mark
+            end_event: Any = self.get_event()
+            node.end_mark = end_event.end_mark
             return node
 
         def _scalar_tag(self, value: str, implicit: Any) -> str:
