@@ -104,8 +104,16 @@ def out(line: str) -> None:
 
 
 def err(line: str) -> None:
-    """A line for the person watching: progress, warnings, errors, on stderr."""
-    print(line, file=sys.stderr, flush=True)
+    """A line for the person watching: progress, warnings, errors, on stderr.
+
+    One write of the whole line, then the flush: ``print`` writes the text and its
+    newline apart, two writes to the descriptor where stderr is unbuffered
+    (``PYTHONUNBUFFERED``, as CI runners set it), and a run prints a line per step.
+    """
+    stream = sys.stderr
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def warn(line: str) -> None:

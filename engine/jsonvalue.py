@@ -11,10 +11,12 @@ Each raises :class:`JSONValueError`, which says where inside the value it failed
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 100  # lists and mappings inside each other; far below the recursion limit
@@ -61,14 +63,7 @@ def dumps(
 ) -> str:
     """``value`` as strict JSON text; :class:`TypeError` for what is not JSON-like."""
     try:
-        text = json.dumps(
-            value,
-            sort_keys=sort_keys,
-            separators=(",", ":") if compact else None,
-            ensure_ascii=ensure_ascii,
-            indent=indent,
-            allow_nan=False,
-        )
+        text = _encoder(sort_keys, compact, ensure_ascii, indent)(value)
     except RecursionError:
         raise _TooDeep from None
     except ValueError as exc:  # NaN/Infinity, or an int past the digits limit
@@ -81,6 +76,44 @@ def dumps(
             check(value)  # a lone surrogate: says where
             raise
     return text
+
+
+@functools.cache
+def _encoder(
+    sort_keys: bool, compact: bool, ensure_ascii: bool, indent: int | None
+) -> Callable[[Any], str]:
+    """``value -> JSON text`` for one set of options, made once.
+
+    ``json.dumps`` makes an encoder at every call, and ``JSONEncoder.encode`` makes
+    json's C encoder at every call too: most of the cost of the small values flowrun
+    writes at every step (a state value, an event's data, the frontier). The C encoder
+    is made here once, with the arguments ``JSONEncoder.iterencode`` gives it, and
+    used only if it writes what ``encode`` writes. No circular check (``encode`` makes
+    its table per call): a value that contains itself ends in ``RecursionError``.
+    """
+    enc = json.JSONEncoder(
+        sort_keys=sort_keys,
+        separators=(",", ":") if compact else None,
+        ensure_ascii=ensure_ascii,
+        indent=indent,
+        allow_nan=False,
+        check_circular=False,
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)  # None where json has no C part
+    if make is None or indent is not None:
+        return enc.encode
+    strings = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    try:
+        c = make(None, enc.default, strings, None, enc.key_separator, enc.item_separator,
+                 sort_keys, False, False)  # fmt: skip
+        sample = {"b": [1, 2.5, None, True, "é\n"], "a": {}}
+        if "".join(c(sample, 0)) != enc.encode(sample):
+            return enc.encode
+    except Exception:  # another Python's C encoder: not ours to guess
+        return enc.encode
+    return lambda value: "".join(c(value, 0))
 
 
 def loads(text: str) -> Any:

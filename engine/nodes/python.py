@@ -243,12 +243,12 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
         with capturing(capture):  # on the caller thread: its prints are this task's
             return fn(view, ctx)
 
-    box, done = _Caller.call(call)
     deadline = None if timeout is None else time.monotonic() + timeout
+    wait = 0.05 if timeout is None else min(0.05, timeout)
     stopped_at: float | None = None
-    while not done.acquire(
-        timeout=0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
-    ):
+    # nothing between the hand-off and the wait: the caller thread needs the GIL
+    box, done = _Caller.call(call)
+    while not done.acquire(timeout=wait):
         if ctx.scope.stop.is_set() and stopped_at is None:
             stopped_at = time.monotonic()  # SIGINT/SIGTERM: the grace period starts
         grace_over = stopped_at is not None and time.monotonic() - stopped_at > ctx.scope.grace_s
@@ -262,6 +262,7 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
             raise TaskTimeout(
                 f"timed out after {timeout:g}s; the call was abandoned (ctx.cancelled set)"
             )
+        wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
     if "error" in box:
         exc = box["error"]
         if isinstance(exc, TaskError):

@@ -219,6 +219,16 @@ def kind_of(node: Node) -> Kind:
         raise _refused(f"unknown node kind {node.kind}") from None
 
 
+def _own_json(value: Any) -> bool:
+    """Whether a value that passed :func:`check` reads back from its JSON as itself: a
+    plain string, bool, None, finite float or int of up to 64 bits (not a subclass, a
+    container, or an int too long to print)."""
+    t = type(value)
+    if t is int:
+        return bool(value.bit_length() <= 64)
+    return t is str or t is float or t is bool or value is None
+
+
 def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
     """The state delta a node's raw result (``Printed`` already unwrapped) stands for."""
     if node.save:
@@ -243,6 +253,8 @@ def to_delta(workflow: Workflow, node: Node, raw: Any) -> dict[str, Any]:
             except JSONValueError as exc:
                 exc.path = (k, *exc.path)
                 raise
+        if all(map(_own_json, delta.values())):
+            return dict(delta)  # the usual delta (a count, a name, a flag): nothing to convert
         normalised: dict[str, Any] = json.loads(dumps(delta, sort_keys=False, compact=False))
     except JSONValueError as exc:
         raise _refused(

@@ -60,7 +60,7 @@ class StepDispatch:
         self.pending: dict[Future[TaskReport], int] = {}
         self.outcomes: list[TaskReport | None] = [None] * len(tasks)
         self.failed: list[TaskReport] = []
-        self.unsaved: list[TaskResult] = []
+        self.unsaved: list[TaskReport] = []  # finished, their results not saved yet
         self.backlog: deque[Arrival] = deque()  # taken off the queue, not yet dealt with
         self.held: list[Future[TaskReport]] = []  # futures passed while awaiting effects
         self.dispatched = False
@@ -75,9 +75,9 @@ class StepDispatch:
         self.grown = d.grown if d.backend.local else {}
 
     # the step ------------------------------------------------------------------
-    def run(self) -> tuple[list[TaskReport], list[TaskResult]]:
-        """Return the step's outcomes and the results still to be saved (the step's last
-        ones, which ride in its commit)."""
+    def run(self) -> tuple[list[TaskReport], list[TaskReport]]:
+        """Return the step's outcomes and those whose results are still to be saved (the
+        step's last ones, which ride in its commit: :func:`task_result` makes them)."""
         try:
             return self._run()
         except BaseException:
@@ -85,7 +85,7 @@ class StepDispatch:
                 self.abandon()
             raise
 
-    def _run(self) -> tuple[list[TaskReport], list[TaskResult]]:
+    def _run(self) -> tuple[list[TaskReport], list[TaskReport]]:
         d, obs = self.d, self.d.observer
         for i, t in enumerate(self.tasks):
             r = self.saved.get(t.key)
@@ -172,10 +172,10 @@ class StepDispatch:
         try:
             if timeout > 0 and not done and not backlog:
                 backlog.append(arrivals.get(timeout=timeout))
-            while True:
-                backlog.append(arrivals.get_nowait())
         except queue.Empty:
             pass
+        while not arrivals.empty():  # only this thread takes: what is there stays there
+            backlog.append(arrivals.get_nowait())
         ended: list[TaskReport] = []
         settled: list[str] = []
         for f in done:
@@ -243,7 +243,6 @@ class StepDispatch:
         a kill -9 can lose. The step's last results ride in the step's own commit
         (nothing is dispatched in between)."""
         d = self.d
-        results = [task_result(self.step, out) for out in ended]
         if (
             self.dispatched
             and not self.pending
@@ -251,9 +250,9 @@ class StepDispatch:
             and not d.stopping()
             and not d.over_budget()
         ):
-            self.unsaved.extend(results)
-        elif results:
-            d.store.save_task_results(d.run_id, d.token, results)
+            self.unsaved.extend(ended)
+        elif ended:
+            d.store.save_task_results(d.run_id, d.token, task_results(self.step, ended))
         self.window.settle([*settled, *(o.task.key for o in ended)])
         for out in ended:
             d.finished(out)
@@ -280,7 +279,8 @@ class StepDispatch:
 
     def save_unsaved(self) -> None:  # the step will not be committed: no commit carries them
         if self.unsaved:
-            self.d.store.save_task_results(self.d.run_id, self.d.token, self.unsaved)
+            results = task_results(self.step, self.unsaved)
+            self.d.store.save_task_results(self.d.run_id, self.d.token, results)
             self.unsaved.clear()
 
     def interrupt(self) -> None:
@@ -322,6 +322,10 @@ def reused(t: Task, r: TaskResult) -> TaskReport:
     """The outcome of a task whose result was saved before the run stopped."""
     attempt = Attempt(r.attempts, r.started_at, r.duration_s, None, None)
     return TaskReport(t, "ok", r.delta or {}, (attempt,), r.started_at, r.duration_s, reused=True)
+
+
+def task_results(step: int, reports: list[TaskReport]) -> list[TaskResult]:
+    return [task_result(step, out) for out in reports]
 
 
 def task_result(step: int, out: TaskReport) -> TaskResult:

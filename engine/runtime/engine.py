@@ -39,10 +39,10 @@ from ..records import Task
 from ..report import display_status
 from ..secrets import run_masker
 from ..spec.model import Workflow
-from ..store.base import RunRecord, StepCommit, Store, TaskResult
+from ..store.base import RunRecord, StepCommit, Store
 from ..store.leases import stale_after
 from . import frontier as fr
-from .dispatch import StepDispatch
+from .dispatch import StepDispatch, task_results
 from .drive import Drive
 from .executors import check_kind, for_executor, make_executor
 from .merge import Merged, advance, merge, task_events
@@ -380,7 +380,7 @@ class Engine:
                 )
                 nxt = advance(wf, tasks, frontier, m.state, run_id, step)
             except RunFailed:  # the step is not committed: keep what finished for resume
-                store.save_task_results(run_id, token, unsaved)
+                store.save_task_results(run_id, token, task_results(step, unsaved))
                 raise
             d.grown = m.grown  # read-only views freeze only the new items
             for k in m.changed:
@@ -407,7 +407,7 @@ class Engine:
         step: int,
         tasks: list[Task],
         outcomes: list[TaskReport],
-        unsaved: list[TaskResult],
+        unsaved: list[TaskReport],
         m: Merged,
         nxt: dict[str, Any],
         sdig: str,
@@ -445,7 +445,9 @@ class Engine:
                 state_digest=sdig,
                 # the commit's events and state hold all of a successful result
                 # but what it printed: only results with output need a row
-                results=[r for r in unsaved if r.stdout or r.stderr or r.outputs],
+                results=task_results(
+                    step, [o for o in unsaved if o.stdout or o.stderr or o.outputs]
+                ),
                 duration_s=elapsed(),
             ),
         )

@@ -15,12 +15,13 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from ..nodes.base import Context, RunScope, TaskError
 from ..nodes.registry import Printed, kind_of, to_delta
+from ..nodes.tracebacks import Trace
 from ..output import Capture
 from ..records import LLMUsage
 from ..secrets import Masker
@@ -139,7 +140,9 @@ class Emitter:
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
-        self.execution = uuid.uuid4().hex  # a re-run of the task (its worker died) is another
+        # a re-run of the task (its worker died) is another execution (random, like uuid4)
+        self.execution = os.urandom(16).hex()
+        self.pid = os.getpid()
         self.seq = 0  # numbers handed out
         self.count = 0  # effects the channel took
         self.calls = 0
@@ -173,35 +176,46 @@ class Emitter:
             raise TaskError(str(exc), retryable=False, reason="store") from None
         self._sent()
 
-    def seal(self, out: TaskReport) -> TaskReport:
-        """``out`` with what every report carries: its effects count, usage and worker."""
+    def report(
+        self,
+        status: str,
+        delta: dict[str, Any] | None,
+        attempts: tuple[Attempt, ...],
+        started_at: float,
+        duration: float,
+        error: str | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        outputs: tuple[TaskOutput, ...] = (),
+        trace: Trace | None = None,
+    ) -> TaskReport:
+        """The execution's report, with what every report carries: its effects count
+        (the effects sent so far: a report is made last), usage and worker."""
         with self._lock:
             count, usage = self.count, tuple(self.usage)
-        return TaskReport(  # not dataclasses.replace: this is on every task's path
-            out.task,
-            out.status,
-            out.delta,
-            out.attempts,
-            out.started_at,
-            out.duration,
-            out.error,
-            out.stdout,
-            out.stderr,
+        return TaskReport(
+            self.spec.task,
+            status,
+            delta,
+            attempts,
+            started_at,
+            duration,
+            error,
+            stdout,
+            stderr,
             usage,
-            out.outputs,
-            out.trace,
+            outputs,
+            trace,
             count,
             HOST,
-            os.getpid(),
+            self.pid,
             execution=self.execution,
         )
 
     def started(self) -> None:
         s = self.spec
         self.send(
-            TaskStarted(
-                s.step, s.task.key, self._seq(), HOST, os.getpid(), execution=self.execution
-            )
+            TaskStarted(s.step, s.task.key, self._seq(), HOST, self.pid, execution=self.execution)
         )
 
     def retried(self, attempt: int, reason: str, error: str, delay: float) -> None:
@@ -310,14 +324,13 @@ def run_spec(spec: TaskSpec) -> TaskReport:
         wf = _workflow(spec.workflow)
         scope = _scope(spec, wf)
         emitter.started()
-        out = _attempts(spec, wf, scope, emitter)
+        return _attempts(spec, wf, scope, emitter)
     except TaskError as exc:  # the worker cannot run it (no workflow)
-        out = TaskReport(task, "failed", None, (), started, time.perf_counter() - t0, str(exc))
+        error = str(exc)
     except Exception as exc:  # a bug, not a node failure: still the task's
         masker = scope.masker if scope is not None else Masker(spec.settings.secrets)
         error = masker.text(f"internal error: {type(exc).__name__}: {exc}")
-        out = TaskReport(task, "failed", None, (), started, time.perf_counter() - t0, error)
-    return emitter.seal(out)
+    return emitter.report("failed", None, (), started, time.perf_counter() - t0, error)
 
 
 def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -> TaskReport:
@@ -326,7 +339,7 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
     started = time.time()
     t0 = time.perf_counter()
     if task.skip:
-        return TaskReport(task, "ok", {}, (Attempt(1, started, 0.0, None, None),), started, 0.0)
+        return emitter.report("ok", {}, (Attempt(1, started, 0.0, None, None),), started, 0.0)
     kind = kind_of(node)
     policy = node.retry
     mask = scope.masker
@@ -359,8 +372,7 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
             delta = mask.value(to_delta(wf, node, raw))
             _keep_output(ctx, task.key, outputs)
             attempts.append(Attempt(attempt, a_start, time.perf_counter() - a0, None, None))
-            return TaskReport(
-                task,
+            return emitter.report(
                 "ok",
                 delta,
                 tuple(attempts),
@@ -369,7 +381,7 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
                 None,
                 stdout,
                 stderr,
-                outputs=tuple(outputs),
+                tuple(outputs),
             )
         except Exception as caught:
             exc = (
@@ -401,8 +413,7 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
                 if not scope.stop.wait(delay):
                     continue
                 interrupted, err = True, f"{err} (interrupted before retry)"
-            return TaskReport(
-                task,
+            return emitter.report(
                 "interrupted" if interrupted else "failed",
                 None,
                 tuple(attempts),
@@ -411,8 +422,8 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
                 err,
                 stdout,
                 stderr,
-                outputs=tuple(outputs),
-                trace=exc.trace,
+                tuple(outputs),
+                exc.trace,
             )
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
 from ..errors import WorkflowError
@@ -69,11 +67,28 @@ def describe(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-@dataclass(slots=True)
 class Section:
-    """A block run under :meth:`Checker.collect`: ``failed`` once it raised."""
+    """A block run under :meth:`Checker.collect`: ``failed`` once it raised.
 
-    failed: bool = False
+    A plain class, not ``@contextmanager``: validating a node runs a dozen of these,
+    and a generator-based context manager costs several times the block it guards.
+    """
+
+    __slots__ = ("_found", "failed")
+
+    def __init__(self, found: list[WorkflowError]) -> None:
+        self._found = found
+        self.failed = False
+
+    def __enter__(self) -> Section:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, WorkflowError):  # recorded, not propagated
+            self._found.append(exc)
+            self.failed = True
+            return True
+        return False
 
 
 class Checker:
@@ -95,15 +110,9 @@ class Checker:
         """Record an error at ``path`` and carry on: the checks after it still mean something."""
         self.found.append(self.doc.error(path, msg, key=key, hint=hint, label=label))
 
-    @contextmanager
-    def collect(self) -> Iterator[Section]:
+    def collect(self) -> Section:
         """Run a block whose error (raised by :meth:`err`) is recorded, not propagated."""
-        section = Section()
-        try:
-            yield section
-        except WorkflowError as exc:
-            self.found.append(exc)
-            section.failed = True
+        return Section(self.found)
 
     def raise_found(self) -> None:
         """Raise every error recorded so far as one :class:`WorkflowError`, if there is any."""

@@ -24,6 +24,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +71,40 @@ def dotted(path: Path) -> str:
     return out
 
 
+class Positions(Mapping[Path, Pos]):
+    """Where each value (or key) of a document starts, by path.
+
+    Kept as the parser's marks (``marks``, which the builder fills) and read as
+    :class:`Pos` on lookup: a load notes about twenty per node, and only an error
+    reads one.
+    """
+
+    __slots__ = ("marks",)
+
+    def __init__(self) -> None:
+        self.marks: dict[Path, Any] = {}
+
+    def __getitem__(self, path: Path) -> Pos:
+        return _pos(self.marks[path])
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.marks
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.marks)
+
+    def __len__(self) -> int:
+        return len(self.marks)
+
+
 @dataclass(slots=True)
 class Document:
     """A loaded YAML document: its data and the position of every value and key."""
 
     file: str
     data: Any
-    values: dict[Path, Pos] = field(default_factory=dict)
-    keys: dict[Path, Pos] = field(default_factory=dict)
+    values: Positions = field(default_factory=Positions)
+    keys: Positions = field(default_factory=Positions)
 
     def where(self, path: Path, *, key: bool = False) -> Pos | None:
         """The position of ``path`` (its key if ``key``), else of its nearest ancestor."""
@@ -188,19 +215,100 @@ if yaml.__with_libyaml__:
             yaml.resolver.Resolver.__init__(self)
             self.resolved: dict[str, str] = {}
 
-        # The safe loader has no path resolvers: a scalar's tag depends on its text alone.
-        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-            pass
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            """PyYAML's ``Composer.compose_node`` and the bounds of :class:`_Bounds` in one
+            call per node, the hot loop of a load: the same checks in the same order, the
+            same nodes. The safe loader has no path resolvers (a scalar's tag depends on
+            its text alone), so none is kept. A composer error is raised as PyYAML's; the
+            file is then read again by the pure-Python loader for its message."""
+            event: Any = self.get_event()  # one of yaml.events' classes
+            kind = type(event)
+            if kind is yaml.AliasEvent:
+                self.aliases_seen += 1
+                if self.aliases_seen > MAX_ALIASES:
+                    raise _Refused(
+                        event.start_mark,
+                        f"more than {MAX_ALIASES} YAML aliases",
+                        "expand the anchors by hand; flowrun bounds aliases",
+                    )
+            else:
+                self.nodes_seen += 1
+                if self.nodes_seen > MAX_VALUES:
+                    raise _Refused(
+                        event.start_mark,
+                        f"more than {MAX_VALUES} YAML values",
+                        "a workflow is a small graph; keep large data in files it reads",
+                    )
+            if self.depth >= MAX_DEPTH:
+                raise _Refused(
+                    event.start_mark,
+                    f"YAML nested more than {MAX_DEPTH} levels deep",
+                    "flatten the structure",
+                )
+            anchor = event.anchor
+            if kind is yaml.AliasEvent:
+                if anchor not in self.anchors:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"found undefined alias {anchor!r}", event.start_mark
+                    )
+                return self.anchors[anchor]
+            if anchor is not None and anchor in self.anchors:
+                raise yaml.composer.ComposerError(
+                    f"found duplicate anchor {anchor!r}; first occurrence",
+                    self.anchors[anchor].start_mark,
+                    "second occurrence",
+                    event.start_mark,
+                )
+            tag = event.tag
+            node: Any
+            if kind is yaml.ScalarEvent:
+                if tag is None or tag == "!":
+                    tag = self._scalar_tag(event.value, event.implicit)
+                node = yaml.ScalarNode(
+                    tag, event.value, event.start_mark, event.end_mark, style=event.style
+                )
+                if anchor is not None:
+                    self.anchors[anchor] = node
+                return node
+            if kind is yaml.SequenceStartEvent:
+                if tag is None or tag == "!":
+                    tag = self.resolve(yaml.SequenceNode, None, event.implicit)  # type: ignore[no-untyped-call]
+                node = yaml.SequenceNode(
+                    tag, [], event.start_mark, None, flow_style=event.flow_style
+                )
+                end: type[Any] = yaml.SequenceEndEvent
+            else:  # a mapping: the parser gives nothing else here
+                if tag is None or tag == "!":
+                    tag = self.resolve(yaml.MappingNode, None, event.implicit)  # type: ignore[no-untyped-call]
+                node = yaml.MappingNode(
+                    tag, [], event.start_mark, None, flow_style=event.flow_style
+                )
+                end = yaml.MappingEndEvent
+            if anchor is not None:
+                self.anchors[anchor] = node
+            self.depth += 1
+            try:
+                items = node.value
+                if end is yaml.SequenceEndEvent:
+                    while not self.check_event(end):
+                        items.append(self.compose_node(node, len(items)))
+                else:
+                    while not self.check_event(end):
+                        key = self.compose_node(node, None)
+                        items.append((key, self.compose_node(node, key)))
+            finally:
+                self.depth -= 1
+            end_event: Any = self.get_event()
+            node.end_mark = end_event.end_mark
+            return node
 
-        def ascend_resolver(self) -> None:
-            pass
-
-        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-            if kind is not yaml.ScalarNode or not implicit[0]:
-                return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        def _scalar_tag(self, value: str, implicit: Any) -> str:
+            """An untagged scalar's tag, remembered by text (a file repeats its words)."""
+            if not implicit[0]:
+                return self.resolve(yaml.ScalarNode, value, implicit)  # type: ignore[no-any-return, no-untyped-call]
             tag = self.resolved.get(value)
             if tag is None:
-                tag = self.resolved[value] = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+                tag = self.resolved[value] = self.resolve(yaml.ScalarNode, value, implicit)  # type: ignore[no-untyped-call]
             return tag
 
 
@@ -413,7 +521,7 @@ class _Builder:
         return self._fail(node, path, f"unsupported YAML tag {tag}", hint)
 
     def build(self, node: Any, path: Path) -> Any:
-        self.doc.values.setdefault(path, _pos(node.start_mark))
+        self.doc.values.marks.setdefault(path, node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -507,6 +615,6 @@ class _Builder:
             if key in explicit:
                 raise self._fail(key_node, path, f"duplicate key {key!r}", "remove one of the two")
             explicit.add(key)
-            self.doc.keys[(*path, key)] = _pos(key_node.start_mark)
+            self.doc.keys.marks[(*path, key)] = key_node.start_mark
             out[key] = self.build(value_node, (*path, key))
         return out

@@ -35,6 +35,7 @@ the commit, so no takeover can slip in between).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -70,6 +71,13 @@ class SQLConn(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+@functools.cache
+def _fence_sql(cols: tuple[str, ...]) -> str:
+    """The fence's statement for these columns (made once: a step commit sets the same ones)."""
+    sets = ", ".join(f"{k} = ?" for k in cols)
+    return f"UPDATE runs SET {sets} WHERE run_id = ? AND lease_token = ?"
 
 
 class SQLDB:
@@ -115,11 +123,7 @@ class SQLDB:
 
     def _fence(self, c: SQLConn, run_id: str, token: int, **updates: Any) -> None:
         updates["updated_at"] = time.time()
-        cols = ", ".join(f"{k} = ?" for k in updates)
-        rows = c.execute(
-            f"UPDATE runs SET {cols} WHERE run_id = ? AND lease_token = ?",
-            (*updates.values(), run_id, token),
-        )
+        rows = c.execute(_fence_sql(tuple(updates)), (*updates.values(), run_id, token))
         self._check_fence(c, rows, run_id)
 
     def _check_fence(self, c: SQLConn, rows: Rows, run_id: str) -> None:

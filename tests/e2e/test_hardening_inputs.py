@@ -509,3 +509,72 @@ def test_dumps_refuses_what_json_cannot_hold_and_says_where() -> None:
         assert (exc.value.problem, exc.value.path) == (problem, where)
     assert dumps({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
     assert loads('{"a": [1.5, "\\ud83d\\ude00"]}') == {"a": [1.5, "\U0001f600"]}
+
+
+_WRITTEN = [
+    {"n": 5},
+    'é\n\u2028"q"',
+    [1, 2.5, -0.0, 1e300, None, True, False],
+    {"b": {"z": 1, "a": [{}]}, "a": "x", "é": [[], {}]},
+    10**100,
+    (1, "tuple"),
+]
+
+
+@pytest.mark.parametrize("c_part", [True, False], ids=["c-encoder-made-once", "no-c-encoder"])
+def test_dumps_writes_what_json_dumps_writes_with_or_without_json_s_c_encoder(
+    c_part: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jsonvalue.dumps makes json's C encoder once per set of options; without it (a
+    Python whose json has no C part) it falls back to JSONEncoder. Same text either way."""
+    import json.encoder
+
+    from flowrun.engine import jsonvalue
+
+    if not c_part:
+        monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    jsonvalue._encoder.cache_clear()  # made again, with or without the C part
+    try:
+        for value in _WRITTEN:
+            for sort_keys in (True, False):
+                for ascii_only in (True, False):
+                    for compact, seps in ((True, (",", ":")), (False, None)):
+                        assert jsonvalue.dumps(
+                            value, sort_keys=sort_keys, compact=compact, ensure_ascii=ascii_only
+                        ) == json.dumps(
+                            value,
+                            sort_keys=sort_keys,
+                            separators=seps,
+                            ensure_ascii=ascii_only,
+                            allow_nan=False,
+                        )
+        loop: list[Any] = []
+        loop.append(loop)  # no circular check: it ends in RecursionError, told as too deep
+        with pytest.raises(jsonvalue.JSONValueError, match="nested more than 100 levels"):
+            jsonvalue.dumps(loop)
+    finally:
+        jsonvalue._encoder.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"n": 5, "s": "é", "f": -0.0, "b": True, "z": None},  # plain scalars: copied as they are
+        {"n": 2**80, "s": "x"},  # an int past 64 bits goes through JSON: the same value
+        {"n": [1, (2, 3)], "s": {"k": "v"}},  # containers: normalised (a tuple is a list)
+    ],
+)
+def test_a_delta_reads_back_from_its_json_as_itself(raw: dict[str, Any]) -> None:
+    from flowrun.engine.nodes.registry import to_delta
+
+    wf = load_workflow(
+        "wf.yaml",
+        text="name: d\nstate: {n: {default: 0}, s: {default: ''}, f: {default: 0},"
+        " b: {default: false}, z: {default: null}}\nnodes: {a: {set: {n: 1}}}\n",
+    )
+    delta = to_delta(wf, wf.nodes["a"], raw)
+    assert delta == json.loads(json.dumps(raw))
+    assert [type(v) for v in delta.values()] == [
+        type(v) for v in json.loads(json.dumps(raw)).values()
+    ]
+    assert delta is not raw  # the node keeps no handle on what the step merges
