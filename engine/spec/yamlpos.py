@@ -5,7 +5,10 @@ constructed, so no tag can execute code), then turned into plain Python values b
 hand. Where PyYAML has libyaml, its C parser reads the events (with the same
 line/column marks) and only the composing is Python; a file the C parser refuses
 is read again by the pure-Python parser, whose messages flowrun shows, so an
-error reads the same with or without libyaml.
+error reads the same with or without libyaml. The common file (mappings, lists
+and untagged scalars, no anchors) is built straight from libyaml's events, with
+no node graph (:class:`_Direct`); anything else, and every error, takes the
+composer.
 
 Bounds keep hostile files cheap to reject: the file size, the number of aliases,
 the nesting depth, and the number of values the document would expand to once
@@ -161,9 +164,9 @@ class _Bounds:
     nodes_seen = 0
     depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()  # type: ignore[attr-defined]
-        if isinstance(event, yaml.AliasEvent):
+    def count(self, event: Any, alias: bool) -> None:
+        """Count the node ``event`` starts (an alias if ``alias``) against the bounds."""
+        if alias:
             self.aliases_seen += 1
             if self.aliases_seen > MAX_ALIASES:
                 raise _Refused(
@@ -185,6 +188,10 @@ class _Bounds:
                 f"YAML nested more than {MAX_DEPTH} levels deep",
                 "flatten the structure",
             )
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[attr-defined]
+        self.count(event, isinstance(event, yaml.AliasEvent))
         self.depth += 1
         try:
             return super().compose_node(parent, index)  # type: ignore[misc]
@@ -206,7 +213,10 @@ if yaml.__with_libyaml__:
         yaml.constructor.SafeConstructor,
         yaml.resolver.Resolver,
     ):
-        """libyaml's C parser feeding the Python composer: the same nodes, ~10x sooner."""
+        """libyaml's C parser feeding the Python composer: the same nodes, ~10x sooner.
+
+        It composes the files :class:`_Direct` leaves (anchors, aliases, tags, merge
+        keys), and sends a file it refuses to the pure-Python loader for its message."""
 
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
@@ -217,34 +227,13 @@ if yaml.__with_libyaml__:
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             """PyYAML's ``Composer.compose_node`` and the bounds of :class:`_Bounds` in one
-            call per node, the hot loop of a load: the same checks in the same order, the
+            call per node: the same checks in the same order, the
             same nodes. The safe loader has no path resolvers (a scalar's tag depends on
             its text alone), so none is kept. A composer error is raised as PyYAML's; the
             file is then read again by the pure-Python loader for its message."""
             event: Any = self.get_event()  # one of yaml.events' classes
             kind = type(event)
-            if kind is yaml.AliasEvent:
-                self.aliases_seen += 1
-                if self.aliases_seen > MAX_ALIASES:
-                    raise _Refused(
-                        event.start_mark,
-                        f"more than {MAX_ALIASES} YAML aliases",
-                        "expand the anchors by hand; flowrun bounds aliases",
-                    )
-            else:
-                self.nodes_seen += 1
-                if self.nodes_seen > MAX_VALUES:
-                    raise _Refused(
-                        event.start_mark,
-                        f"more than {MAX_VALUES} YAML values",
-                        "a workflow is a small graph; keep large data in files it reads",
-                    )
-            if self.depth >= MAX_DEPTH:
-                raise _Refused(
-                    event.start_mark,
-                    f"YAML nested more than {MAX_DEPTH} levels deep",
-                    "flatten the structure",
-                )
+            self.count(event, kind is yaml.AliasEvent)
             anchor = event.anchor
             if kind is yaml.AliasEvent:
                 if anchor not in self.anchors:
@@ -312,14 +301,15 @@ if yaml.__with_libyaml__:
             return tag
 
 
-def _compose(text: str) -> tuple[Any, yaml.SafeLoader]:
+def _compose(text: str, libyaml: bool) -> tuple[Any, yaml.SafeLoader]:
     """The root node of ``text`` and the loader that composed it (for its constructor).
 
-    libyaml composes a file it accepts; a file it refuses (bad syntax, a control
-    character) is composed again by PyYAML's own parser, which raises the error
-    flowrun words. The bounds are the same on both paths.
+    libyaml (if ``libyaml``: PyYAML has it and the text has no control character)
+    composes a file it accepts; a file it refuses (bad syntax) is composed again by
+    PyYAML's own parser, which raises the error flowrun words. The bounds are the
+    same on both paths.
     """
-    if yaml.__with_libyaml__ and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+    if libyaml:
         fast = _FastLoader(text)
         try:
             return fast.get_single_node(), fast  # type: ignore[return-value]
@@ -373,8 +363,13 @@ def load(text: str, file: str) -> Document:
             column=1,
             hint="a workflow is a small graph; keep large data in files it reads",
         )
+    libyaml = yaml.__with_libyaml__ and not yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if libyaml:
+        doc = _Direct(file).read(text)
+        if doc is not None:
+            return doc
     try:
-        root, loader = _compose(text)
+        root, loader = _compose(text, libyaml)
     except _Unprintable as exc:
         raise _unprintable(file, text, exc.exc) from None
     except _Refused as exc:
@@ -618,3 +613,135 @@ class _Builder:
             self.doc.keys.marks[(*path, key)] = key_node.start_mark
             out[key] = self.build(value_node, (*path, key))
         return out
+
+
+_MISS: Any = object()
+
+
+class _Direct:
+    """A document built straight from libyaml's events, where it is one of the common kind.
+
+    Nearly every workflow file is mappings, lists and untagged scalars, without
+    anchors: those are built here as the parser reads them, with the values and
+    positions :class:`_Builder` gives them from the composed nodes, and no node
+    graph in between. Anything else (an anchor or alias, a tag, a merge key, a
+    key that is not a scalar, a duplicate key, a bound reached, a scalar the
+    builder refuses, a syntax error, more than one document) makes :meth:`read`
+    return None: the file is then composed, which builds it or words its error.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.doc = Document(file=file, data=None)
+        self.builder = _Builder(self.doc, yaml.constructor.SafeConstructor())  # type: ignore[arg-type]
+        self.resolver = yaml.resolver.Resolver()
+        self.tags: dict[str, str] = {}  # a plain scalar's tag, by its text
+        self.plain: dict[str, Any] = {}  # a plain scalar's value, by its text
+
+    def read(self, text: str) -> Document | None:
+        parser = CParser(text)
+        try:
+            return self._read(parser)
+        except yaml.YAMLError:
+            return None
+        finally:
+            parser.dispose()
+
+    def _tag(self, text: str) -> str:
+        tag = self.tags.get(text)
+        if tag is None:
+            tag = self.tags[text] = self.resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        return tag
+
+    def _value(self, event: Any, path: Path) -> Any:
+        """A scalar's value, or _MISS where the builder would refuse it."""
+        text = event.value
+        if not event.implicit[0]:  # quoted or a block: a string
+            if text.isascii():
+                return text
+            tag = _STR
+        else:
+            value = self.plain.get(text, _MISS)
+            if value is not _MISS:
+                return value
+            tag = self._tag(text)
+        node = yaml.ScalarNode(tag, text, event.start_mark, event.start_mark)
+        try:
+            value = self.builder._scalar(node, path)
+        except WorkflowError:
+            return _MISS
+        if event.implicit[0]:
+            self.plain[text] = value
+        return value
+
+    def _read(self, parser: Any) -> Document | None:
+        get = parser.get_event
+        get()  # the stream's start
+        if type(get()) is not yaml.DocumentStartEvent:
+            return None  # an empty file: composing says so
+        values, keys = self.doc.values.marks, self.doc.keys.marks
+        stack: list[tuple[Any, Path, Any]] = []  # the open collections: (value, path, key)
+        container: Any = None  # the innermost open collection
+        path: Path = ()
+        key: Any = None  # in a mapping: the key read, or None when a key comes next
+        root: Any = _MISS
+        seen = 0
+        while True:
+            event = get()
+            kind = type(event)
+            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                container, path, key = stack.pop()
+                continue
+            if kind is yaml.DocumentEndEvent:
+                break
+            if event.anchor is not None or event.tag is not None or kind is yaml.AliasEvent:
+                return None
+            seen += 1
+            if seen > MAX_VALUES or len(stack) >= MAX_DEPTH:
+                return None
+            if type(container) is dict and key is None:  # a key
+                if kind is not yaml.ScalarEvent:
+                    return None
+                text = event.value
+                if event.implicit[0]:
+                    tag = self._tag(text)
+                    if tag not in _SCALARS:
+                        return None  # a merge key, or `=`
+                if not text.isascii():
+                    try:
+                        text = self.builder._unicode(event, path, text)
+                    except WorkflowError:
+                        return None
+                if text in container:
+                    return None
+                key = text
+                keys[(*path, key)] = event.start_mark
+                continue
+            if container is None:
+                at: Path = ()
+            elif key is None:
+                at = (*path, len(container))
+            else:
+                at = (*path, key)
+            values[at] = event.start_mark
+            if kind is yaml.ScalarEvent:
+                value = self._value(event, at)
+                if value is _MISS:
+                    return None
+            elif kind is yaml.MappingStartEvent:
+                value = {}
+            else:
+                value = []
+            if container is None:
+                root = value
+            elif key is None:
+                container.append(value)
+            else:
+                container[key] = value
+                key = None
+            if kind is not yaml.ScalarEvent:
+                stack.append((container, path, key))
+                container, path, key = value, at, None
+        if type(get()) is not yaml.StreamEndEvent:
+            return None  # a second document: composing words the error
+        self.doc.data = root
+        return self.doc

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from flowrun.engine import Engine, FlowrunError, SQLiteStore, UsageError, WorkflowError
 from flowrun.engine import load_workflow as _load
+from flowrun.engine.spec import yamlpos
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -175,6 +176,22 @@ def test_mangled_yaml_text_loads_or_is_refused_with_a_location(tmp_path: Path, t
     path = tmp_path / "wf.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     load_or_refuse(path)
+
+
+@given(text=mangled_yaml())
+def test_a_file_built_from_libyaml_events_is_the_composed_one(text: str) -> None:
+    """The event-built document (where it is one) has the composer's values and positions."""
+    if not yaml.__with_libyaml__ or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return  # the event builder is never asked
+    direct = yamlpos._Direct("wf.yaml").read(text)
+    if direct is None:
+        return  # left to the composer
+    root, loader = yamlpos._compose(text, libyaml=True)
+    composed = yamlpos.Document(file="wf.yaml", data=None)
+    composed.data = yamlpos._Builder(composed, loader).build(root, ())
+    assert repr(direct.data) == repr(composed.data)
+    assert list(direct.values.items()) == list(composed.values.items())
+    assert list(direct.keys.items()) == list(composed.keys.items())
 
 
 @given(raw=st.binary(max_size=200))

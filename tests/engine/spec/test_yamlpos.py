@@ -100,3 +100,74 @@ def test_a_refused_file_reads_the_same_error_with_or_without_libyaml(
     fast, pure = _load(text), _pure(monkeypatch, text)
     assert isinstance(fast, str) and fast.startswith("wf.yaml:")
     assert fast == pure
+
+
+def _composed(monkeypatch: pytest.MonkeyPatch, text: str) -> yamlpos.Document | str:
+    with monkeypatch.context() as m:
+        m.setattr(yamlpos._Direct, "read", lambda self, text: None)
+        return _load(text)
+
+
+PLAIN = {
+    "the pipeline example": SAMPLES["the pipeline example"],
+    "untagged scalars, block and flow styles": """
+name: t
+state:
+  i: {default: 0x1f}
+  f: {default: 1.5e3}
+  b: {default: yes}
+  n: {default: ~}
+  e: {default: }
+  d: {default: 2024-01-02}
+  q: {default: 'on'}
+  u: {default: "caf\u00e9 \U0001f600"}
+  block: |
+    line one
+      line two
+  folded: >-
+    a
+    b
+"1": {"on": [1, [2, {y: z}], [], {}], "é": "ü"}
+nodes: {a: {set: {x: [1, [2, {y: z}]]}}}
+""",
+}
+
+
+@needs_libyaml
+@pytest.mark.parametrize("text", list(PLAIN.values()), ids=list(PLAIN))
+def test_a_plain_file_is_built_from_libyaml_events_as_the_composer_builds_it(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    assert yamlpos._Direct("wf.yaml").read(text) is not None  # the event builder's kind
+    direct, composed = _load(text), _composed(monkeypatch, text)
+    assert isinstance(direct, yamlpos.Document) and isinstance(composed, yamlpos.Document)
+    assert repr(direct.data) == repr(composed.data)
+    assert list(direct.values.items()) == list(composed.values.items())
+    assert list(direct.keys.items()) == list(composed.keys.items())
+
+
+@needs_libyaml
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: t\nbase: &b {shell: echo a}\nnodes:\n  a: {<<: *b}\n",  # an anchor
+        "name: t\nx: !!str 12\n",  # a tag
+        "name: t\nx: {<<: {a: 1}}\n",  # a merge key
+        "name: t\nname: u\n",  # a duplicate key
+        "name: t\n? [a]\n: b\n",  # a key that is not a scalar
+        "name: t\n=: b\n",  # a scalar of the `value` tag
+        "name: t\nx: .nan\n",  # a value the builder refuses
+        "name: t\nnodes: {a: {shell: x}\n",  # bad syntax
+        "name: t\n---\nname: u\n",  # two documents
+        "",  # no document
+        "x: " + "[" * 64 + "]" * 64 + "\n",  # at the depth bound
+    ],
+)
+def test_what_the_event_builder_leaves_goes_to_the_composer(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    assert yamlpos._Direct("wf.yaml").read(text) is None
+    direct, composed = _load(text), _composed(monkeypatch, text)
+    assert (direct if isinstance(direct, str) else direct.data) == (
+        composed if isinstance(composed, str) else composed.data
+    )
