@@ -85,6 +85,8 @@ class _Validator(Checker):
         # failed to load): the graph-wide checks would then report the error's echoes
         self.edges_whole = True
         self.node_names: frozenset[str] = frozenset()
+        self.only_some = kind_keys()  # asked once per file, not once per node
+        self.allowed: dict[str, tuple[str, ...]] = {}  # a kind's node keys, by kind
 
     # the document ----------------------------------------------------------
     def workflow(self) -> Workflow:
@@ -405,8 +407,10 @@ class _Validator(Checker):
         path: Path = ("nodes", name)
         raw = self.mapping(raw, path, hint="e.g. `fetch: {shell: 'echo hi'}`")
         kind = KINDS[self.kind_of(name, raw)]
-        allowed = (kind.name, *COMMON_KEYS, *keys.names(kind.keys))
-        only_some = kind_keys()
+        allowed = self.allowed.get(kind.name)
+        if allowed is None:
+            allowed = self.allowed[kind.name] = (kind.name, *COMMON_KEYS, *keys.names(kind.keys))
+        only_some = self.only_some
         for k in raw:
             if k in only_some and k not in allowed:
                 self.unknown(path, k, allowed, hint=f"{k} applies only to {_kinds(k)} nodes")
@@ -428,17 +432,20 @@ class _Validator(Checker):
                 key=True,
                 hint="add a route without `when` as the default instead of next",
             )
-        with self.collect() as section:
-            if "next" in raw:
+        # each block below runs only where its key is given (a node gives few of them)
+        if "next" in raw:
+            with self.collect() as section:
                 nxt = self.refs(raw["next"], (*path, "next"), names, allow_end=True)
-        with self.collect() as section2:
-            if "routes" in raw:
+            if section.failed:
+                self.edges_whole = False
+        if "routes" in raw:
+            with self.collect() as section:
                 routes = self.routes(raw["routes"], (*path, "routes"), names, state, foreach_node)
-        if section.failed or section2.failed:
-            self.edges_whole = False
+            if section.failed:
+                self.edges_whole = False
         needs: tuple[str, ...] = ()
-        with self.collect():
-            if "needs" in raw:
+        if "needs" in raw:
+            with self.collect():
                 needs = self.refs(raw["needs"], (*path, "needs"), names, allow_end=False)
                 if name in needs:
                     self.report((*path, "needs"), f"node {name!r} needs itself")
@@ -453,8 +460,8 @@ class _Validator(Checker):
                     hint='e.g. `foreach: "{{ state.items }}"`',
                 )
         save = None
-        with self.collect():
-            if raw.get("save") is not None:
+        if raw.get("save") is not None:
+            with self.collect():
                 save = self.text(raw["save"], (*path, "save"))
                 if save not in state:
                     self.report(
@@ -463,29 +470,31 @@ class _Validator(Checker):
                         hint=did_you_mean(save, state) or "declare it under `state:`",
                     )
         output = "text"
-        with self.collect():
-            output = self.choice(raw.get("output", "text"), (*path, "output"), OUTPUTS, "output")
+        if "output" in raw:
+            with self.collect():
+                output = self.choice(raw["output"], (*path, "output"), OUTPUTS, "output")
         env: dict[str, str] = {}
-        with self.collect():
-            given = self.mapping(raw.get("env") or {}, (*path, "env"), hint="e.g. `env: {LANG: C}`")
-            env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
-            self.templates_in(env, (*path, "env"), state, foreach=foreach_node)
+        if raw.get("env"):  # null or empty: no variables
+            with self.collect():
+                given = self.mapping(raw["env"], (*path, "env"), hint="e.g. `env: {LANG: C}`")
+                env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+                self.templates_in(env, (*path, "env"), state, foreach=foreach_node)
         cwd = None
-        with self.collect():
-            if raw.get("cwd") is not None:
+        if raw.get("cwd") is not None:
+            with self.collect():
                 cwd = self.text(raw["cwd"], (*path, "cwd"))
                 self.template(cwd, (*path, "cwd"), state, foreach=foreach_node)
         timeout = config.timeout
-        with self.collect():
-            if "timeout" in raw:
+        if "timeout" in raw:
+            with self.collect():
                 timeout = (
                     None
                     if raw["timeout"] is None
                     else self.duration(raw["timeout"], (*path, "timeout"), positive=True)
                 )
         retry = config.retry
-        with self.collect():
-            if "retry" in raw:
+        if "retry" in raw:
+            with self.collect():
                 retry = self.retry(raw["retry"], (*path, "retry"), config.retry)
         desc = raw.get("description")
         return Node(

@@ -647,29 +647,25 @@ class _Direct:
             parser.dispose()
 
     def _tag(self, text: str) -> str:
+        """A plain scalar's tag (resolved once per text: a file repeats its words)."""
         tag = self.tags.get(text)
         if tag is None:
             tag = self.tags[text] = self.resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
         return tag
 
     def _value(self, event: Any, path: Path) -> Any:
-        """A scalar's value, or _MISS where the builder would refuse it."""
+        """A scalar's value as the builder reads it, or _MISS where the builder refuses it."""
         text = event.value
-        if not event.implicit[0]:  # quoted or a block: a string
-            if text.isascii():
-                return text
-            tag = _STR
-        else:
-            value = self.plain.get(text, _MISS)
-            if value is not _MISS:
-                return value
-            tag = self._tag(text)
+        plain = event.implicit[0]
+        if not plain and text.isascii():  # quoted or a block: a string
+            return text
+        tag = self._tag(text) if plain else _STR
         node = yaml.ScalarNode(tag, text, event.start_mark, event.start_mark)
         try:
             value = self.builder._scalar(node, path)
         except WorkflowError:
             return _MISS
-        if event.implicit[0]:
+        if plain:
             self.plain[text] = value
         return value
 
@@ -679,6 +675,12 @@ class _Direct:
         if type(get()) is not yaml.DocumentStartEvent:
             return None  # an empty file: composing says so
         values, keys = self.doc.values.marks, self.doc.keys.marks
+        plain, tags = self.plain, self.tags
+        scalar, mapping, sequence = (
+            yaml.ScalarEvent,
+            yaml.MappingStartEvent,
+            yaml.SequenceStartEvent,
+        )
         stack: list[tuple[Any, Path, Any]] = []  # the open collections: (value, path, key)
         container: Any = None  # the innermost open collection
         path: Path = ()
@@ -688,24 +690,24 @@ class _Direct:
         while True:
             event = get()
             kind = type(event)
-            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
-                container, path, key = stack.pop()
-                continue
-            if kind is yaml.DocumentEndEvent:
-                break
-            if event.anchor is not None or event.tag is not None or kind is yaml.AliasEvent:
+            if kind is not scalar and kind is not mapping and kind is not sequence:
+                if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                    container, path, key = stack.pop()
+                    continue
+                if kind is yaml.DocumentEndEvent:
+                    break
+                return None  # an alias
+            if event.anchor is not None or event.tag is not None:
                 return None
             seen += 1
             if seen > MAX_VALUES or len(stack) >= MAX_DEPTH:
                 return None
-            if type(container) is dict and key is None:  # a key
-                if kind is not yaml.ScalarEvent:
+            if key is None and type(container) is dict:  # a key
+                if kind is not scalar:
                     return None
                 text = event.value
-                if event.implicit[0]:
-                    tag = self._tag(text)
-                    if tag not in _SCALARS:
-                        return None  # a merge key, or `=`
+                if event.implicit[0] and (tags.get(text) or self._tag(text)) not in _SCALARS:
+                    return None  # a merge key, or `=`
                 if not text.isascii():
                     try:
                         text = self.builder._unicode(event, path, text)
@@ -716,29 +718,29 @@ class _Direct:
                 key = text
                 keys[(*path, key)] = event.start_mark
                 continue
-            if container is None:
-                at: Path = ()
-            elif key is None:
+            if key is not None:
+                at: Path = (*path, key)
+            elif container is not None:
                 at = (*path, len(container))
             else:
-                at = (*path, key)
+                at = ()
             values[at] = event.start_mark
-            if kind is yaml.ScalarEvent:
-                value = self._value(event, at)
+            if kind is scalar:
+                value = plain.get(event.value, _MISS) if event.implicit[0] else _MISS
                 if value is _MISS:
-                    return None
-            elif kind is yaml.MappingStartEvent:
-                value = {}
+                    value = self._value(event, at)
+                    if value is _MISS:
+                        return None
             else:
-                value = []
-            if container is None:
-                root = value
-            elif key is None:
-                container.append(value)
-            else:
+                value = {} if kind is mapping else []
+            if key is not None:
                 container[key] = value
                 key = None
-            if kind is not yaml.ScalarEvent:
+            elif container is not None:
+                container.append(value)
+            else:
+                root = value
+            if kind is not scalar:
                 stack.append((container, path, key))
                 container, path, key = value, at, None
         if type(get()) is not yaml.StreamEndEvent:
