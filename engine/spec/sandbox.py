@@ -301,7 +301,13 @@ def _undeclared(tree: nodes.Template) -> set[str]:
 
 
 def references(text: str, *, condition: bool = False) -> tuple[set[str], set[str]]:
-    """:func:`.templates.references`."""
+    """:func:`.templates.references` (read once per text: a file repeats its templates)."""
+    names, keys = _references(text, condition)
+    return set(names), set(keys)
+
+
+@lru_cache(maxsize=4096)
+def _references(text: str, condition: bool) -> tuple[frozenset[str], frozenset[str]]:
     try:
         ast = _parse(_ENV, _condition_source(text) if condition else text)
         names = _undeclared(ast) - _GLOBALS
@@ -334,7 +340,7 @@ def references(text: str, *, condition: bool = False) -> tuple[set[str], set[str
             and isinstance(call.args[0].value, str)
         ):
             keys.add(call.args[0].value)
-    return names, keys
+    return frozenset(names), frozenset(keys)
 
 
 def check(text: str, *, shell: bool = False, condition: bool = False) -> tuple[set[str], set[str]]:

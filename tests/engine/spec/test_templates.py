@@ -71,6 +71,18 @@ def test_references_finds_state_keys_and_ignores_jinja_globals() -> None:
     assert keys == {"a", "b", "c", "d"}
 
 
+def test_references_are_read_once_per_text_and_each_caller_gets_its_own_sets() -> None:
+    text = "{{ state.once_a }} {{ item }}"
+    names, keys = references(text)
+    names.add("changed")
+    keys.clear()
+    assert references(text) == ({"state", "item"}, {"once_a"})
+    with pytest.raises(TemplateError):  # an error is raised at every read
+        references("{{ state.a | no_such_filter_once }}")
+    with pytest.raises(TemplateError):
+        references("{{ state.a | no_such_filter_once }}")
+
+
 def test_condition_references_and_evaluation() -> None:
     names, keys = references("state.flagged > 0 and index < 2", condition=True)
     assert names == {"state", "index"} and keys == {"flagged"}
