@@ -43,13 +43,13 @@ from ..spec.keys import COMMAND, LLM, Key
 from ..spec.model import Node, StateKey, Workflow
 
 if TYPE_CHECKING:
+    from ..spec.bodies import Site
     from ..spec.checks import Checker
-    from ..spec.pytarget import Targets
     from ..spec.yamlpos import Path
     from .base import Context
 
     # the hooks' shapes
-    BodyCheck = Callable[[Checker, Any, Path, Mapping[str, StateKey], bool, Targets], Any]
+    BodyCheck = Callable[[Checker, Any, Site], Any]
     NodeCheck = Callable[[Checker, Mapping[str, Any], Any, Path, Mapping[str, StateKey]], None]
     Runner = Callable[[Node, Mapping[str, Any], Context, float | None], Any]
 
@@ -95,17 +95,9 @@ class Kind:
     def name(self) -> str:
         return self.body.name
 
-    def check_body(
-        self,
-        c: Checker,
-        body: Any,
-        path: Path,
-        state: Mapping[str, StateKey],
-        foreach: bool,
-        targets: Targets,
-    ) -> Any:
-        """The body at ``path`` as the node will run it (errors through ``c``)."""
-        return cast("BodyCheck", _hook(self.checker))(c, body, path, state, foreach, targets)
+    def check_body(self, c: Checker, body: Any, site: Site) -> Any:
+        """The body at ``site.path`` as the node will run it (errors through ``c``)."""
+        return cast("BodyCheck", _hook(self.checker))(c, body, site)
 
     def after_validate(
         self,

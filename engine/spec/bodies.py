@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,15 +28,20 @@ MAX_TEMPERATURE = {"anthropic": 1.0}  # the Messages API refuses more; the other
 LIVE_ONLY = ("base_url", "api_key_env")  # settings of the providers that call an endpoint
 
 
-def check_run(
-    c: Checker,
-    body: Any,
-    path: Path,
-    state: Mapping[str, StateKey],
-    foreach: bool,
-    targets: pytarget.Targets,
-) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What a body check reads besides the body: where the body is, the state keys
+    declared, whether its node has ``foreach``, and where python targets are found."""
+
+    path: Path
+    state: Mapping[str, StateKey]
+    foreach: bool
+    targets: pytarget.Targets
+
+
+def check_run(c: Checker, body: Any, site: Site) -> list[str]:
     """``run: [cmd, arg, ...]``: a non-empty argv of strings and numbers (templates)."""
+    path, state, foreach = site.path, site.state, site.foreach
     if isinstance(body, str):
         c.err(path, "run takes an argv list", hint='use `run: [cmd, arg]` or `shell: "..."`')
     if not isinstance(body, list) or not body:
@@ -48,29 +54,17 @@ def check_run(
     return argv
 
 
-def check_shell(
-    c: Checker,
-    body: Any,
-    path: Path,
-    state: Mapping[str, StateKey],
-    foreach: bool,
-    targets: pytarget.Targets,
-) -> str:
+def check_shell(c: Checker, body: Any, site: Site) -> str:
     """``shell: script``: a template whose substituted values are data."""
+    path, state, foreach = site.path, site.state, site.foreach
     text = c.text(body, path)
     c.template(text, path, state, foreach=foreach, shell=True)
     return text
 
 
-def check_python(
-    c: Checker,
-    body: Any,
-    path: Path,
-    state: Mapping[str, StateKey],
-    foreach: bool,
-    targets: pytarget.Targets,
-) -> str:
+def check_python(c: Checker, body: Any, site: Site) -> str:
     """``python: module:function``, looked up through ``targets`` (the workflow's folder)."""
+    path, targets = site.path, site.targets
     target = c.text(body, path)
     if not PYTHON_TARGET.match(target):
         c.err(path, f"bad python target {target!r}", hint="use module:function, e.g. lib:judge")
@@ -80,15 +74,9 @@ def check_python(
     return target
 
 
-def check_set(
-    c: Checker,
-    body: Any,
-    path: Path,
-    state: Mapping[str, StateKey],
-    foreach: bool,
-    targets: pytarget.Targets,
-) -> dict[str, Any]:
+def check_set(c: Checker, body: Any, site: Site) -> dict[str, Any]:
     """``set: {key: value-or-template}``: declared state keys only."""
+    path, state, foreach = site.path, site.state, site.foreach
     values = c.mapping(body, path, hint="e.g. `set: {count: 0}`")
     for k in values:
         if k not in state:
@@ -108,15 +96,9 @@ def default_provider(model: str) -> str:
     return "anthropic" if model.startswith("claude") else "openai"
 
 
-def check_llm(
-    c: Checker,
-    body: Any,
-    path: Path,
-    state: Mapping[str, StateKey],
-    foreach: bool,
-    targets: pytarget.Targets,
-) -> dict[str, Any]:
+def check_llm(c: Checker, body: Any, site: Site) -> dict[str, Any]:
     """``llm: {model, prompt, ...}``: every literal setting as the provider takes it."""
+    path, state, foreach = site.path, site.state, site.foreach
     from ..llm.session import PROVIDERS  # only a workflow with an llm node pays for it
 
     spec = c.mapping(body, path, hint="e.g. `llm: {model: gpt-4o-mini, prompt: ...}`")

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import WorkflowError
 from ..nodes.registry import KINDS, kind_keys, taken_by
 from . import keys, pytarget
+from .bodies import Site
 from .checks import BOOL_HINT, Checker, describe, did_you_mean, masked, parse_duration
 from .keys import ENV_NAME, NODE_NAME, POLICIES
 from .model import (
@@ -420,7 +421,7 @@ class _Validator(Checker):
         at: Path = (*path, kind.name)
         body = raw[kind.name]
         with self.collect():
-            body = kind.check_body(self, body, at, state, foreach_node, self.targets)
+            body = kind.check_body(self, body, Site(at, state, foreach_node, self.targets))
         kind.after_validate(self, raw, body, at, state)
         nxt: tuple[str, ...] = ()
         routes: tuple[Route, ...] = ()

@@ -538,10 +538,10 @@ def test_set_renders_templates_to_native_values(write: Write, db: Path) -> None:
 
 
 # a new kind: one registry entry, whose hooks check and run it ----------------------------
-def check_upper(c: Checker, body: Any, path: Any, state: Any, foreach: bool, targets: Any) -> str:
-    text = c.text(body, path)
+def check_upper(c: Checker, body: Any, site: Any) -> str:
+    text = c.text(body, site.path)
     if not text.strip():
-        c.err(path, "upper takes a word", hint="e.g. `upper: hello`")
+        c.err(site.path, "upper takes a word", hint="e.g. `upper: hello`")
     return text
 
 

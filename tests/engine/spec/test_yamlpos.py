@@ -110,26 +110,11 @@ def _composed(monkeypatch: pytest.MonkeyPatch, text: str) -> yamlpos.Document | 
 
 PLAIN = {
     "the pipeline example": SAMPLES["the pipeline example"],
-    "untagged scalars, block and flow styles": """
-name: t
-state:
-  i: {default: 0x1f}
-  f: {default: 1.5e3}
-  b: {default: yes}
-  n: {default: ~}
-  e: {default: }
-  d: {default: 2024-01-02}
-  q: {default: 'on'}
-  u: {default: "caf\u00e9 \U0001f600"}
-  block: |
-    line one
-      line two
-  folded: >-
-    a
-    b
-"1": {"on": [1, [2, {y: z}], [], {}], "é": "ü"}
-nodes: {a: {set: {x: [1, [2, {y: z}]]}}}
-""",
+    # every tag's scalars but !!str's, untagged; a flow mapping with quoted and non-ASCII keys
+    "untagged scalars, block and flow styles": SAMPLES["scalars of every tag"].replace(
+        "  s: {default: !!str 12}\n", '  e: {default: }\n  u: {default: "caf\\u00e9"}\n'
+    )
+    + '"1": {"on": [1, [2, {y: z}], [], {}], "é": "ü"}\n',
 }
 
 
