@@ -30,7 +30,7 @@ import pytest
 import yaml
 from flowrun.engine import Engine, FlowrunError, SQLiteStore, UsageError, WorkflowError
 from flowrun.engine import load_workflow as _load
-from flowrun.engine.spec import yamlpos
+from flowrun.engine.spec import yamlcompose, yamlpos
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -186,7 +186,7 @@ def test_a_file_built_from_libyaml_events_is_the_composed_one(text: str) -> None
     direct = yamlpos._Direct("wf.yaml").read(text)
     if direct is None:
         return  # left to the composer
-    root, loader = yamlpos._compose(text, libyaml=True)
+    root, loader = yamlcompose.compose(text, libyaml=True)
     composed = yamlpos.Document(file="wf.yaml", data=None)
     composed.data = yamlpos._Builder(composed, loader).build(root, ())
     assert repr(direct.data) == repr(composed.data)

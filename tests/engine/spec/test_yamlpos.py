@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from flowrun.engine.errors import WorkflowError
-from flowrun.engine.spec import yamlpos
+from flowrun.engine.spec import yamlcompose, yamlpos
 
 needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
 
@@ -74,7 +74,9 @@ def test_libyaml_and_pure_python_give_the_same_values_and_positions(
 @needs_libyaml
 def test_a_valid_file_is_composed_by_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
     pure_parse = pytest.fail  # the pure-Python loader must not be built for a valid file
-    monkeypatch.setattr(yamlpos, "_BoundedLoader", lambda text: pure_parse("pure-Python parser"))
+    monkeypatch.setattr(
+        yamlcompose, "_BoundedLoader", lambda text: pure_parse("pure-Python parser")
+    )
     doc = yamlpos.load("name: t\nbase: &b {shell: echo a}\nnodes:\n  a: {<<: *b, next: END}\n", "f")
     assert doc.data["nodes"]["a"] == {"shell": "echo a", "next": "END"}
     assert doc.values[("nodes", "a", "next")] == yamlpos.Pos(4, 21)
