@@ -95,8 +95,9 @@ if yaml.__with_libyaml__:
     ):
         """libyaml's C parser feeding the Python composer: the same nodes, ~10x sooner.
 
-        It composes the files :mod:`.yamlpos` does not build from events (anchors, aliases, tags, merge
-        keys), and sends a file it refuses to the pure-Python loader for its message."""
+        It composes the files :mod:`.yamlpos` does not build from events (anchors,
+        aliases, tags, merge keys), and sends a file it refuses to the pure-Python
+        loader for its message."""
 
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
