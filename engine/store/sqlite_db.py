@@ -265,7 +265,9 @@ class _Tx:
             raise
         return db.conn
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         db = self.db
         conn = db.conn
         try:
