@@ -39,7 +39,7 @@ _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
 # attribute look-ups and their exceptions, ~3k instructions, five times in a chain step's
 # commit. An adapter of None to None (it binds as NULL, as before) makes it one look-up;
 # one the program registered itself is left in place.
-if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+if (type(None), sqlite3.PrepareProtocol) not in getattr(sqlite3, "adapters", {}):
     _none: dict[None, None] = {}
     sqlite3.register_adapter(type(None), cast("Callable[[None], None]", _none.get))  # C, no frame
 
