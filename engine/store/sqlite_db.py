@@ -19,10 +19,10 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..envvars import BUSY_TIMEOUT_S, busy_timeout_s
 from ..errors import DatabaseRefused, ResumeRefused, StoreError
@@ -33,6 +33,15 @@ from .sqlite_file import damage_error, damaged, examine, read_only_uri
 
 BUSY_TIMEOUT_MS = int(BUSY_TIMEOUT_S * 1000)  # the default; FLOWRUN_BUSY_TIMEOUT overrides it
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
+
+# sqlite3 binds str, int, float and bytes directly but looks every other parameter up as
+# an adapter and then as ``__conform__``: a None parameter (a NULL column) costs two failed
+# attribute look-ups and their exceptions, ~3k instructions, five times in a chain step's
+# commit. An adapter of None to None (it binds as NULL, as before) makes it one look-up;
+# one the program registered itself is left in place.
+if (type(None), sqlite3.PrepareProtocol) not in getattr(sqlite3, "adapters", {}):
+    _none: dict[None, None] = {}
+    sqlite3.register_adapter(type(None), cast("Callable[[None], None]", _none.get))  # C, no frame
 
 
 def busy_timeout_ms() -> int:
@@ -139,29 +148,19 @@ class SQLiteDB(SQLDB):
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.conn
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    # SQLite may already have rolled back (disk full, I/O error): a second
-                    # ROLLBACK would fail and hide the real cause
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:  # locked for too long, disk full, I/O
-                if "locked" in str(exc):  # waited busy_timeout: say who holds the lock
-                    message, hint = locked_message(self.path, self._busy_ms / 1000)
-                    raise StoreError(message, hint=hint) from exc
-                raise StoreError(
-                    f"cannot write to {self.path}: {exc}",
-                    hint="nothing of the failed write was kept; fix the cause, then"
-                    " `flowrun resume` continues from the last committed step",
-                ) from exc
+    def _tx(self) -> _Tx:
+        return _Tx(self)
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> StoreError:
+        """A write that failed: locked for too long, disk full, I/O."""
+        if "locked" in str(exc):  # waited busy_timeout: say who holds the lock
+            message, hint = locked_message(self.path, self._busy_ms / 1000)
+            return StoreError(message, hint=hint)
+        return StoreError(
+            f"cannot write to {self.path}: {exc}",
+            hint="nothing of the failed write was kept; fix the cause, then"
+            " `flowrun resume` continues from the last committed step",
+        )
 
     def _check_version(self) -> int:
         (version,) = self.conn.execute("PRAGMA user_version").fetchone()
@@ -242,3 +241,53 @@ class SQLiteDB(SQLDB):
 
     def close(self) -> None:
         self.conn.close()
+
+
+class _Tx:
+    """:meth:`SQLiteDB._tx`: ``BEGIN IMMEDIATE`` … ``COMMIT`` under the connection's lock,
+    ``ROLLBACK`` on any exception; an ``OperationalError`` leaves as a :class:`StoreError`.
+    A class rather than a ``@contextmanager`` generator: it is entered at every step."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: SQLiteDB) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        db = self.db
+        db._lock.acquire()
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            db._lock.release()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise db._write_error(exc) from exc
+            raise
+        return db.conn
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        db = self.db
+        conn = db.conn
+        try:
+            if kind is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except BaseException as failed:
+                    exc = failed
+            # SQLite may already have rolled back (disk full, I/O error): a second
+            # ROLLBACK would fail and hide the real cause
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as failed:
+                exc = failed
+            if isinstance(exc, sqlite3.OperationalError):
+                raise db._write_error(exc) from exc
+            if kind is None:  # the COMMIT failed otherwise
+                assert exc is not None
+                raise exc
+        finally:
+            db._lock.release()

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,6 +216,65 @@ def test_a_full_disk_during_a_commit_is_a_store_error_and_changes_nothing(
     store.conn.execute("PRAGMA max_page_count = 1073741823")  # space was freed
     store.save_step("r1", token, big)
     assert store.load_latest("r1").state["big"] == "x" * 1_000_000
+
+
+def test_an_exception_inside_a_write_transaction_rolls_it_back_and_is_raised_as_it_was(
+    store: SQLiteStore, db: Path
+) -> None:
+    token = new_run(store)
+    with pytest.raises(ValueError, match="mine"), store._tx() as c:
+        c.execute("UPDATE runs SET status = 'odd' WHERE run_id = 'r1'")
+        raise ValueError("mine")
+    assert not store.conn.in_transaction
+    assert store.get_run("r1").status == "running"
+    # the lock was let go: another thread writes at once
+    other = threading.Thread(target=store.set_max_cost, args=("r1", token, 2.0))
+    other.start()
+    other.join(timeout=10)
+    assert not other.is_alive()
+    assert store.get_run("r1").max_cost_usd == 2.0
+
+
+def test_a_commit_the_database_refuses_is_rolled_back_and_raised(store: SQLiteStore) -> None:
+    token = new_run(store)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store._tx() as c:
+        c.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, which fails
+        c.execute(
+            "INSERT INTO state_kv (run_id, key, step, value) VALUES ('no such run', 'n', 0, '1')"
+        )
+    assert not store.conn.in_transaction
+    n = store.conn.execute("SELECT count(*) FROM state_kv WHERE run_id = 'no such run'")
+    assert n.fetchone() == (0,)
+    assert store.load_latest("r1").state == {"n": 0, "big": "x"}
+    store.save_step("r1", token, commit(0))  # the store writes on
+    assert store.load_latest("r1").state["n"] == 1
+
+
+def test_none_parameters_are_stored_as_null(store: SQLiteStore) -> None:
+    token = new_run(store)
+    ev = Event("r1", 1, time.time(), None, None, "x", None, None, None, None)
+    store.save_step("r1", token, commit(0, events=[ev]))
+    row = store.conn.execute(
+        "SELECT typeof(step), typeof(node), typeof(attempt), typeof(duration), typeof(error),"
+        " typeof(data) FROM events WHERE seq = 1"
+    ).fetchone()
+    assert row == ("null",) * 6
+    assert store.events("r1")[0] == ev
+    assert store.conn.execute("SELECT typeof(error) FROM runs").fetchone() == ("null",)
+
+
+def test_an_adapter_the_program_registered_for_none_is_left_in_place() -> None:
+    code = (
+        "import sqlite3\n"
+        "mine = lambda v: 'none'\n"
+        "sqlite3.register_adapter(type(None), mine)\n"
+        "import flowrun.engine.store.sqlite_db\n"
+        "assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)] is mine\n"
+        "c = sqlite3.connect(':memory:')\n"
+        "print(c.execute('SELECT ?', (None,)).fetchone()[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "none\n"
 
 
 def test_a_repeated_idempotency_key_is_rejected_by_the_database(store: SQLiteStore) -> None:
