@@ -36,7 +36,32 @@ EFFECTS_WAIT_S = 5.0  # how long a report waits for effects its task sent before
 ABANDON_WAIT_S = 5.0  # how long a leaving coordinator waits for killed work to end
 POLL_S = 0.2  # how often the coordinator looks at the stop flags while it waits
 
-Arrival = Effect | Future[TaskReport]
+
+class Ran:
+    """A task that ran inline, done as it is made: what the step reads of a future
+    (a ``concurrent.futures.Future`` is a condition variable and a lock or two for a
+    result that is already there)."""
+
+    __slots__ = ("report",)
+
+    def __init__(self, report: TaskReport) -> None:
+        self.report = report
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    def result(self) -> TaskReport:
+        return self.report
+
+
+Done = Future[TaskReport] | Ran  # a task's outcome to come (or already there, inline)
+Arrival = Effect | Done
 
 
 class StepDispatch:
@@ -57,12 +82,12 @@ class StepDispatch:
         self.saved = saved
         self.window = d.window = Window(d.max_concurrency, d.queue_depth, d.backend.bounded)
         d.applier.begin_step(step, tasks, self.window)
-        self.pending: dict[Future[TaskReport], int] = {}
+        self.pending: dict[Done, int] = {}
         self.outcomes: list[TaskReport | None] = [None] * len(tasks)
         self.failed: list[TaskReport] = []
         self.unsaved: list[TaskReport] = []  # finished, their results not saved yet
         self.backlog: deque[Arrival] = deque()  # taken off the queue, not yet dealt with
-        self.held: list[Future[TaskReport]] = []  # futures passed while awaiting effects
+        self.held: list[Done] = []  # futures passed while awaiting effects
         self.dispatched = False
         # A lone python/set task runs on this thread: a pool hand-off would only add
         # latency (both kinds watch the stop flag, so signals still work).
@@ -145,17 +170,18 @@ class StepDispatch:
         )
         self.window.submit()
         if inline is not None:
-            future: Future[TaskReport] = Future()
             try:
-                future.set_result(worker.run_spec(spec))
+                ran = Ran(worker.run_spec(spec))
             finally:  # what a call it abandoned sends from now on comes through the channel
                 inline.close()
-        else:
-            try:
-                future = d.backend.executor.submit(worker.run_spec, spec)
-            except BaseException:
-                self.window.unsubmit()
-                raise
+            self.pending[ran] = i
+            d.arrivals.put(ran)
+            return
+        try:
+            future = d.backend.executor.submit(worker.run_spec, spec)
+        except BaseException:
+            self.window.unsubmit()
+            raise
         self.pending[future] = i
         future.add_done_callback(d.arrivals.put)
 
@@ -182,7 +208,7 @@ class StepDispatch:
             self.finish(f, ended, settled)
         while backlog:
             item = backlog.popleft()
-            if isinstance(item, Future):
+            if not isinstance(item, Effect):
                 self.finish(item, ended, settled)
             else:
                 self.apply(item)
@@ -211,12 +237,12 @@ class StepDispatch:
                     item = self.d.arrivals.get(timeout=min(left, POLL_S))
                 except queue.Empty:
                     continue
-            if isinstance(item, Future):
+            if not isinstance(item, Effect):
                 self.held.append(item)
             else:
                 self.apply(item)
 
-    def finish(self, f: Future[TaskReport], ended: list[TaskReport], settled: list[str]) -> None:
+    def finish(self, f: Done, ended: list[TaskReport], settled: list[str]) -> None:
         """A future is done: apply its report (after its task's effects) or drop it."""
         d, step = self.d, self.step
         i = self.pending.pop(f)
@@ -257,7 +283,7 @@ class StepDispatch:
         for out in ended:
             d.finished(out)
 
-    def report_of(self, f: Future[TaskReport], t: Task) -> TaskReport:
+    def report_of(self, f: Done, t: Task) -> TaskReport:
         exc = f.exception()
         if exc is None:
             return f.result()
@@ -315,7 +341,7 @@ class StepDispatch:
         for f in list(self.pending):
             f.cancel()
         worker.kill_local(d.drive_id)
-        wait(list(self.pending), timeout=ABANDON_WAIT_S)
+        wait([f for f in self.pending if isinstance(f, Future)], timeout=ABANDON_WAIT_S)
 
 
 def reused(t: Task, r: TaskResult) -> TaskReport:
