@@ -105,6 +105,9 @@ class RunScope:
             kill_group(p)
 
 
+_cancel_lock = threading.Lock()
+
+
 @dataclass(slots=True)
 class Context:
     """The ``ctx`` a Python node receives (and every node kind uses internally)."""
@@ -116,10 +119,22 @@ class Context:
     item: Any
     index: int | None
     scope: RunScope
-    cancelled: threading.Event = field(default_factory=threading.Event)
     usage: list[LLMUsage] = field(default_factory=list)
     output: Capture | None = None  # what the attempt prints goes here
     effects: TaskEffects | None = None  # None: nothing reaches a coordinator (a bare ctx)
+    # made on first use: most calls never look at it (an Event is a condition variable)
+    _cancelled: threading.Event | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set once the call was abandoned (past its timeout, or the run interrupted)."""
+        flag = self._cancelled
+        if flag is None:
+            with _cancel_lock:  # the call's thread and its waiter may ask at once
+                flag = self._cancelled
+                if flag is None:
+                    flag = self._cancelled = threading.Event()
+        return flag
 
     @property
     def workflow_dir(self) -> Path:

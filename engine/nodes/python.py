@@ -163,16 +163,30 @@ def _claim(top: str, base_dir: str) -> None:
     _owner[top] = base_dir
 
 
+# (module name, folder) -> the module imported for it, reused while nothing moved it:
+# it is still sys.modules' own, its top-level name still this folder's, the folder still
+# first on sys.path (what _claim and the import would find again, for less)
+_resolved: dict[tuple[str, str], Any] = {}
+
+
 def resolve(target: str, base_dir: str) -> Callable[..., Any]:
     module_name, _, fn_name = target.partition(":")
-    with _path_lock:
-        _claim(module_name.partition(".")[0], base_dir)
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise _failure(
-                exc, base_dir, f"cannot import {module_name!r}: ", retryable=False
-            ) from None
+    module = _resolved.get((module_name, base_dir))
+    if (
+        module is None
+        or sys.modules.get(module_name) is not module
+        or _owner.get(module_name.partition(".")[0]) != base_dir
+        or sys.path[:1] != [base_dir]
+    ):
+        with _path_lock:
+            _claim(module_name.partition(".")[0], base_dir)
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise _failure(
+                    exc, base_dir, f"cannot import {module_name!r}: ", retryable=False
+                ) from None
+            _resolved[module_name, base_dir] = module
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise TaskError(f"{module_name!r} has no function {fn_name!r}", retryable=False)

@@ -11,6 +11,7 @@ one door text leaves a task by.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
@@ -44,8 +45,25 @@ from .messages import Attempt, TaskReport, TaskSpec, WorkflowRef
 MAX_DRIVES = 16  # drives whose scopes a worker keeps (a pool outlives none of them)
 
 _lock = threading.Lock()
+_prefix = os.urandom(8).hex()  # this process's, for its execution ids
+_executions = itertools.count()
 _workflows: dict[tuple[str, str], Workflow] = {}
 _scopes: OrderedDict[str, RunScope] = OrderedDict()
+
+
+def _new_prefix() -> None:
+    """In a forked child: its execution ids must not repeat the parent's."""
+    global _prefix, _executions
+    _prefix, _executions = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def execution_id() -> str:
+    """A new execution's id: 32 hex digits, unique across processes (a random prefix per
+    process and a count in it; a system call per id was a tenth of a lone task's cost)."""
+    return f"{_prefix}{next(_executions):016x}"
 
 
 def install(workflow: Workflow) -> WorkflowRef:
@@ -140,8 +158,8 @@ class Emitter:
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
-        # a re-run of the task (its worker died) is another execution (random, like uuid4)
-        self.execution = os.urandom(16).hex()
+        # a re-run of the task (its worker died) is another execution
+        self.execution = execution_id()
         self.pid = os.getpid()
         self.seq = 0  # numbers handed out
         self.count = 0  # effects the channel took
