@@ -24,7 +24,7 @@ def wait_done(done: threading.Lock, seconds: float = 30) -> None:
     assert done.acquire(timeout=seconds)
 
 
-def test_many_concurrent_callers_beyond_the_idle_set_each_get_their_own_result() -> None:
+def test_many_concurrent_callers_beyond_the_pipes_and_the_idle_set_get_their_own_result() -> None:
     n = py._Caller.MAX_IDLE + 36
     gate = threading.Barrier(n)
     boxes: list[tuple[int, dict[str, Any], threading.Lock]] = []
@@ -50,6 +50,8 @@ def test_many_concurrent_callers_beyond_the_idle_set_each_get_their_own_result()
         wait_done(done)
         assert box == {"value": i * 3}
     assert len(py._Caller.idle) <= py._Caller.MAX_IDLE  # the rest ended
+    assert py._Caller.piped <= py._Caller.PIPES  # those beyond the pipes handed off by lock
+    assert sum(c.pipe is None for c in py._Caller.idle) >= len(py._Caller.idle) - py._Caller.PIPES
 
 
 def test_a_caller_is_reused_and_an_exception_comes_back_in_the_box() -> None:
@@ -153,6 +155,8 @@ def test_ctx_cancelled_is_made_once_even_when_asked_at_once(tmp_path: Path) -> N
 
 
 def test_execution_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
+    _, done = py._Caller.call(lambda: None)  # an idle caller, with its pipe, in the parent
+    wait_done(done)
     ids = [worker.execution_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
@@ -160,12 +164,15 @@ def test_execution_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
     pid = os.fork()
     if pid == 0:  # the child: a prefix of its own
         try:
-            os.write(w, worker.execution_id().encode())
+            callers = f"{len(py._Caller.idle)}{py._Caller.piped}"  # the parent's: forgotten
+            os.write(w, (worker.execution_id() + callers).encode())
         finally:
             os._exit(0)
     os.close(w)
-    child = os.read(r, 64).decode()
-    os.close(r)
     os.waitpid(pid, 0)
+    said = os.read(r, 64).decode()
+    os.close(r)
+    child, callers = said[:32], said[32:]
+    assert callers == "00" and py._Caller.idle
     assert len(child) == 32 and child[:16] != ids[0][:16]
     assert child not in ids
