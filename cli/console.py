@@ -326,7 +326,7 @@ class PlainView(Observer):
             self._unfold(step, task)
         if status != "ok":
             self._failed(step, task, status, attempts, error)
-        elif (self.verbose or not p.foreach) and not self.quiet:  # quiet: not even made
+        elif self.verbose or not p.foreach:
             self._line(f"step {step}  {_label(task)}  {_ok(duration, attempts, reused)}")
         if last is not None:
             self._line(last)
