@@ -154,7 +154,7 @@ def test_ctx_cancelled_is_made_once_even_when_asked_at_once(tmp_path: Path) -> N
         assert isinstance(ctx.cancelled, threading.Event) and not ctx.cancelled.is_set()
 
 
-def test_execution_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
+def test_a_forked_child_has_its_own_callers_and_execution_ids() -> None:
     _, done = py._Caller.call(lambda: None)  # an idle caller, with its pipe, in the parent
     wait_done(done)
     ids = [worker.execution_id() for _ in range(10_000)]
@@ -165,7 +165,9 @@ def test_execution_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
     if pid == 0:  # the child: a prefix of its own
         try:
             callers = f"{len(py._Caller.idle)}{py._Caller.piped}"  # the parent's: forgotten
-            os.write(w, (worker.execution_id() + callers).encode())
+            box, done = py._Caller.call(lambda: 7)  # a caller of its own, which runs it
+            ran = "ran" if done.acquire(timeout=10) and box == {"value": 7} else "hung"
+            os.write(w, (worker.execution_id() + callers + ran).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -173,6 +175,6 @@ def test_execution_ids_are_unique_and_a_forked_child_makes_its_own() -> None:
     said = os.read(r, 64).decode()
     os.close(r)
     child, callers = said[:32], said[32:]
-    assert callers == "00" and py._Caller.idle
+    assert callers == "00ran" and py._Caller.idle
     assert len(child) == 32 and child[:16] != ids[0][:16]
     assert child not in ids
