@@ -35,7 +35,7 @@ from ..jsonvalue import JSONValueError, check, dumps, where
 from ..ledger import Ledger
 from ..observer import Observer
 from ..output import DEFAULT_LIMIT
-from ..records import Task
+from ..records import Frontier, Task
 from ..report import display_status
 from ..secrets import run_masker
 from ..spec.model import Workflow
@@ -318,8 +318,7 @@ class Engine:
             )
         step = cp.step
         frontier = cp.frontier
-        pending_nodes = [e["node"] for e in [*frontier["entries"], *frontier.get("held", [])]]
-        missing = sorted({n for n in pending_nodes if n not in wf.nodes})
+        missing = sorted({n for n in frontier.nodes() if n not in wf.nodes})
         if missing:
             raise UsageError(
                 f"the workflow has no node {', '.join(map(repr, missing))}, which run"
@@ -356,7 +355,7 @@ class Engine:
         max_steps = self.settings.max_steps or wf.config.max_steps
         policy = self.settings.conflict_policy or wf.config.conflict_policy
         first = cp.step
-        while frontier["entries"]:
+        while frontier.entries:
             d.step = step
             d.budget_warnings()
             d.ledger.check()  # over budget: fail before dispatching anything new
@@ -367,7 +366,7 @@ class Engine:
                 )
             step_t0 = time.perf_counter()
             try:
-                tasks = fr.expand(wf, frontier["entries"], state, run_id, step)
+                tasks = fr.expand(wf, frontier.entries, state, run_id, step)
             except fr.RouteError as exc:
                 raise RunFailed(str(exc)) from None
             self.observer.step_started(step, tasks)
@@ -409,7 +408,7 @@ class Engine:
         outcomes: list[TaskReport],
         unsaved: list[TaskReport],
         m: Merged,
-        nxt: dict[str, Any],
+        nxt: Frontier,
         sdig: str,
         step_t0: float,
         elapsed: Callable[[], float],
@@ -418,7 +417,7 @@ class Engine:
         outbox, run_id = d.outbox, d.run_id
         keys = [t.key for t in tasks]
         events = task_events(outbox, step, outcomes)
-        done = not nxt["entries"]
+        done = not nxt.entries
         events.append(
             outbox.make(
                 "step_committed",

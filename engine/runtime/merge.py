@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import RunFailed
 from ..events import Outbox
 from ..jsonvalue import dumps
-from ..records import Task
+from ..records import Frontier, Task
 from ..spec.model import Workflow
 from ..store.base import Event
 from . import frontier as fr
@@ -112,18 +112,18 @@ def merge(
 def advance(
     wf: Workflow,
     tasks: list[Task],
-    frontier: dict[str, Any],
+    frontier: Frontier,
     state: dict[str, Any],
     run_id: str,
     step: int,
-) -> dict[str, Any]:
+) -> Frontier:
     """The next frontier; a route that fails, or a join that can never run, fails the run."""
     try:
         nxt = fr.advance(wf, tasks, frontier, state, run_id, step)
     except fr.RouteError as exc:
         raise RunFailed(str(exc)) from None
-    if not nxt["entries"] and nxt["held"]:
-        waiting = ", ".join(h["node"] for h in nxt["held"])
+    if not nxt.entries and nxt.held:
+        waiting = ", ".join(h.node for h in nxt.held)
         raise RunFailed(
             f"join {waiting} can never run: a node it needs did not run",
             hint="check the needs: lists against the routes taken",

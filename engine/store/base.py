@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..records import Frontier
+
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
@@ -134,7 +136,7 @@ class StepCommit:
     idempotency_key: str
     digest: str
     changed: dict[str, str]  # state key -> JSON text of its new value (only keys that changed)
-    frontier: dict[str, Any]  # the next frontier (tasks, held joins, join progress)
+    frontier: Frontier  # the next frontier (tasks, held joins, join progress)
     tasks: list[dict[str, Any]]  # order_key/node/index of the step's tasks, in order
     events: list[Event] = field(default_factory=list)
     status: str = "running"
@@ -248,7 +250,7 @@ class Checkpoint:
     run_id: str
     step: int
     state: dict[str, Any]
-    frontier: dict[str, Any]
+    frontier: Frontier
     status: str
 
 
@@ -320,7 +322,7 @@ class Store(RunHistory, Protocol):
         workflow_text: str,
         workflow_digest: str,
         state: dict[str, Any],
-        frontier: dict[str, Any],
+        frontier: Frontier,
         inputs: dict[str, Any],
     ) -> None: ...
 
