@@ -103,6 +103,14 @@ class LLMUsage:
 
 
 @runtime_checkable
+class CountedTasks(Protocol):
+    """A sequence of tasks that counts them per node without making each
+    (``runtime/tasks.py`` ``StepTasks``)."""
+
+    def node_counts(self) -> dict[str, tuple[int, bool]]: ...
+
+
+@runtime_checkable
 class Flag(Protocol):
     """A flag the coordinator sets and tasks poll, shaped like ``threading.Event``
     (a ``multiprocessing`` Manager's Event proxy and a ``distributed.Event`` fit too)."""

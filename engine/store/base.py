@@ -9,6 +9,7 @@ plain frozen dataclasses holding JSON-able values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,8 +138,9 @@ class StepCommit:
     digest: str
     changed: dict[str, str]  # state key -> JSON text of its new value (only keys that changed)
     frontier: Frontier  # the next frontier (tasks, held joins, join progress)
-    tasks: list[dict[str, Any]]  # order_key/node/index of the step's tasks, in order
-    events: list[Event] = field(default_factory=list)
+    # key/node/index of the step's tasks, in order (a big step's made as they are read)
+    tasks: Sequence[Mapping[str, Any]]
+    events: Sequence[Event] = field(default_factory=list)  # a big step's made as read
     status: str = "running"
     error: str | None = None
     state_digest: str | None = None

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused, StepAlreadyCommitted
-from ..jsonvalue import dumps
+from ..jsonvalue import dumps, dumps_list
 from ..records import Frontier
 from .base import Checkpoint, StepCommit
 from .results import SQLTaskResults
@@ -25,7 +25,8 @@ class SQLSteps(SQLTaskResults):
     """The ``steps``, ``state_kv`` and ``checkpoints`` tables."""
 
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
-        frontier, tasks = dumps(commit.frontier.to_json()), dumps(commit.tasks)  # before the lock
+        # before the lock
+        frontier, tasks = dumps(commit.frontier.to_json()), dumps_list(commit.tasks)
         try:
             with self._tx() as c:
                 updates: dict[str, Any] = {
