@@ -269,6 +269,8 @@ class PlainView(Observer):
             self._line(f"metrics: {self.metrics_url}", always=True)
 
     def step_started(self, step: int, tasks: Sequence[Task]) -> None:
+        if self.quiet:  # quiet shows no counts: none are kept
+            return
         now = time.monotonic()
         with self._lock:
             self._nodes = {
@@ -283,6 +285,8 @@ class PlainView(Observer):
         return p
 
     def task_started(self, step: int, task: Task) -> None:
+        if self.quiet:
+            return
         with self._lock:
             self._progress(step, task.node).running += 1
         if self.verbose:
@@ -298,6 +302,10 @@ class PlainView(Observer):
         error: str | None,
         reused: bool,
     ) -> None:
+        if self.quiet:  # only a failure's line; quiet holds no output to unfold
+            if status != "ok":
+                self._failed(step, task, status, attempts, error)
+            return
         with self._lock:
             p = self._progress(step, task.node)
             if not reused:
@@ -529,6 +537,8 @@ class LiveView(PlainView):
             c["queued"] = max(0, c["queued"] - 1)
 
     def task_started(self, step: int, task: Task) -> None:
+        if self.quiet:
+            return
         with self._lock:
             c = self.nodes[task.node]
             c["queued"] = max(0, c["queued"] - 1)

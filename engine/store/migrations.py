@@ -210,6 +210,28 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE state_kv ADD COLUMN delta INTEGER NOT NULL DEFAULT 0;
     """,
+    # 14: the idempotency key unique within its run, UNIQUE (run_id, idem_key), not across
+    # the file. The key hashes the run id, so no two runs share one; but one index over
+    # every run's keys took each step's key at a random place, and in a file holding
+    # history each step read ~1.3 of its leaves back from disk. Within a run the inserts
+    # stay in that run's few pages. SQLite cannot drop a column's UNIQUE: copy the table.
+    """
+    CREATE TABLE steps_v14 (
+        run_id       TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        step         INTEGER NOT NULL,
+        idem_key     TEXT NOT NULL,
+        digest       TEXT NOT NULL,
+        tasks        TEXT NOT NULL,
+        frontier     TEXT NOT NULL,
+        committed_at REAL NOT NULL,
+        PRIMARY KEY (run_id, step),
+        UNIQUE (run_id, idem_key)
+    ) WITHOUT ROWID;
+    INSERT INTO steps_v14 (run_id, step, idem_key, digest, tasks, frontier, committed_at)
+        SELECT run_id, step, idem_key, digest, tasks, frontier, committed_at FROM steps;
+    DROP TABLE steps;
+    ALTER TABLE steps_v14 RENAME TO steps;
+    """,
 ]
 
 # the schema version from which every flowrun database carries FLOWRUN_APP_ID

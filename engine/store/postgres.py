@@ -2,7 +2,7 @@
 
 :class:`PostgresStore` is the shared SQL layer (``sql.py`` and the modules built on
 it) on the PostgreSQL plumbing of ``postgres_db.py``: one transaction per step
-(state delta, frontier, outbox, the UNIQUE idempotency key), the lease token
+(state delta, frontier, outbox, the idempotency key, UNIQUE within the run), the lease token
 checked inside every commit under the run row's lock, heartbeats and staleness on
 the database's clock, the schema versions in a table. Opened by
 :func:`~.open.open_store` for a ``postgresql://`` URL (``pip install 'flowrun[postgres]'``).

@@ -170,4 +170,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, name)
     );
     """,
+    # 2: the idempotency key unique within its run (as SQLite's version 14): one index over
+    # every run's keys took each step's key at a random place of it
+    """
+    ALTER TABLE steps DROP CONSTRAINT steps_idem_key_key;
+    ALTER TABLE steps ADD CONSTRAINT steps_run_idem_key UNIQUE (run_id, idem_key);
+    """,
 ]

@@ -1,7 +1,7 @@
 """Steps and state: the atomic step commit and reading checkpoints back.
 
 ``save_step`` is the one transaction per superstep: the run row (fenced), the step
-row (UNIQUE idempotency key), the changed state keys, the remaining task results
+row (its idempotency key UNIQUE within the run), the changed state keys, the remaining task results
 and the step's events. State is versioned per key (``state_kv``), so a checkpoint
 after any step reads back without copying unchanged values; an append/extend key's
 version may be a delta (the items it gained) on the one before.
@@ -81,12 +81,14 @@ class SQLSteps(SQLTaskResults):
             raise
 
     # not in the Store protocol: no command uses these yet (SPEC §4 names them) -----------
-    def check_idempotency(self, key: str) -> bool:
-        """True if a step with this idempotency key was committed."""
+    def check_idempotency(self, key: str, run_id: str | None = None) -> bool:
+        """True if a step with this idempotency key was committed (in ``run_id``'s steps:
+        the key is unique within its run, and only a search given the run uses an index)."""
+        sql, args = "SELECT 1 FROM steps WHERE idem_key = ?", [key]
+        if run_id is not None:
+            sql, args = sql + " AND run_id = ?", [key, run_id]
         with self._read() as c:
-            return (
-                c.execute("SELECT 1 FROM steps WHERE idem_key = ?", (key,)).fetchone() is not None
-            )
+            return c.execute(sql, args).fetchone() is not None
 
     def save_checkpoint(self, run_id: str, name: str, step: int | None = None) -> None:
         """Name the checkpoint after ``step`` (default: where the run is); a name moves."""

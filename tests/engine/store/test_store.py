@@ -466,3 +466,45 @@ def test_migration_moves_inputs_out_of_the_runs_row(db: Path) -> None:
     (row,) = s.conn.execute("SELECT inputs FROM runs").fetchall()
     assert row == ("{}",)
     s.close()
+
+
+def test_migration_makes_the_idempotency_key_unique_within_its_run(db: Path) -> None:
+    s = SQLiteStore(db)
+    for run_id in ("r1", "r2"):
+        token = new_run(s, run_id)
+        for step in range(3):
+            s.save_step(run_id, token, commit(step, key=f"{run_id}-idem-{step}"))
+    s.close()
+    before = next(i for i, m in enumerate(MIGRATIONS) if "UNIQUE (run_id, idem_key)" in m)
+    c = sqlite3.connect(db, isolation_level=None)  # steps as the version before it left them
+    c.executescript(
+        """
+        CREATE TABLE steps_old (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            step INTEGER NOT NULL, idem_key TEXT NOT NULL UNIQUE, digest TEXT NOT NULL,
+            tasks TEXT NOT NULL, frontier TEXT NOT NULL, committed_at REAL NOT NULL,
+            PRIMARY KEY (run_id, step)
+        ) WITHOUT ROWID;
+        INSERT INTO steps_old SELECT * FROM steps;
+        DROP TABLE steps;
+        ALTER TABLE steps_old RENAME TO steps;
+        """
+    )
+    rows = c.execute("SELECT * FROM steps ORDER BY run_id, step").fetchall()
+    c.execute(f"PRAGMA user_version = {before}")
+    c.close()
+    s = SQLiteStore(db)
+    assert pragma(s, "user_version") == len(MIGRATIONS)
+    assert s.conn.execute("SELECT * FROM steps ORDER BY run_id, step").fetchall() == rows
+    unique = [
+        [col for (_, _, col) in s.conn.execute(f"PRAGMA index_info('{name}')")]
+        for (_, name, is_unique, *_) in s.conn.execute("PRAGMA index_list('steps')")
+        if is_unique
+    ]
+    assert sorted(unique) == [["run_id", "idem_key"], ["run_id", "step"]]
+    assert s.check_idempotency("r2-idem-1", "r2") and not s.check_idempotency("r2-idem-1", "r1")
+    token = s.take_lease("r1", force=True).token
+    with pytest.raises(StepAlreadyCommitted):  # a key of the run, again, under a new step
+        s.save_step("r1", token, commit(3, key="r1-idem-0"))
+    assert s.load_latest("r1").step == 3
+    s.close()

@@ -221,6 +221,42 @@ def test_the_schema_versions_are_kept_in_a_table(pg_url: str) -> None:
     assert rows == [(i + 1,) for i in range(len(MIGRATIONS))]
 
 
+def test_version_2_makes_the_idempotency_key_unique_within_its_run(pg_url: str) -> None:
+    from flowrun.engine.store.base import StepCommit
+    from flowrun.engine.store.postgres_migrations import MIGRATIONS
+
+    execute(pg_url, "CREATE SCHEMA flowrun")  # a database version 1 left
+    execute(pg_url, MIGRATIONS[0])  # (execute sets the search path)
+    execute(
+        pg_url,
+        "CREATE TABLE flowrun.schema_version (version INTEGER PRIMARY KEY,"
+        " applied_at DOUBLE PRECISION NOT NULL); INSERT INTO flowrun.schema_version VALUES (1, 0)",
+    )
+    store = open_store(pg_url)
+    token = new_run(store)
+    store.save_step(
+        "r1",
+        token,
+        StepCommit(
+            step=0,
+            idempotency_key="k0",
+            digest="d",
+            changed={"n": "1"},
+            frontier=FRONTIER0,
+            tasks=[],
+        ),
+    )
+    store.close()
+    unique = query(
+        pg_url,
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'flowrun.steps'::regclass AND contype IN ('u', 'p') ORDER BY 1",
+    )
+    assert unique == [("PRIMARY KEY (run_id, step)",), ("UNIQUE (run_id, idem_key)",)]
+    rows = query(pg_url, "SELECT version FROM flowrun.schema_version ORDER BY version")
+    assert rows == [(i + 1,) for i in range(len(MIGRATIONS))]
+
+
 def test_heartbeats_are_written_and_judged_on_the_database_clock(pg_url: str) -> None:
     store = open_store(pg_url)
     token = new_run(store)
