@@ -38,10 +38,13 @@ class StepLog:
     def add(self, o: TaskReport) -> None:
         """The next task's report, in task order."""
         i = len(self.ended)
+        attempts = o.attempts
         self.ended.append(o.started_at + o.duration)
         self.duration.append(o.duration)
-        self.attempt.append(o.attempts[-1].attempt if o.attempts else 1)
-        retried = tuple(a for a in o.attempts[:-1] if a.error is not None)
+        self.attempt.append(attempts[-1].attempt if attempts else 1)
+        retried = (
+            tuple(a for a in attempts[:-1] if a.error is not None) if len(attempts) > 1 else ()
+        )
         if retried or o.status != "ok" or o.error is not None:
             self.odd[i] = (o.status, o.error, retried)
 
