@@ -110,7 +110,7 @@ class Fanout(Observer):
         self.observers = [o for o in observers if o is not None]
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("observers", "wants_output"):
+        if name.startswith("_") or name in ("observers", "wants_output", "node_counts"):
             return object.__getattribute__(self, name)
         targets = [getattr(o, name) for o in object.__getattribute__(self, "observers")]
 

@@ -18,7 +18,7 @@ import pytest
 from flowrun.engine import load_workflow
 from flowrun.engine.events import Outbox
 from flowrun.engine.jsonvalue import dumps, dumps_list
-from flowrun.engine.observer import Observer
+from flowrun.engine.observer import Fanout, Observer
 from flowrun.engine.records import Entry, Task
 from flowrun.engine.runtime import frontier as fr
 from flowrun.engine.runtime.merge import StepMerge, task_events
@@ -110,6 +110,7 @@ def test_lazy_tasks_are_the_tasks_eager_expansion_gives(
     with pytest.raises(IndexError):
         lazy[len(eager)]
     assert Observer.node_counts(lazy) == Observer.node_counts(eager)
+    assert Fanout(Observer()).node_counts(lazy) == Observer.node_counts(eager)
     assert step_tasks(wf, entries, state, "r", 3) == eager  # a small step: a list
     assert list(StepKeys(lazy)) == [{"key": t.key, "node": t.node, "index": t.index} for t in eager]
     assert list(StepKeys(lazy).keys()) == [t.key for t in eager]
