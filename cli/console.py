@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -267,20 +268,14 @@ class PlainView(Observer):
         if self.metrics_url:
             self._line(f"metrics: {self.metrics_url}", always=True)
 
-    def step_started(self, step: int, tasks: list[Task]) -> None:
+    def step_started(self, step: int, tasks: Sequence[Task]) -> None:
         if self.quiet:  # quiet shows no counts: none are kept
             return
-        totals: dict[str, int] = defaultdict(int)
-        foreach: set[str] = set()
-        for t in tasks:
-            totals[t.node] += 1
-            if t.index is not None:
-                foreach.add(t.node)
         now = time.monotonic()
         with self._lock:
             self._nodes = {
-                n: _NodeProgress(step, n, total, n in foreach, now, shown_at=now)
-                for n, total in totals.items()
+                n: _NodeProgress(step, n, total, each, now, shown_at=now)
+                for n, (total, each) in self.node_counts(tasks).items()
             }
 
     def _progress(self, step: int, node: str) -> _NodeProgress:
@@ -529,7 +524,7 @@ class LiveView(PlainView):
         self.step = step
         super().run_started(run_id, workflow, step, resumed)
 
-    def step_started(self, step: int, tasks: list[Task]) -> None:
+    def step_started(self, step: int, tasks: Sequence[Task]) -> None:
         self.step = step
 
     def task_queued(self, step: int, task: Task) -> None:

@@ -51,10 +51,9 @@ def do_fork(
         base = store.load_at(parent, from_step)
     except ResumeRefused:
         raise _bad_step(rec, from_step) from None
-    if not base.frontier["entries"]:
+    if not base.frontier.entries:
         raise _bad_step(rec, from_step)
-    entries = base.frontier["entries"] + base.frontier.get("held", [])
-    missing = sorted({e["node"] for e in entries} - set(wf.nodes))
+    missing = sorted(set(base.frontier.nodes()) - set(wf.nodes))
     if missing:
         raise UsageError(
             f"step {from_step} of run {parent} runs {', '.join(missing)},"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 from .jsonvalue import dumps
@@ -99,11 +100,16 @@ class Outbox:
         error: str | None = None,
         data: dict[str, Any] | None = None,
         ts: float | None = None,
+        seq: int | None = None,
     ) -> Event:
-        self.seq += 1
+        """An event with the next sequence number, or with ``seq`` (one :meth:`reserve`
+        gave)."""
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
         return Event(
             self.run_id,
-            self.seq,
+            seq,
             time.time() if ts is None else ts,
             step,
             node,
@@ -114,7 +120,16 @@ class Outbox:
             self.masker.value(data),
         )
 
-    def deliver(self, events: list[Event]) -> None:
+    def reserve(self, n: int) -> int:
+        """Take ``n`` sequence numbers for events made later (``make(seq=...)``); return
+        the first."""
+        first = self.seq + 1
+        self.seq += n
+        return first
+
+    def deliver(self, events: Sequence[Event]) -> None:
+        if not self.sinks:
+            return  # nothing to hand them to (a big step's events are made as read)
         for e in events:
             for s in list(self.sinks):
                 try:
@@ -128,7 +143,10 @@ class Outbox:
             self.flush()
 
     def deliver_pending(self) -> None:
-        self.deliver(self.store.pending_events(self.run_id))
+        """Deliver the events a crash left undelivered (only a sink that keeps them marks
+        events delivered: without one, every event of the run is pending, and none is read)."""
+        if self._marks:
+            self.deliver(self.store.pending_events(self.run_id))
 
     def flush(self) -> None:
         if self._delivered:

@@ -16,7 +16,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_DEPTH = 100  # lists and mappings inside each other; far below the recursion limit
@@ -76,6 +76,24 @@ def dumps(
             check(value)  # a lone surrogate: says where
             raise
     return text
+
+
+def dumps_list(values: Iterable[Any], *, chunk: int = 4096) -> str:
+    """``dumps(list(values))``, without the list: ``values`` are read once, ``chunk`` at a
+    time, so a million of them made on demand are never all held (only their text)."""
+    parts = ["["]  # one join at the end: the text is built once
+    batch: list[Any] = []
+    for v in values:
+        batch.append(v)
+        if len(batch) == chunk:
+            parts.extend((dumps(batch)[1:-1], ","))
+            batch.clear()
+    if batch:
+        parts.append(dumps(batch)[1:-1])
+    elif len(parts) > 1:
+        parts.pop()  # the last comma
+    parts.append("]")
+    return "".join(parts)
 
 
 @functools.cache

@@ -198,11 +198,11 @@ def _unfinished(store: Store, run_id: str, rec: RunRecord, wf: Workflow | None) 
     """The tasks of the step the run stopped in (its frontier's nodes, if it cannot expand;
     those have no key)."""
     cp = store.load_latest(run_id)
-    entries = cp.frontier.get("entries", [])
-    if wf is not None and all(e["node"] in wf.nodes for e in entries):
+    entries = cp.frontier.entries
+    if wf is not None and all(e.node in wf.nodes for e in entries):
         with contextlib.suppress(RouteError):
             return expand(wf, entries, cp.state, run_id, rec.step)
-    return [Task(e["node"], e["parent"], e["edge"], "") for e in entries]
+    return [Task(e.node, e.parent, e.edge, "") for e in entries]
 
 
 def _stored_workflow(store: Store, run_id: str) -> Workflow | None:

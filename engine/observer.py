@@ -11,9 +11,10 @@ thread.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from .records import Task
+from .records import CountedTasks, Task
 
 
 class Observer:
@@ -25,7 +26,22 @@ class Observer:
 
     def run_started(self, run_id: str, workflow: str, step: int, resumed: bool) -> None: ...
 
-    def step_started(self, step: int, tasks: list[Task]) -> None: ...
+    def step_started(self, step: int, tasks: Sequence[Task]) -> None:
+        """The step's tasks are about to be dispatched. A big step's ``tasks`` is made on
+        demand (``runtime/tasks.py``): count them with :meth:`node_counts`, and keep
+        none of them past this call."""
+
+    @staticmethod
+    def node_counts(tasks: Sequence[Task]) -> dict[str, tuple[int, bool]]:
+        """Each node's number of tasks among ``tasks``, and whether they are ``foreach``
+        items; a step's lazy tasks are counted without making each of them."""
+        if isinstance(tasks, CountedTasks):
+            return tasks.node_counts()
+        counts: dict[str, tuple[int, bool]] = {}
+        for t in tasks:
+            n, each = counts.get(t.node, (0, False))
+            counts[t.node] = (n + 1, each or t.index is not None)
+        return counts
 
     def task_queued(self, step: int, task: Task) -> None: ...
 
@@ -94,7 +110,7 @@ class Fanout(Observer):
         self.observers = [o for o in observers if o is not None]
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("observers", "wants_output"):
+        if name.startswith("_") or name in ("observers", "wants_output", "node_counts"):
             return object.__getattribute__(self, name)
         targets = [getattr(o, name) for o in object.__getattribute__(self, "observers")]
 

@@ -134,10 +134,10 @@ def last_outcomes(store: Store, run_id: str) -> list[TaskResult]:
     position = {
         (s["step"], t["key"]): i for s in store.steps(run_id) for i, t in enumerate(s["tasks"])
     }
-    frontier = store.load_latest(run_id).frontier.get("entries", [])
+    frontier = store.load_latest(run_id).frontier.entries
     nodes: dict[str, int] = {}
     for i, e in enumerate(frontier):
-        nodes.setdefault(e["node"], i)
+        nodes.setdefault(e.node, i)
 
     def place(r: TaskResult) -> tuple[int, int, int, int]:
         at = position.get((r.step, r.order_key))

@@ -83,7 +83,8 @@ class ProcLog:
 
 
 class Applier:
-    """Applies one drive's effects; :meth:`begin_step` names the tasks they come from."""
+    """Applies one drive's effects; :meth:`track` names the tasks they come from (those of
+    the step in flight)."""
 
     def __init__(
         self, ledger: Ledger, procs: ProcLog, observer: Observer, channel: Channel
@@ -99,11 +100,19 @@ class Applier:
         self.seen: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._billed: set[tuple[str, str, int, int]] = set()
 
-    def begin_step(self, step: int, tasks: list[Task], window: Window) -> None:
+    def begin_step(self, step: int, window: Window) -> None:
         self.step, self.window = step, window
-        self.tasks = {t.key: t for t in tasks}
+        self.tasks = {}
         self.seen.clear()
         self._billed.clear()
+
+    def track(self, task: Task) -> None:
+        """``task`` of the step is handed to the executor: its effects are the step's."""
+        self.tasks[task.key] = task
+
+    def untrack(self, key: str) -> None:
+        """The task never ran (or its report is applied): forget it."""
+        self.tasks.pop(key, None)
 
     def apply(self, e: Effect) -> str | None:
         """Apply ``e``; return why it could not be applied (None: it was).
@@ -155,3 +164,4 @@ class Applier:
             self._bill(u)
         self.procs.task_done(key, report.execution)
         self.seen.pop((key, report.execution), None)
+        self.untrack(key)

@@ -5,7 +5,9 @@ runs inline: the thread that sends one applies it while the coordinator's waits 
 the task (``channels.InlineSink``). Arrivals (effects from the drive's channel,
 futures as they complete) come through one queue, in the order they arrived; the
 step's window (``runtime/window.py``) is counted from them. A report is applied only
-after every effect its task sent before it.
+after every effect its task sent before it, then handed to the step's merge
+(``merge.StepMerge``), which merges in task order: nothing is held per task but what
+is in flight or waits for an earlier task's report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import queue
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ from ..store.base import TaskResult
 from . import worker
 from .channels import InlineSink
 from .effects import Effect
-from .merge import task_events
+from .merge import StepMerge, task_events
 from .messages import Attempt, TaskReport, TaskSpec
 from .window import Window
 
@@ -65,26 +68,28 @@ Arrival = Effect | Done
 
 
 class StepDispatch:
-    """Runs one step's tasks (reusing ``saved`` results) on the drive's executor."""
+    """Runs one step's tasks (reusing ``saved`` results) on the drive's executor, handing
+    each outcome to ``merge``."""
 
     def __init__(
         self,
         d: Drive,
-        tasks: list[Task],
+        tasks: Sequence[Task],
         state: dict[str, Any],
         step: int,
         saved: dict[str, TaskResult],
+        merge: StepMerge,
     ) -> None:
         self.d = d
         self.tasks = tasks
         self.state = state
         self.step = step
         self.saved = saved
+        self.merge = merge
         self.window = d.window = Window(d.max_concurrency, d.queue_depth, d.backend.bounded)
-        d.applier.begin_step(step, tasks, self.window)
-        self.pending: dict[Done, int] = {}
-        self.outcomes: list[TaskReport | None] = [None] * len(tasks)
-        self.failed: list[TaskReport] = []
+        d.applier.begin_step(step, self.window)
+        self.pending: dict[Done, tuple[int, Task]] = {}
+        self.failed: list[tuple[int, TaskReport]] = []  # position in the step, report
         self.unsaved: list[TaskReport] = []  # finished, their results not saved yet
         self.backlog: deque[Arrival] = deque()  # taken off the queue, not yet dealt with
         self.held: list[Done] = []  # futures passed while awaiting effects
@@ -100,9 +105,9 @@ class StepDispatch:
         self.grown = d.grown if d.backend.local else {}
 
     # the step ------------------------------------------------------------------
-    def run(self) -> tuple[list[TaskReport], list[TaskReport]]:
-        """Return the step's outcomes and those whose results are still to be saved (the
-        step's last ones, which ride in its commit: :func:`task_result` makes them)."""
+    def run(self) -> list[TaskReport]:
+        """Run the step; return the outcomes whose results are still to be saved (the step's
+        last ones, which ride in its commit: :func:`task_result` makes them)."""
         try:
             return self._run()
         except BaseException:
@@ -110,12 +115,12 @@ class StepDispatch:
                 self.abandon()
             raise
 
-    def _run(self) -> tuple[list[TaskReport], list[TaskReport]]:
+    def _run(self) -> list[TaskReport]:
         d, obs = self.d, self.d.observer
         for i, t in enumerate(self.tasks):
             r = self.saved.get(t.key)
             if r is not None:
-                self.outcomes[i] = reused(t, r)
+                self.merge.arrived(i, reused(t, r))
                 obs.task_finished(self.step, t, "ok", r.duration_s, r.attempts, None, True)
                 continue
             if d.stopping():
@@ -141,8 +146,8 @@ class StepDispatch:
             raise d.ledger.exceeded()  # finished results are kept for the resume
         if self.failed:
             # the failed step is not committed, so its task events go with the failure
-            d.failure_events = task_events(d.outbox, self.step, self.failed)
-            culprit = min(self.failed, key=lambda o: self.tasks.index(o.task))
+            d.failure_events = task_events(d.outbox, self.step, [o for _, o in self.failed])
+            _, culprit = min(self.failed, key=lambda failed: failed[0])
             more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
             raise RunFailed(
                 f"node {culprit.task.label!r} failed after"
@@ -150,7 +155,7 @@ class StepDispatch:
                 hint="fix the cause, then `flowrun resume` retries this step"
                 + (f" (`flowrun show {d.run_id}` has its traceback)" if culprit.trace else ""),
             )
-        return [o for o in self.outcomes if o is not None], self.unsaved
+        return self.unsaved
 
     def submit(self, i: int, t: Task) -> None:
         d = self.d
@@ -169,20 +174,22 @@ class StepDispatch:
             self.grown,
         )
         self.window.submit()
+        d.applier.track(t)
         if inline is not None:
             try:
                 ran = Ran(worker.run_spec(spec))
             finally:  # what a call it abandoned sends from now on comes through the channel
                 inline.close()
-            self.pending[ran] = i
+            self.pending[ran] = (i, t)
             d.arrivals.put(ran)
             return
         try:
             future = d.backend.executor.submit(worker.run_spec, spec)
         except BaseException:
             self.window.unsubmit()
+            d.applier.untrack(t.key)
             raise
-        self.pending[future] = i
+        self.pending[future] = (i, t)
         future.add_done_callback(d.arrivals.put)
 
     # arrivals ------------------------------------------------------------------
@@ -245,11 +252,11 @@ class StepDispatch:
     def finish(self, f: Done, ended: list[TaskReport], settled: list[str]) -> None:
         """A future is done: apply its report (after its task's effects) or drop it."""
         d, step = self.d, self.step
-        i = self.pending.pop(f)
-        t = self.tasks[i]
+        i, t = self.pending.pop(f)
         self.window.complete(t.key)
         out = None if f.cancelled() else self.report_of(f, t)
         if out is None or out.status == "skipped":  # budget spent, or a signal
+            d.applier.untrack(t.key)
             d.observer.task_dropped(step, t)
             settled.append(t.key)
             return  # never ran: resume runs it
@@ -258,10 +265,10 @@ class StepDispatch:
         d.observer.task_finished(
             step, t, out.status, out.duration, len(out.attempts), out.error, False
         )
-        self.outcomes[i] = out
+        self.merge.arrived(i, out)
         ended.append(out)
         if out.status == "failed":  # an interrupted one is no failure of the step
-            self.failed.append(out)
+            self.failed.append((i, out))
 
     def commit(self, ended: list[TaskReport], settled: list[str]) -> None:
         """Save the results of tasks that ended together in one transaction (a group

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from ..jsonvalue import JSONValueError, check, dumps, where
 from ..ledger import Ledger
 from ..observer import Observer
 from ..output import DEFAULT_LIMIT
-from ..records import Task
+from ..records import Frontier, Task
 from ..report import display_status
 from ..secrets import run_masker
 from ..spec.model import Workflow
@@ -45,11 +45,13 @@ from . import frontier as fr
 from .dispatch import StepDispatch, task_results
 from .drive import Drive
 from .executors import check_kind, for_executor, make_executor
-from .merge import Merged, advance, merge, task_events
+from .merge import Merged, StepMerge, advance
 from .messages import TaskOutcome, TaskReport
 from .ordering import idempotency_key, state_digest, step_digest, value_digest
 from .orphans import take_over
 from .reducers import AppendLog
+from .steplog import StepLog
+from .tasks import StepKeys, step_tasks
 from .workdir import workflow_dir
 
 _log = logging.getLogger("flowrun")
@@ -318,8 +320,7 @@ class Engine:
             )
         step = cp.step
         frontier = cp.frontier
-        pending_nodes = [e["node"] for e in [*frontier["entries"], *frontier.get("held", [])]]
-        missing = sorted({n for n in pending_nodes if n not in wf.nodes})
+        missing = sorted({n for n in frontier.nodes() if n not in wf.nodes})
         if missing:
             raise UsageError(
                 f"the workflow has no node {', '.join(map(repr, missing))}, which run"
@@ -336,8 +337,9 @@ class Engine:
                 f" which saved results of run {run_id} write (step {step})",
                 hint="resume with a --workflow that keeps those keys",
             )
-        # held as stored (dicts with sorted keys), like the keys loaded from the store
-        added = {k: json.loads(dumps(v)) for k, v in wf.initial_state().items() if k not in state}
+        # held as stored (dicts with sorted keys), like the keys loaded from the store; only
+        # the new keys' defaults are copied (a big default the run has is not)
+        added = {k: json.loads(dumps(s.default)) for k, s in wf.state.items() if k not in state}
         if added:  # resume --workflow with new state keys: they start at their defaults
             store.add_state_keys(run_id, token, added)
             state.update(added)
@@ -356,7 +358,7 @@ class Engine:
         max_steps = self.settings.max_steps or wf.config.max_steps
         policy = self.settings.conflict_policy or wf.config.conflict_policy
         first = cp.step
-        while frontier["entries"]:
+        while frontier.entries:
             d.step = step
             d.budget_warnings()
             d.ledger.check()  # over budget: fail before dispatching anything new
@@ -367,17 +369,14 @@ class Engine:
                 )
             step_t0 = time.perf_counter()
             try:
-                tasks = fr.expand(wf, frontier["entries"], state, run_id, step)
+                tasks = step_tasks(wf, frontier.entries, state, run_id, step)
             except fr.RouteError as exc:
                 raise RunFailed(str(exc)) from None
             self.observer.step_started(step, tasks)
-            outcomes, unsaved = StepDispatch(
-                d, tasks, state, step, saved if step == first else {}
-            ).run()
+            sm = StepMerge(wf, tasks, state, texts, log, step, policy, self.observer.merge_conflict)
+            unsaved = StepDispatch(d, tasks, state, step, saved if step == first else {}, sm).run()
             try:
-                m = merge(
-                    wf, outcomes, state, texts, log, step, policy, self.observer.merge_conflict
-                )
+                m = sm.result()
                 nxt = advance(wf, tasks, frontier, m.state, run_id, step)
             except RunFailed:  # the step is not committed: keep what finished for resume
                 store.save_task_results(run_id, token, task_results(step, unsaved))
@@ -389,7 +388,7 @@ class Engine:
             for k in m.appended:  # its text is not kept: only a snapshot compares it
                 digests[k] = m.digests[k]
             sdig = state_digest(digests)
-            self._commit(d, step, tasks, outcomes, unsaved, m, nxt, sdig, step_t0, elapsed)
+            self._commit(d, step, tasks, sm.log, unsaved, m, nxt, sdig, step_t0, elapsed)
             state, frontier, step = m.state, nxt, step + 1
         self.observer.run_finished("succeeded", None)
         return RunResult(
@@ -405,21 +404,21 @@ class Engine:
         self,
         d: Drive,
         step: int,
-        tasks: list[Task],
-        outcomes: list[TaskReport],
+        tasks: Sequence[Task],
+        log: StepLog,
         unsaved: list[TaskReport],
         m: Merged,
-        nxt: dict[str, Any],
+        nxt: Frontier,
         sdig: str,
         step_t0: float,
         elapsed: Callable[[], float],
     ) -> None:
         """Commit the step: its state, next frontier, events and last results, at once."""
         outbox, run_id = d.outbox, d.run_id
-        keys = [t.key for t in tasks]
-        events = task_events(outbox, step, outcomes)
-        done = not nxt["entries"]
-        events.append(
+        rows = StepKeys(tasks)
+        events = log.events(outbox, step)  # the tasks' events, then the step's own
+        done = not nxt.entries
+        events.tail.append(
             outbox.make(
                 "step_committed",
                 step=step,
@@ -428,18 +427,18 @@ class Engine:
             )
         )
         if done:
-            events.append(outbox.make("run_succeeded", step=step))
+            events.tail.append(outbox.make("run_succeeded", step=step))
         d.store.save_step(
             run_id,
             d.token,
             StepCommit(
                 step=step,
-                idempotency_key=idempotency_key(run_id, step, keys),
-                digest=step_digest(step, keys, sdig),
+                idempotency_key=idempotency_key(run_id, step, rows.keys()),
+                digest=step_digest(step, rows.keys(), sdig),
                 changed=m.changed,
                 appended=m.appended,
                 frontier=nxt,
-                tasks=[{"key": t.key, "node": t.node, "index": t.index} for t in tasks],
+                tasks=rows,
                 events=events,
                 status="succeeded" if done else "running",
                 state_digest=sdig,

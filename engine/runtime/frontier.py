@@ -1,18 +1,18 @@
 """Frontiers: which tasks run in the next superstep, in tree order.
 
-A frontier is JSON: ``{"entries": [...], "held": [...], "since": {join: [nodes]}}``.
-Entries are routed-to nodes (node, parent order key, edge index); they become
-tasks at the start of their step, when ``foreach`` is expanded against that
-step's state. ``held`` are joins (``needs``) still waiting; ``since`` records which
-needed nodes completed since each join last ran.
+A frontier (``records.Frontier``) holds entries: routed-to nodes (node, parent order
+key, edge index); they become tasks at the start of their step, when ``foreach`` is
+expanded against that step's state (``runtime/tasks.py``). ``held`` are joins
+(``needs``) still waiting; ``since`` records which needed nodes completed since each
+join last ran. It is JSON only in the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..records import Task
+from ..records import Entry, Frontier, Task
 from ..spec import templates
 from ..spec.model import END, Workflow
 from .ordering import order_key
@@ -22,13 +22,8 @@ class RouteError(Exception):
     pass
 
 
-def entry(node: str, parent: str, edge: int) -> dict[str, Any]:
-    return {"node": node, "parent": parent, "edge": edge}
-
-
-def initial(workflow: Workflow) -> dict[str, Any]:
-    entries = [entry(n, "", i) for i, n in enumerate(workflow.start)]
-    return arrange(workflow, entries, {"entries": [], "held": [], "since": {}}, set())
+def initial(workflow: Workflow) -> Frontier:
+    return arrange(workflow, [Entry(n, "", i) for i, n in enumerate(workflow.start)], {}, ())
 
 
 def scope_for(
@@ -48,39 +43,56 @@ def scope_for(
     }
 
 
+def items_of(
+    workflow: Workflow, e: Entry, state: Mapping[str, Any], run_id: str, step: int
+) -> list[Any] | tuple[Any, ...] | None:
+    """The items of a ``foreach`` entry (None: its node has no ``foreach``)."""
+    node = workflow.nodes[e.node]
+    if node.foreach is None:
+        return None
+    items = node.foreach
+    if isinstance(items, str):
+        try:
+            items = templates.render(items, scope_for(state, run_id, step, node.name))
+        except templates.TemplateError as exc:
+            raise RouteError(f"node {node.name!r}: foreach: {exc}") from None
+    if isinstance(items, dict):
+        items = [{"key": k, "value": v} for k, v in items.items()]
+    if not isinstance(items, list | tuple):
+        raise RouteError(f"node {node.name!r}: foreach gave {type(items).__name__}, not a list")
+    return items
+
+
 def expand(
     workflow: Workflow,
-    entries: list[dict[str, Any]],
+    entries: Iterable[Entry],
     state: Mapping[str, Any],
     run_id: str,
     step: int,
 ) -> list[Task]:
-    """Turn a frontier's entries into the step's tasks (``foreach`` becomes one per item)."""
+    """Turn a frontier's entries into the step's tasks (``foreach`` becomes one per item).
+
+    The engine holds a big step's tasks lazily (``tasks.StepTasks``), the same tasks."""
     tasks: list[Task] = []
     for e in entries:
-        node = workflow.nodes[e["node"]]
-        parent, edge = e["parent"], e["edge"]
-        if node.foreach is None:
-            tasks.append(Task(node.name, parent, edge, order_key(parent, node.name, edge)))
-            continue
-        items = node.foreach
-        if isinstance(items, str):
-            try:
-                items = templates.render(items, scope_for(state, run_id, step, node.name))
-            except templates.TemplateError as exc:
-                raise RouteError(f"node {node.name!r}: foreach: {exc}") from None
-        if isinstance(items, dict):
-            items = [{"key": k, "value": v} for k, v in items.items()]
-        if not isinstance(items, list | tuple):
-            raise RouteError(f"node {node.name!r}: foreach gave {type(items).__name__}, not a list")
-        if not items:
-            # an empty map still completes, so what follows it runs (like Prefect's map)
-            key = order_key(parent, node.name, edge)
-            tasks.append(Task(node.name, parent, edge, key, skip=True))
-            continue
-        for i, item in enumerate(items):
-            tasks.append(Task(node.name, parent, i, order_key(parent, node.name, i), item, i))
+        items = items_of(workflow, e, state, run_id, step)
+        tasks.extend(entry_tasks(e, items))
     return tasks
+
+
+def entry_tasks(e: Entry, items: Sequence[Any] | None) -> list[Task]:
+    """The tasks of one entry, given its ``foreach`` items (None: it has no ``foreach``)."""
+    if items is None:
+        return [Task(e.node, e.parent, e.edge, order_key(e.parent, e.node, e.edge))]
+    if not items:
+        # an empty map still completes, so what follows it runs (like Prefect's map)
+        return [Task(e.node, e.parent, e.edge, order_key(e.parent, e.node, e.edge), skip=True)]
+    return [item_task(e, i, item) for i, item in enumerate(items)]
+
+
+def item_task(e: Entry, i: int, item: Any) -> Task:
+    """Task ``i`` of a ``foreach`` entry."""
+    return Task(e.node, e.parent, i, order_key(e.parent, e.node, i), item, i)
 
 
 def targets(
@@ -104,57 +116,61 @@ def targets(
 
 def advance(
     workflow: Workflow,
-    tasks: list[Task],
-    frontier: dict[str, Any],
+    tasks: Iterable[Task],
+    frontier: Frontier,
     state: Mapping[str, Any],
     run_id: str,
     step: int,
-) -> dict[str, Any]:
+) -> Frontier:
     """The next frontier, after the step's tasks finished and their deltas merged."""
-    since: dict[str, list[str]] = {k: list(v) for k, v in frontier.get("since", {}).items()}
+    since: dict[str, list[str]] = {k: list(v) for k, v in frontier.since.items()}
     joins = workflow.joins
-    for t in tasks:
-        for j, needs in joins.items():
-            if t.node in needs and t.node not in since.setdefault(j, []):
-                since[j].append(t.node)
-    routed: list[dict[str, Any]] = []
+    routed: list[Entry] = []
     seen: set[str] = set()
+    last: tuple[str, str] | None = None  # the node and parent of the task before
     for t in tasks:
+        same = last == (t.node, t.parent)  # a foreach's next item: the same joins, routes
+        last = (t.node, t.parent)
+        if not same:
+            for j, needs in joins.items():
+                if t.node in needs and t.node not in since.setdefault(j, []):
+                    since[j].append(t.node)
+        if same and workflow.nodes[t.node].next:
+            continue  # its first item routed to all of them already
         for edge, name in targets(workflow, t, state, run_id, step):
             if name == END or name in seen:
                 continue
             seen.add(name)
-            routed.append(entry(name, t.key, edge))
-    nxt = {"entries": [], "held": [], "since": since}
-    return arrange(workflow, routed, nxt, set(), held=frontier.get("held", []))
+            routed.append(Entry(name, t.key, edge))
+    return arrange(workflow, routed, since, frontier.held)
 
 
 def arrange(
     workflow: Workflow,
-    routed: list[dict[str, Any]],
-    nxt: dict[str, Any],
-    seen: set[str],
-    held: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+    routed: Iterable[Entry],
+    progress: Mapping[str, list[str]],
+    held: Iterable[Entry],
+) -> Frontier:
     """Place routed entries: joins whose needs are met run (held ones first), others wait."""
-    since = nxt["since"]
-    entries: list[dict[str, Any]] = nxt["entries"]
-    waiting: list[dict[str, Any]] = nxt["held"]
+    since = {k: list(v) for k, v in progress.items()}
+    entries: list[Entry] = []
+    waiting: list[Entry] = []
+    seen: set[str] = set()
 
     def ready(name: str) -> bool:
         return set(workflow.nodes[name].needs) <= set(since.get(name, []))
 
-    for h in held or []:
-        if h["node"] in seen:
+    for h in held:
+        if h.node in seen:
             continue
-        seen.add(h["node"])
-        if ready(h["node"]):
+        seen.add(h.node)
+        if ready(h.node):
             entries.append(h)
-            since[h["node"]] = []
+            since[h.node] = []
         else:
             waiting.append(h)
     for r in routed:
-        name = r["node"]
+        name = r.node
         if name in seen:
             continue
         seen.add(name)
@@ -166,4 +182,4 @@ def arrange(
                 waiting.append(r)
         else:
             entries.append(r)
-    return nxt
+    return Frontier(tuple(entries), tuple(waiting), {k: tuple(v) for k, v in since.items()})

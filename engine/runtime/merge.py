@@ -4,18 +4,19 @@ and the task events its commit carries."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import RunFailed
 from ..events import Outbox
 from ..jsonvalue import dumps
-from ..records import Task
+from ..records import Frontier, Task
 from ..spec.model import Workflow
 from ..store.base import Event
 from . import frontier as fr
 from .messages import TaskReport
 from .reducers import AppendLog, ReduceError, reduce
+from .steplog import StepLog
 
 Grown = dict[str, tuple[list[Any], list[Any]]]
 
@@ -43,33 +44,75 @@ class Merged:
         self.digests, self.grown = digests, grown
 
 
-def merge(
-    wf: Workflow,
-    outcomes: list[TaskReport],
-    state: dict[str, Any],
-    texts: dict[str, str],
-    log: AppendLog,
-    step: int,
-    policy: str,
-    on_conflict: Callable[[str, tuple[str, str]], None],
-) -> Merged:
-    """Merge the step's deltas in task order (``policy``: the conflict policy)."""
-    new_state = dict(state)
-    owned: set[str] = set()
-    writer: dict[str, Task] = {}  # replace key -> the task that wrote it
-    touched: list[str] = []
-    grown: dict[str, int] = {}  # append/extend key -> its length before this step
-    for o in outcomes:
+class StepMerge:
+    """Merges a step's deltas in task order as its tasks' reports arrive, whatever order
+    they arrive in (``policy``: the conflict policy).
+
+    A report waits only for those of the tasks before it, so what is held is bounded
+    by the dispatch window, not by the step's size. A merge that fails (a conflict, a
+    reducer's error) is raised by :meth:`result`, once the step's tasks have all
+    finished, as before. ``log`` gathers the step's task events as they merge.
+    """
+
+    def __init__(
+        self,
+        wf: Workflow,
+        tasks: Sequence[Task],
+        state: dict[str, Any],
+        texts: dict[str, str],
+        log: AppendLog,
+        step: int,
+        policy: str,
+        on_conflict: Callable[[str, tuple[str, str]], None],
+    ) -> None:
+        self.wf, self.state, self.texts, self.appends = wf, state, texts, log
+        self.step, self.policy, self.on_conflict = step, policy, on_conflict
+        self.log = StepLog(tasks)
+        self.new_state = dict(state)
+        self.owned: set[str] = set()
+        self.writer: dict[str, Task] = {}  # replace key -> the task that wrote it
+        self.touched: dict[str, None] = {}  # keys written, in the order first written
+        self.grown: dict[str, int] = {}  # append/extend key -> its length before this step
+        self.waiting: dict[int, TaskReport] = {}  # arrived before a task ahead of them
+        self.merged = 0  # the tasks merged: the position of the next one
+        self.error: RunFailed | None = None
+
+    def arrived(self, i: int, report: TaskReport) -> None:
+        """The report of task ``i`` of the step: merged once those of the tasks before are."""
+        if i != self.merged:
+            self.waiting[i] = report
+            return
+        self._add(report)
+        while self.merged in self.waiting:
+            self._add(self.waiting.pop(self.merged))
+
+    def _add(self, o: TaskReport) -> None:
+        self.merged += 1
+        self.log.add(o)
+        if self.error is None:
+            try:
+                self._merge(o)
+            except RunFailed as exc:
+                self.error = exc
+
+    def _merge(self, o: TaskReport) -> None:
+        wf, new_state, owned, writer, grown = (
+            self.wf,
+            self.new_state,
+            self.owned,
+            self.writer,
+            self.grown,
+        )
         for k, v in (o.delta or {}).items():
             reducer = wf.state[k].reducer
             if reducer == "replace":
                 if k in writer:
-                    on_conflict(k, (writer[k].node, o.task.node))
-                    if policy == "fail":
+                    self.on_conflict(k, (writer[k].node, o.task.node))
+                    if self.policy == "fail":
                         a, b = writer[k].label, o.task.label
                         raise RunFailed(
                             f"merge conflict on state key {k!r}: written by {a!r}"
-                            f" and {b!r} in step {step}",
+                            f" and {b!r} in step {self.step}",
                             hint="give the key a reducer (append, merge, …) or set"
                             " config.conflict_policy: last_writer_wins",
                         )
@@ -83,47 +126,53 @@ def merge(
                 raise RunFailed(f"node {o.task.node!r}: {exc}") from None
             if reducer in ("append", "extend", "merge"):
                 owned.add(k)
-            if k not in touched:
-                touched.append(k)
-    changed, appended, digests = {}, {}, {}
-    extended: Grown = {}
-    for k in touched:
-        start = grown.get(k, -1)
-        if start >= 0 and not log.snapshot_due(k):
-            if len(new_state[k]) == start:
-                continue  # extended by nothing
-            items = dumps(new_state[k][start:])
-            if "{" in items:  # hold dicts as stored (sorted keys), as below
-                new_state[k][start:] = json.loads(items)
-            appended[k] = items
-            digests[k] = log.delta(k, items, was_empty=start == 0)
-            extended[k] = (state[k], new_state[k])  # the same items, then the new ones
-            continue
-        text = dumps(new_state[k])
-        if "{" in text:  # hold dicts as stored (sorted keys), so a resume sees the same
-            new_state[k] = json.loads(text)
-        if start >= 0:
-            digests[k] = log.snapshot(k, text)
-        if text != texts[k]:
-            changed[k] = text
-    return Merged(new_state, changed, appended, digests, extended)
+            self.touched[k] = None
+
+    def result(self) -> Merged:
+        """The step's merge, once every task's report arrived; a failed merge raises."""
+        if self.error is not None:
+            raise self.error
+        assert not self.waiting, "a report is still waiting for an earlier task's"
+        state, new_state, texts, log = self.state, self.new_state, self.texts, self.appends
+        changed, appended, digests = {}, {}, {}
+        extended: Grown = {}
+        for k in self.touched:
+            start = self.grown.get(k, -1)
+            if start >= 0 and not log.snapshot_due(k):
+                if len(new_state[k]) == start:
+                    continue  # extended by nothing
+                items = dumps(new_state[k][start:])
+                if "{" in items:  # hold dicts as stored (sorted keys), as below
+                    new_state[k][start:] = json.loads(items)
+                appended[k] = items
+                digests[k] = log.delta(k, items, was_empty=start == 0)
+                extended[k] = (state[k], new_state[k])  # the same items, then the new ones
+                continue
+            text = dumps(new_state[k])
+            if "{" in text:  # hold dicts as stored (sorted keys), so a resume sees the same
+                new_state[k] = json.loads(text)
+            if start >= 0:
+                digests[k] = log.snapshot(k, text)
+            if text != texts[k]:
+                changed[k] = text
+        return Merged(new_state, changed, appended, digests, extended)
 
 
 def advance(
     wf: Workflow,
-    tasks: list[Task],
-    frontier: dict[str, Any],
+    tasks: Iterable[Task],
+    frontier: Frontier,
     state: dict[str, Any],
     run_id: str,
     step: int,
-) -> dict[str, Any]:
+) -> Frontier:
     """The next frontier; a route that fails, or a join that can never run, fails the run."""
     try:
         nxt = fr.advance(wf, tasks, frontier, state, run_id, step)
     except fr.RouteError as exc:
         raise RunFailed(str(exc)) from None
-    if not nxt["entries"] and nxt["held"]:
-        waiting = ", ".join(h["node"] for h in nxt["held"])
+    if not nxt.entries and nxt.held:
+        waiting = ", ".join(h.node for h in nxt.held)
         raise RunFailed(
             f"join {waiting} can never run: a node it needs did not run",
             hint="check the needs: lists against the routes taken",

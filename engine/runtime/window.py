@@ -29,7 +29,7 @@ class Window:
         self.submitted = 0
         self.settled = 0
         self.completed = 0
-        self._started: set[str] = set()  # keys heard of (a step's window is one step's)
+        self._started: set[str] = set()  # keys heard of, not settled yet
         self._counted = 0  # started (heard of, or completed)
 
     def full(self) -> bool:
@@ -61,6 +61,7 @@ class Window:
         """Those tasks' futures are dealt with: their results are committed (or there were
         none: cancelled or skipped)."""
         self.settled += len(keys)
+        self._started.difference_update(keys)  # held only while in flight
 
     def running(self) -> int:
         """How many of the step's tasks are running now (started, not completed)."""

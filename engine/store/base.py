@@ -9,8 +9,11 @@ plain frozen dataclasses holding JSON-able values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ..records import Frontier
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +137,10 @@ class StepCommit:
     idempotency_key: str
     digest: str
     changed: dict[str, str]  # state key -> JSON text of its new value (only keys that changed)
-    frontier: dict[str, Any]  # the next frontier (tasks, held joins, join progress)
-    tasks: list[dict[str, Any]]  # order_key/node/index of the step's tasks, in order
-    events: list[Event] = field(default_factory=list)
+    frontier: Frontier  # the next frontier (tasks, held joins, join progress)
+    # key/node/index of the step's tasks, in order (a big step's made as they are read)
+    tasks: Sequence[Mapping[str, Any]]
+    events: Sequence[Event] = field(default_factory=list)  # a big step's made as read
     status: str = "running"
     error: str | None = None
     state_digest: str | None = None
@@ -248,7 +252,7 @@ class Checkpoint:
     run_id: str
     step: int
     state: dict[str, Any]
-    frontier: dict[str, Any]
+    frontier: Frontier
     status: str
 
 
@@ -320,7 +324,7 @@ class Store(RunHistory, Protocol):
         workflow_text: str,
         workflow_digest: str,
         state: dict[str, Any],
-        frontier: dict[str, Any],
+        frontier: Frontier,
         inputs: dict[str, Any],
     ) -> None: ...
 

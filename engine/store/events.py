@@ -8,6 +8,7 @@ delivered again after a crash (at-least-once, in ``seq`` order).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..jsonvalue import dumps
@@ -19,12 +20,12 @@ class SQLEvents(SQLDB):
     """The ``events`` table and the run's ``event_seq`` / ``events_emitted`` marks."""
 
     def _insert_events(
-        self, c: SQLConn, run_id: str, events: list[Event], *, bump: bool = True
+        self, c: SQLConn, run_id: str, events: Sequence[Event], *, bump: bool = True
     ) -> None:
         c.executemany(
             "INSERT INTO events (run_id, seq, ts, step, node, type, attempt, duration,"
             " error, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
+            (  # made row by row: a big step's events are made as they are read
                 (
                     run_id,
                     e.seq,
@@ -38,7 +39,7 @@ class SQLEvents(SQLDB):
                     None if e.data is None else dumps(e.data),
                 )
                 for e in events
-            ],
+            ),
         )
         if bump:
             c.execute(

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ResumeRefused, RunExists
 from ..jsonvalue import dumps
+from ..records import Frontier
 from . import leases
 from .base import Event, LeaseOwner, RunRecord, TakenLease
 from .events import SQLEvents
@@ -32,10 +33,11 @@ class SQLRuns(SQLEvents):
         workflow_text: str,
         workflow_digest: str,
         state: dict[str, Any],
-        frontier: dict[str, Any],
+        frontier: Frontier,
         inputs: dict[str, Any],
     ) -> None:
         now = time.time()
+        text = dumps(frontier.to_json())
         try:
             with self._tx() as c:
                 # The text lives apart from the run row: runs is updated every step,
@@ -54,7 +56,7 @@ class SQLRuns(SQLEvents):
                         workflow_name,
                         workflow_path,
                         workflow_digest,
-                        dumps(frontier),
+                        text,
                         now,
                         now,
                     ),
@@ -66,7 +68,7 @@ class SQLRuns(SQLEvents):
                 c.execute(
                     "INSERT INTO steps (run_id, step, idem_key, digest, tasks, frontier,"
                     " committed_at) VALUES (?, -1, ?, '', '[]', ?, ?)",
-                    (run_id, f"init:{run_id}", dumps(frontier), now),
+                    (run_id, f"init:{run_id}", text, now),
                 )
                 c.executemany(
                     "INSERT INTO state_kv (run_id, key, step, value) VALUES (?, ?, -1, ?)",

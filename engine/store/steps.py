@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from ..errors import ResumeRefused, StepAlreadyCommitted
-from ..jsonvalue import dumps
+from ..jsonvalue import dumps, dumps_list
+from ..records import Frontier
 from .base import Checkpoint, StepCommit
 from .results import SQLTaskResults
 from .sql import SQLConn
@@ -24,7 +25,8 @@ class SQLSteps(SQLTaskResults):
     """The ``steps``, ``state_kv`` and ``checkpoints`` tables."""
 
     def save_step(self, run_id: str, token: int, commit: StepCommit) -> None:
-        frontier, tasks = dumps(commit.frontier), dumps(commit.tasks)  # before the lock
+        # before the lock
+        frontier, tasks = dumps(commit.frontier.to_json()), dumps_list(commit.tasks)
         try:
             with self._tx() as c:
                 updates: dict[str, Any] = {
@@ -149,7 +151,7 @@ class SQLSteps(SQLTaskResults):
                 raise ResumeRefused(f"no run {run_id!r}")
             step, frontier, status = row
             state = self._state_at(c, run_id, step - 1)
-        return Checkpoint(run_id, step, state, json.loads(frontier), status)
+        return Checkpoint(run_id, step, state, Frontier.from_json(json.loads(frontier)), status)
 
     def load_at(self, run_id: str, step: int) -> Checkpoint:
         """The checkpoint after committed step ``step - 1`` (step 0: the initial state)."""
@@ -160,7 +162,7 @@ class SQLSteps(SQLTaskResults):
             if row is None:
                 raise ResumeRefused(f"run {run_id} has no committed step {step - 1}")
             state = self._state_at(c, run_id, step - 1)
-        return Checkpoint(run_id, step, state, json.loads(row[0]), "running")
+        return Checkpoint(run_id, step, state, Frontier.from_json(json.loads(row[0])), "running")
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         with self._read() as c:

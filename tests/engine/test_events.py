@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flowrun.engine import JsonlSink
+from flowrun.engine import Engine, JsonlSink, SQLiteStore, load_workflow
 from flowrun.engine.store.base import Event
 
 from tests.support.installed import FLOWRUN
@@ -225,3 +225,33 @@ def test_a_resume_without_events_leaves_them_for_the_next_events_file(
     assert r.returncode == 0, r.stderr
     assert event_ids(ev) == stored_event_ids(run_id, tmp_path)  # no gap where no sink was
     assert [e["type"] for e in read_jsonl(ev)].count("run_resumed") == 1
+
+
+class CountingStore(SQLiteStore):
+    """A real store that counts the reads of a run's pending events."""
+
+    pending_reads = 0
+
+    def pending_events(self, run_id: str) -> list[Event]:
+        CountingStore.pending_reads += 1
+        return super().pending_events(run_id)
+
+
+def test_a_drive_without_an_events_file_never_reads_the_pending_events(
+    write: Write, tmp_path: Path
+) -> None:
+    write("lib.py", LIB)
+    wf = load_workflow(str(write("wf.yaml", LOOP)))
+    store = CountingStore(str(tmp_path / "f.db"))
+    try:
+        result = Engine(store).start(wf, run_id="r")
+        assert result.status == "succeeded" and len(store.pending_events("r")) > 40
+        CountingStore.pending_reads = 0
+        Engine(store).resume(wf, "r")  # nothing to deliver to: nothing read
+        assert CountingStore.pending_reads == 0
+        ev = tmp_path / "ev.jsonl"
+        Engine(store, sinks=[JsonlSink(ev)]).resume(wf, "r")  # an events file gets them all
+        assert CountingStore.pending_reads == 1
+        assert event_ids(ev) == [e.event_id for e in store.events("r")]
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from flowrun.engine import load_workflow
-from flowrun.engine.records import Task
+from flowrun.engine.records import Entry, Task
 from flowrun.engine.runtime import frontier as fr
 from flowrun.engine.runtime.channels import DriveSink, LocalChannel
 from flowrun.engine.runtime.effects import (
@@ -88,7 +88,7 @@ def manager() -> Iterator[ManagerChannel]:
 
 
 def spec_for(wf: Workflow, node: str, channel: ManagerChannel | LocalChannel) -> TaskSpec:
-    entry = fr.entry(node, "", 0)
+    entry = Entry(node, "", 0)
     (task,) = fr.expand(wf, [entry], wf.initial_state(), "r", 1)
     return TaskSpec(
         "r",

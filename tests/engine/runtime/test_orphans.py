@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from flowrun.engine.errors import LeaseLost
+from flowrun.engine.records import Frontier
 from flowrun.engine.runtime.orphans import reap_orphans, start_time
 from flowrun.engine.store import SQLiteStore
 from flowrun.engine.store.base import ProcRecord
@@ -131,7 +132,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
         workflow_text="name: w",
         workflow_digest="d",
         state={},
-        frontier={"entries": [], "held": []},
+        frontier=Frontier(),
         inputs={},
     )
     yield s

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from flowrun.engine.errors import ResumeRefused, StoreError
+from flowrun.engine.records import Frontier
 from flowrun.engine.runtime.orphans import start_time
 from flowrun.engine.store import SQLiteStore, Store, open_store
 from flowrun.engine.store.leases import HOST
@@ -272,7 +273,7 @@ def store(db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
         workflow_text="name: w",
         workflow_digest="d",
         state={},
-        frontier={"entries": [], "held": []},
+        frontier=Frontier(),
         inputs={},
     )
     yield s

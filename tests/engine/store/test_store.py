@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, StoreError
+from flowrun.engine.records import Entry, Frontier
 from flowrun.engine.store.base import Event, StepCommit, TaskResult
 from flowrun.engine.store.leases import start_time
 from flowrun.engine.store.migrations import MIGRATIONS
 from flowrun.engine.store.sqlite import LEASE_STALE_S, SQLiteStore
 
-FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+FRONTIER0 = Frontier.from_json(
+    {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+)
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def commit(
         idempotency_key=key or f"idem-{step}",
         digest=f"digest-{step}",
         changed={"n": str(step + 1)} if changed is None else changed,
-        frontier={"entries": [{"node": "a", "parent": f"p{step}", "edge": 0}], "held": []},
+        frontier=Frontier((Entry("a", f"p{step}", 0),)),
         tasks=[{"key": f"k{step}", "node": "a", "index": None}],
         **kw,
     )
@@ -193,7 +196,7 @@ def test_a_failure_inside_the_step_transaction_leaves_the_last_checkpoint_intact
     store.save_step("r1", token, commit(1, changed={"n": "2", "big": '"y"'}))  # the retry works
     cp = store.load_latest("r1")
     assert (cp.step, cp.state) == (2, {"n": 2, "big": "y"})
-    assert cp.frontier["entries"][0]["parent"] == "p1"
+    assert cp.frontier.entries[0].parent == "p1"
 
 
 def test_a_full_disk_during_a_commit_is_a_store_error_and_changes_nothing(

@@ -16,16 +16,19 @@ from typing import Any
 
 import pytest
 from flowrun.engine import LeaseLost, ResumeRefused, StepAlreadyCommitted, UsageError
+from flowrun.engine.records import Frontier
 from flowrun.engine.store import open_store
 from flowrun.engine.store.base import Event, LLMCall, StepCommit, Store, TaskResult
 from flowrun.engine.store.sqlite import SQLiteStore
 
-FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+FRONTIER0 = Frontier.from_json(
+    {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+)
 STATE0 = {"n": 0, "items": [], "note": "start"}
 
 
-def frontier(step: int) -> dict[str, Any]:
-    return {"entries": [{"node": "a", "parent": f"p{step}", "edge": 0}], "held": []}
+def frontier(step: int) -> Frontier:
+    return Frontier.from_json({"entries": [{"node": "a", "parent": f"p{step}", "edge": 0}]})
 
 
 def commit(

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from flowrun.engine import DatabaseRefused, LeaseLost, ResumeRefused, StoreError, UsageError
+from flowrun.engine.records import Frontier
 from flowrun.engine.store import open_store
 from flowrun.engine.store.open import masked, sqlite_path, url_secrets
 from flowrun.engine.store.sqlite import SQLiteStore
@@ -25,7 +26,9 @@ from flowrun.engine.store.sqlite import SQLiteStore
 from tests.support.installed import FLOWRUN
 from tests.support.stores import execute, query
 
-FRONTIER0 = {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+FRONTIER0 = Frontier.from_json(
+    {"entries": [{"node": "a", "parent": "", "edge": 0}], "held": [], "since": {}}
+)
 
 CHAIN = """
 name: chain
