@@ -123,15 +123,25 @@ class SQLSteps(SQLTaskResults):
 
     def _state_at(self, c: SQLConn, run_id: str, step: int) -> dict[str, Any]:
         """Every declared key's value after committed step ``step``, in one query: each key's
-        last whole version at or before it, then the deltas after that one."""
+        last whole version at or before it, then the deltas after that one.
+
+        The run's keys are found by seeking from one to the next (every key has its
+        step -1 row), and each key's versions are read from there: index seeks only,
+        whatever the run's length. Left to choose, SQLite's planner (without
+        statistics) read every version of the run to find them (0.7 ms after 1,000
+        steps instead of 0.04)."""
         versions: dict[str, list[str]] = {}
         for key, value in c.execute(
-            "SELECT k.key, s.value FROM state_kv k JOIN state_kv s"
-            " ON s.run_id = k.run_id AND s.key = k.key AND s.step <= ? AND s.step >= ("
-            "  SELECT w.step FROM state_kv w WHERE w.run_id = k.run_id AND w.key = k.key"
+            "WITH RECURSIVE keys (key) AS ("
+            "  SELECT min(key) FROM state_kv WHERE run_id = ?"
+            "  UNION ALL SELECT (SELECT min(n.key) FROM state_kv n"
+            "   WHERE n.run_id = ? AND n.key > keys.key) FROM keys WHERE keys.key IS NOT NULL)"
+            " SELECT k.key, s.value FROM keys k CROSS JOIN state_kv s"
+            " WHERE s.run_id = ? AND s.key = k.key AND s.step <= ? AND s.step >= ("
+            "  SELECT w.step FROM state_kv w WHERE w.run_id = ? AND w.key = k.key"
             "  AND w.step <= ? AND w.delta = 0 ORDER BY w.step DESC LIMIT 1)"
-            " WHERE k.run_id = ? AND k.step = -1 ORDER BY k.key, s.step",
-            (step, step, run_id),
+            " ORDER BY k.key, s.step",
+            (run_id, run_id, run_id, step, run_id, step),
         ):
             versions.setdefault(key, []).append(value)
         state: dict[str, Any] = {}
