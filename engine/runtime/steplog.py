@@ -24,7 +24,7 @@ from .messages import Attempt, TaskReport
 class StepLog:
     """What the events of a step's tasks need, gathered as their reports merge in order."""
 
-    __slots__ = ("attempt", "duration", "ended", "odd", "tasks")
+    __slots__ = ("_count", "attempt", "duration", "ended", "odd", "tasks")
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         self.tasks = tasks
@@ -34,6 +34,7 @@ class StepLog:
         # position -> (status, error, its retried attempts), for a task that did not simply
         # succeed (few): what its events say beyond the arrays
         self.odd: dict[int, tuple[str, str | None, tuple[Attempt, ...]]] = {}
+        self._count = 0  # the events they leave
 
     def add(self, o: TaskReport) -> None:
         """The next task's report, in task order."""
@@ -47,10 +48,11 @@ class StepLog:
         )
         if retried or o.status != "ok" or o.error is not None:
             self.odd[i] = (o.status, o.error, retried)
+        self._count += 1 + len(retried)
 
     def __len__(self) -> int:
         """How many events the step's tasks leave."""
-        return len(self.ended) + sum(len(retried) for _, _, retried in self.odd.values())
+        return self._count
 
     def events(self, outbox: Outbox, step: int) -> StepEvents:
         """The step's events: its tasks' (their sequence numbers taken from ``outbox``

@@ -34,9 +34,8 @@ def step_tasks(
 ) -> Sequence[Task]:
     """The step's tasks, in tree order: a list, or a :class:`StepTasks` past ``lazy_above``."""
     groups = [(e, fr.items_of(workflow, e, state, run_id, step)) for e in entries]
-    tasks = StepTasks(groups)
-    if len(tasks) > lazy_above:
-        return tasks
+    if sum(len(items) if items else 1 for _, items in groups) > lazy_above:
+        return StepTasks(groups)
     return [t for e, items in groups for t in fr.entry_tasks(e, items)]
 
 
