@@ -48,10 +48,13 @@ class StepMerge:
     """Merges a step's deltas in task order as its tasks' reports arrive, whatever order
     they arrive in (``policy``: the conflict policy).
 
-    A report waits only for those of the tasks before it, so what is held is bounded
-    by the dispatch window, not by the step's size. A merge that fails (a conflict, a
-    reducer's error) is raised by :meth:`result`, once the step's tasks have all
-    finished, as before. ``log`` gathers the step's task events as they merge.
+    A report waits only for those of the tasks before it: while tasks end roughly in
+    order, what is held is about the dispatch window. The window counts settled
+    results, not merged ones, so one slow task near the front keeps every report
+    that arrives after it waiting here until it ends (a 20,000-item foreach whose
+    first item sleeps holds 19,999). A merge that fails (a conflict, a reducer's
+    error) is raised by :meth:`result`, once the step's tasks have all finished, as
+    before. ``log`` gathers the step's task events as they merge.
     """
 
     def __init__(
