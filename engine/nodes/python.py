@@ -215,6 +215,7 @@ class _Caller:
     MAX_IDLE: ClassVar[int] = 64
     PIPES: ClassVar[int] = 32  # callers alive that hand off through a pipe
     piped: ClassVar[int] = 0
+    pipes: ClassVar[set[tuple[int, int]]] = set()  # those callers' pipes, idle or busy
 
     def __init__(self) -> None:
         self.job: tuple[Callable[[], Any], dict[str, Any], threading.Lock] | None = None
@@ -224,6 +225,7 @@ class _Caller:
                 with contextlib.suppress(OSError):  # out of file descriptors: a lock
                     self.pipe = os.pipe()
                     _Caller.piped += 1
+                    _Caller.pipes.add(self.pipe)
         # beyond the pipes: a bare lock as a binary semaphore, released by the other side
         self.wake = threading.Lock()
         self.wake.acquire()
@@ -266,6 +268,7 @@ class _Caller:
                     _Caller.idle.append(self)
                 elif pipe is not None:
                     _Caller.piped -= 1
+                    _Caller.pipes.discard(pipe)
             done.release()
             if not keep:
                 if pipe is not None:
@@ -276,14 +279,14 @@ class _Caller:
     @classmethod
     def _forget(cls) -> None:
         """In a forked child: the parent's callers have no thread here, and their pipes
-        are the parent's too."""
+        are the parent's too (a busy caller's as well as an idle one's)."""
         cls.lock = threading.Lock()
-        for caller in cls.idle:
-            if caller.pipe is not None:
-                os.close(caller.pipe[0])
-                os.close(caller.pipe[1])
+        for read, write in cls.pipes:
+            os.close(read)
+            os.close(write)
         cls.idle = []
         cls.piped = 0
+        cls.pipes = set()
 
 
 os.register_at_fork(after_in_child=_Caller._forget)

@@ -178,3 +178,43 @@ def test_a_forked_child_has_its_own_callers_and_execution_ids() -> None:
     assert callers == "00ran" and py._Caller.idle
     assert len(child) == 32 and child[:16] != ids[0][:16]
     assert child not in ids
+
+
+def test_a_forked_child_closes_the_pipes_of_callers_busy_in_the_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a new caller, with a pipe of its own, whatever earlier tests left idle
+    monkeypatch.setattr(py._Caller, "idle", [])
+    monkeypatch.setattr(py._Caller, "PIPES", py._Caller.piped + 1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(10)
+
+    _, done = py._Caller.call(busy)
+    assert started.wait(10)
+    busy_pipes = list(py._Caller.pipes)
+    assert busy_pipes  # the busy caller's, and those of callers idle before the test
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            open_fds = 0
+            for fd in (fd for pipe in busy_pipes for fd in pipe):
+                try:
+                    os.fstat(fd)
+                    open_fds += 1
+                except OSError:
+                    pass
+            os.write(w, f"{open_fds} {len(py._Caller.pipes)}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    said = os.read(r, 64).decode()
+    os.close(r)
+    release.set()
+    wait_done(done)
+    assert said == "0 0"
