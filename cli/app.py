@@ -19,7 +19,7 @@ from . import options as opt
 if TYPE_CHECKING:
     from .running import Shown
 
-# --metrics-* on run and resume (SPEC §7); the exporter itself lives in engine/metrics.py
+# --metrics-* on run and resume (docs/metrics.md); the exporter itself lives in engine/metrics.py
 MetricsPort = Annotated[
     int | None,
     typer.Option(
