@@ -51,7 +51,7 @@ from .ordering import idempotency_key, state_digest, step_digest, value_digest
 from .orphans import take_over
 from .reducers import AppendLog
 from .steplog import StepLog
-from .tasks import LAZY_ABOVE, StepKeys, step_tasks
+from .tasks import StepKeys, step_tasks
 from .workdir import workflow_dir
 
 _log = logging.getLogger("flowrun")
@@ -416,9 +416,6 @@ class Engine:
         """Commit the step: its state, next frontier, events and last results, at once."""
         outbox, run_id = d.outbox, d.run_id
         rows = StepKeys(tasks)
-        # the order keys are hashed twice: a step of a list's size lists them once
-        small = len(tasks) <= LAZY_ABOVE
-        listed = list(rows.keys()) if small else []
         events = log.events(outbox, step)  # the tasks' events, then the step's own
         done = not nxt.entries
         events.tail.append(
@@ -436,8 +433,8 @@ class Engine:
             d.token,
             StepCommit(
                 step=step,
-                idempotency_key=idempotency_key(run_id, step, listed if small else rows.keys()),
-                digest=step_digest(step, listed if small else rows.keys(), sdig),
+                idempotency_key=idempotency_key(run_id, step, rows.keys()),
+                digest=step_digest(step, rows.keys(), sdig),
                 changed=m.changed,
                 appended=m.appended,
                 frontier=nxt,

@@ -99,14 +99,17 @@ class StepKeys(Sequence[dict[str, Any]]):
     """A step's task list as its commit stores it (each task's order key, node and
     index, in order), made from the step's tasks as it is read: no dict per task."""
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("_listed", "_tasks")
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         self._tasks = tasks
+        # both digests hash the keys: a step of a list's size lists them once, a big
+        # step's (a StepTasks) are made as they are read
+        self._listed = [t.key for t in tasks] if isinstance(tasks, list) else None
 
-    def keys(self) -> Iterator[str]:
+    def keys(self) -> Iterable[str]:
         """The tasks' order keys, in order (what the idempotency key and digest hash)."""
-        return (t.key for t in self._tasks)
+        return self._listed if self._listed is not None else (t.key for t in self._tasks)
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -154,26 +154,36 @@ def test_ctx_cancelled_is_made_once_even_when_asked_at_once(tmp_path: Path) -> N
         assert isinstance(ctx.cancelled, threading.Event) and not ctx.cancelled.is_set()
 
 
-def test_a_forked_child_has_its_own_callers_and_execution_ids() -> None:
-    _, done = py._Caller.call(lambda: None)  # an idle caller, with its pipe, in the parent
-    wait_done(done)
-    ids = [worker.execution_id() for _ in range(10_000)]
-    assert len(set(ids)) == len(ids)
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+def in_forked_child(says: Callable[[], str]) -> str:
+    """What ``says()`` returns in a child forked from this process."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a prefix of its own
+    if pid == 0:
         try:
-            callers = f"{len(py._Caller.idle)}{py._Caller.piped}"  # the parent's: forgotten
-            box, done = py._Caller.call(lambda: 7)  # a caller of its own, which runs it
-            ran = "ran" if done.acquire(timeout=10) and box == {"value": 7} else "hung"
-            os.write(w, (worker.execution_id() + callers + ran).encode())
+            os.write(w, says().encode())
         finally:
             os._exit(0)
     os.close(w)
     os.waitpid(pid, 0)
     said = os.read(r, 64).decode()
     os.close(r)
+    return said
+
+
+def test_a_forked_child_has_its_own_callers_and_execution_ids() -> None:
+    _, done = py._Caller.call(lambda: None)  # an idle caller, with its pipe, in the parent
+    wait_done(done)
+    ids = [worker.execution_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+    def child_says() -> str:  # a prefix of its own
+        callers = f"{len(py._Caller.idle)}{py._Caller.piped}"  # the parent's: forgotten
+        box, done = py._Caller.call(lambda: 7)  # a caller of its own, which runs it
+        ran = "ran" if done.acquire(timeout=10) and box == {"value": 7} else "hung"
+        return worker.execution_id() + callers + ran
+
+    said = in_forked_child(child_says)
     child, callers = said[:32], said[32:]
     assert callers == "00ran" and py._Caller.idle
     assert len(child) == 32 and child[:16] != ids[0][:16]
@@ -197,24 +207,18 @@ def test_a_forked_child_closes_the_pipes_of_callers_busy_in_the_parent(
     assert started.wait(10)
     busy_pipes = list(py._Caller.pipes)
     assert busy_pipes  # the busy caller's, and those of callers idle before the test
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            open_fds = 0
-            for fd in (fd for pipe in busy_pipes for fd in pipe):
-                try:
-                    os.fstat(fd)
-                    open_fds += 1
-                except OSError:
-                    pass
-            os.write(w, f"{open_fds} {len(py._Caller.pipes)}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    said = os.read(r, 64).decode()
-    os.close(r)
+
+    def child_says() -> str:
+        open_fds = 0
+        for fd in (fd for pipe in busy_pipes for fd in pipe):
+            try:
+                os.fstat(fd)
+                open_fds += 1
+            except OSError:
+                pass
+        return f"{open_fds} {len(py._Caller.pipes)}"
+
+    said = in_forked_child(child_says)
     release.set()
     wait_done(done)
     assert said == "0 0"
