@@ -11,13 +11,19 @@ or ``keys``: mappings answer attribute lookups from their items first.
 
 A string without ``{{`` or ``{%`` is no template and stays as it is; Jinja2 and
 the sandbox (:mod:`.sandbox`) load on the first string that is one, so a
-workflow without templates never imports them.
+workflow without templates never imports them. Nor does one whose templates are
+all a lone path (``{{ state.items }}``, ``{{ item.name }}``, a condition
+``state.done``): such a path is looked up here, item by item in mappings, as the
+sandbox would look it up; whatever the lookup does not find (a missing key, a
+value that is no mapping) goes to the sandbox, which gives its value or its error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from ..jsonvalue import dumps
@@ -35,6 +41,37 @@ class TemplateError(Exception):
 
 def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
+
+
+# A lone path of plain names: `{{ state.key }}`, and as a condition also `state.key`.
+_NAME = r"([a-z]+)((?:\.[A-Za-z][A-Za-z0-9_]*)*)"
+_PATH = re.compile(r"\s*\{\{\s*" + _NAME + r"\s*\}\}\s*")
+_BARE = re.compile(r"\s*" + _NAME + r"\s*")
+_MISSING = object()
+
+
+@lru_cache(maxsize=4096)
+def _path(text: str, condition: bool) -> tuple[str, tuple[str, ...]] | None:
+    """``text``'s name and keys when it is one lone path of a scope name, else None."""
+    m = _PATH.fullmatch(text) or (_BARE.fullmatch(text) if condition else None)
+    if m is None or m[1] not in NAMES:
+        return None
+    return m[1], tuple(m[2].split(".")[1:])
+
+
+def _lookup(path: tuple[str, tuple[str, ...]], scope: Mapping[str, Any]) -> Any:
+    """The path's value in ``scope``, each key an item of a mapping (as the sandbox
+    reads ``a.b`` of a mapping); ``_MISSING`` where that finds nothing."""
+    name, keys = path
+    value = scope.get(name, _MISSING)
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return _MISSING
+        try:
+            value = value[key]
+        except (KeyError, TypeError):
+            return _MISSING
+    return value
 
 
 def as_text(value: Any) -> str:
@@ -60,6 +97,11 @@ def render(text: str, scope: Mapping[str, Any], *, shell: bool = False) -> Any:
         return render_shell(text, scope)
     if not is_template(text):
         return text
+    path = _path(text, False)
+    if path is not None:
+        value = _lookup(path, scope)
+        if value is not _MISSING:
+            return value
     from . import sandbox
 
     return sandbox.render(text, scope)
@@ -82,6 +124,11 @@ def render_text(text: str, scope: Mapping[str, Any]) -> str:
 
 def evaluate(condition: str, scope: Mapping[str, Any]) -> bool:
     """A condition's truth (a bare expression or one ``{{ expr }}``)."""
+    path = _path(condition, True)
+    if path is not None:
+        value = _lookup(path, scope)
+        if value is not _MISSING:
+            return bool(value)
     from . import sandbox
 
     return sandbox.evaluate(condition, scope)
@@ -92,6 +139,10 @@ def references(text: str, *, condition: bool = False) -> tuple[set[str], set[str
 
     Raises :class:`TemplateError` on a syntax error.
     """
+    path = _path(text, condition)
+    if path is not None:
+        name, keys = path
+        return {name}, {keys[0]} if name == "state" and keys else set()
     from . import sandbox
 
     return sandbox.references(text, condition=condition)
@@ -102,6 +153,8 @@ def check(text: str, *, shell: bool = False, condition: bool = False) -> tuple[s
 
     Returns :func:`references`; raises :class:`TemplateError`.
     """
+    if not shell and _path(text, condition) is not None:
+        return references(text, condition=condition)  # a lone path always compiles
     from . import sandbox
 
     return sandbox.check(text, shell=shell, condition=condition)

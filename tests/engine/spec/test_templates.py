@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 from flowrun.engine.spec import templates
 from flowrun.engine.spec.templates import TemplateError, evaluate, references, render
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.installed import FLOWRUN
 
@@ -286,3 +289,80 @@ def test_a_real_run_passes_a_hostile_set_value_to_the_shell_as_data(tmp_path: Pa
     assert state["single"] == EVIL
     for name in ("X", "Y", "Z"):
         assert not (tmp_path / name).exists()
+
+
+# --- a lone path is looked up without Jinja2, with the sandbox's answer -----------------
+
+_KEYS = st.sampled_from(["a", "b", "items", "keys", "get", "x1", "B_2", "in", "true", "upper"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "value", fn(*args)
+    except TemplateError as exc:
+        return "error", str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from([*sorted(templates.NAMES), "other"]),
+    keys=st.lists(_KEYS, max_size=3),
+    state=st.dictionaries(_KEYS, _JSON, max_size=4),
+    item=_JSON,
+    spacing=st.sampled_from([("{{ ", " }}"), ("{{", "}}"), ("  {{  ", "  }}\n"), ("", "")]),
+)
+def test_a_lone_path_renders_and_evaluates_as_the_sandbox_does(
+    name: str,
+    keys: list[str],
+    state: dict[str, Any],
+    item: Any,
+    spacing: tuple[str, str],
+) -> None:
+    from flowrun.engine.spec import sandbox
+
+    path = ".".join([name, *keys])
+    s = {"state": state, "item": item, "index": 2, "run": {"id": "r", "step": 1}, "node": "n"}
+    opening, closing = spacing
+    text = f"{opening}{path}{closing}"
+    if opening:
+        assert _outcome(render, text, s) == _outcome(sandbox.render, text, s)
+        assert references(text) == sandbox.references(text)
+    assert _outcome(evaluate, text, s) == _outcome(sandbox.evaluate, text, s)
+    assert references(text, condition=True) == sandbox.references(text, condition=True)
+
+
+def test_a_workflow_whose_templates_are_lone_paths_never_imports_jinja2(tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(
+        textwrap.dedent("""
+            name: paths
+            state:
+              items: {default: [1, 2]}
+              done: {default: true}
+              out: {default: [], reducer: append}
+            nodes:
+              map:
+                foreach: "{{ state.items }}"
+                set: {out: "{{ item }}"}
+                next: check
+              check:
+                set: {done: "{{ state.done }}"}
+                routes:
+                  - {when: state.done, to: [END]}
+            """)
+    )
+    probe = (
+        "import sys\n"
+        "from flowrun.engine import Engine, SQLiteStore, load_workflow\n"
+        f"wf = load_workflow({str(tmp_path / 'wf.yaml')!r})\n"
+        f"r = Engine(SQLiteStore({str(tmp_path / 'f.db')!r})).start(wf)\n"
+        "print(r.status, r.state['out'], 'jinja2' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["succeeded", "[1,", "2]", "False"]
