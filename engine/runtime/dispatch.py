@@ -29,6 +29,7 @@ from .channels import InlineSink
 from .effects import Effect
 from .merge import StepMerge, task_events
 from .messages import Attempt, TaskReport, TaskSpec
+from .pool import Job, wait_jobs
 from .window import Window
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class Ran:
         return self.report
 
 
-Done = Future[TaskReport] | Ran  # a task's outcome to come (or already there, inline)
+# a task's outcome to come (or already there, inline)
+Done = Future[TaskReport] | Job[TaskSpec, TaskReport] | Ran
 Arrival = Effect | Done
 
 
@@ -183,7 +185,14 @@ class StepDispatch:
             self.pending[ran] = (i, t)
             d.arrivals.put(ran)
             return
+        start = d.backend.start
         try:
+            if start is not None:
+                # its callback may run before start returns: only this thread reads the
+                # arrivals, after it has put the job in pending
+                job = start(spec, d.arrivals.put)
+                self.pending[job] = (i, t)
+                return
             future = d.backend.executor.submit(worker.run_spec, spec)
         except BaseException:
             self.window.unsubmit()
@@ -348,7 +357,10 @@ class StepDispatch:
         for f in list(self.pending):
             f.cancel()
         worker.kill_local(d.drive_id)
+        t0 = time.monotonic()
         wait([f for f in self.pending if isinstance(f, Future)], timeout=ABANDON_WAIT_S)
+        left = ABANDON_WAIT_S - (time.monotonic() - t0)
+        wait_jobs([f for f in self.pending if isinstance(f, Job)], timeout=max(0.0, left))
 
 
 def reused(t: Task, r: TaskResult) -> TaskReport:

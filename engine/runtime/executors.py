@@ -9,7 +9,8 @@ compiled object; processes: the pool initializer compiled it from its text; a
 Dask backend would ``client.run`` or scatter it); ``channel(control)``, a fresh
 effects channel per drive (``runtime/effects.py``); and ``close()``.
 
-Kinds: ``threads`` (default; a ``ThreadPoolExecutor``) and ``processes`` (a
+Kinds: ``threads`` (default; a :class:`~.pool.TaskPool`, whose ``start`` runs a task
+without a ``Future``) and ``processes`` (a
 ``ProcessPoolExecutor`` of ``spawn``-ed workers: never ``fork`` from a process whose
 threads are running; not ``forkserver`` either, whose server outlives a coordinator
 killed with kill -9). Worker processes, and the manager server of the effects
@@ -38,7 +39,8 @@ from . import worker
 from .channels import LocalChannel
 from .dask_cluster import check_address, is_dask_target, open_dask
 from .effects import Channel, Control
-from .messages import WorkflowRef
+from .messages import TaskReport, TaskSpec, WorkflowRef
+from .pool import Job, TaskPool
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -58,6 +60,13 @@ class Backend:
     close: Callable[[], None]
     # it runs at most max_workers tasks at once (else the window hands it no more)
     bounded: bool = True
+    # runs a spec without a Future, calling back with its job once done (threads)
+    start: (
+        Callable[
+            [TaskSpec, Callable[[Job[TaskSpec, TaskReport]], object]], Job[TaskSpec, TaskReport]
+        ]
+        | None
+    ) = None
 
 
 def check_kind(kind: str) -> str:
@@ -75,8 +84,14 @@ def make_executor(kind: str, max_workers: int, workflow: Workflow) -> Backend:
     if is_dask_target(kind):
         return _dask(kind, max_workers)
     if kind == "threads":
-        pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowrun-task")
-        return Backend(pool, True, worker.install, LocalChannel, lambda: _shut(pool))
+        pool = TaskPool(max_workers, thread_name_prefix="flowrun-task")
+
+        def start(
+            spec: TaskSpec, done: Callable[[Job[TaskSpec, TaskReport]], object]
+        ) -> Job[TaskSpec, TaskReport]:
+            return pool.start(worker.run_spec, spec, done)
+
+        return Backend(pool, True, worker.install, LocalChannel, lambda: _shut(pool), start=start)
     if kind == "processes":
         from concurrent.futures import ProcessPoolExecutor
 
@@ -139,7 +154,7 @@ def for_executor(executor: Executor) -> Backend:
     """The backend of an executor the caller made: a thread pool runs in this process;
     any other gets the workflow's text in every spec and a multiprocessing channel.
     Its size is the caller's: it is handed no more than max_concurrency tasks at once."""
-    if isinstance(executor, ThreadPoolExecutor):
+    if isinstance(executor, ThreadPoolExecutor | TaskPool):
         return Backend(executor, True, worker.install, LocalChannel, lambda: None, False)
 
     def install(wf: Workflow) -> WorkflowRef:

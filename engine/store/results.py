@@ -24,35 +24,40 @@ class SQLTaskResults(SQLEvents):
         """Results that finished together, in one transaction (a group commit)."""
         with self._tx() as c:
             self._fence(c, run_id, token)
-            for result in results:
-                self._insert_result(c, run_id, result)
+            self._insert_results(c, run_id, results)
 
-    def _insert_result(self, c: SQLConn, run_id: str, result: TaskResult) -> None:
-        c.execute(
+    def _insert_results(self, c: SQLConn, run_id: str, results: list[TaskResult]) -> None:
+        if not results:
+            return
+        c.executemany(
             "INSERT INTO task_results (run_id, step, order_key, node, idx, status,"
             " delta, attempts, started_at, duration_s, error, stdout, stderr, traceback,"
             " error_file, error_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (run_id, step, order_key) DO UPDATE SET " + _REPLACE_RESULT,
-            (
-                run_id,
-                result.step,
-                result.order_key,
-                result.node,
-                result.index,
-                result.status,
-                None if result.delta is None else dumps(result.delta),
-                result.attempts,
-                result.started_at,
-                result.duration_s,
-                result.error,
-                result.stdout,
-                result.stderr,
-                result.traceback,
-                result.error_file,
-                result.error_line,
-            ),
+            [
+                (
+                    run_id,
+                    result.step,
+                    result.order_key,
+                    result.node,
+                    result.index,
+                    result.status,
+                    None if result.delta is None else dumps(result.delta),
+                    result.attempts,
+                    result.started_at,
+                    result.duration_s,
+                    result.error,
+                    result.stdout,
+                    result.stderr,
+                    result.traceback,
+                    result.error_file,
+                    result.error_line,
+                )
+                for result in results
+            ],
         )
-        if result.outputs:
+        outputs = [o for result in results for o in result.outputs]
+        if outputs:
             c.executemany(
                 "INSERT INTO task_output (run_id, step, order_key, node, idx, attempt, cut,"
                 " chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -67,7 +72,7 @@ class SQLTaskResults(SQLEvents):
                         o.cut,
                         json.dumps(o.chunks, ensure_ascii=False, separators=(",", ":")),
                     )
-                    for o in result.outputs
+                    for o in outputs
                 ],
             )
 

@@ -68,8 +68,7 @@ class SQLSteps(SQLTaskResults):
                         " VALUES (?, ?, ?, ?, 1)",
                         [(run_id, k, commit.step, v) for k, v in commit.appended.items()],
                     )
-                for result in commit.results:
-                    self._insert_result(c, run_id, result)
+                self._insert_results(c, run_id, commit.results)
                 if commit.events:
                     self._insert_events(c, run_id, commit.events, bump=False)
         except self._IntegrityError as exc:

@@ -1,0 +1,185 @@
+"""The ``threads`` executor: a thread pool that runs a task without a ``Future``.
+
+``concurrent.futures.ThreadPoolExecutor`` makes a ``Future`` per task (a condition
+variable and its lock), a work item, and takes a semaphore on submit and gives it
+back after each item: about eight condition-variable entries a task, ~30 µs of a
+1,000-item ``foreach``'s ~100 µs per task (docs/performance.md). A step reads
+four things of a task's outcome, so :meth:`TaskPool.start` hands out a
+:class:`Job` that has them, and runs it on the pool's threads like any work item.
+:meth:`TaskPool.submit` still gives a ``Future``, for anything that wants the
+``Executor`` interface.
+
+Threads start as tasks are queued, up to ``max_workers``, and are not daemons: as
+with ``ThreadPoolExecutor``, the interpreter's exit waits for the task each is
+running (a python node's call itself runs on a daemon thread of its own, see
+``nodes/python.py``). ``shutdown(wait=False, cancel_futures=True)`` cancels what is
+still queued and lets the threads end after their current task.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+_PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+
+class Job(Generic[A, T]):
+    """``fn(arg)`` queued on a :class:`TaskPool`: what a step reads of a future
+    (``cancel``, ``cancelled``, ``exception``, ``result``), and ``done``. Its
+    ``callback`` is called once with the job when it is done or cancelled."""
+
+    __slots__ = ("_arg", "_callback", "_error", "_fn", "_lock", "_state", "_value")
+
+    def __init__(
+        self,
+        fn: Callable[[A], T],
+        arg: A,
+        callback: Callable[[Job[A, T]], object],
+        lock: threading.Lock,
+    ) -> None:
+        self._fn = fn
+        self._arg = arg
+        self._callback = callback
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._state = _PENDING
+        self._lock = lock  # the pool's: a job changes state under it
+
+    def run(self) -> None:
+        with self._lock:
+            if self._state != _PENDING:
+                return  # cancelled while queued
+            self._state = _RUNNING
+        try:
+            self._value = self._fn(self._arg)
+        except BaseException as exc:
+            self._error = exc
+        self._state = _DONE
+        self._callback(self)
+
+    def cancel(self) -> bool:
+        """Cancel the job if it has not started (as ``Future.cancel``)."""
+        with self._lock:
+            if self._state == _CANCELLED:
+                return True
+            if self._state != _PENDING:
+                return False
+            self._state = _CANCELLED
+        self._callback(self)
+        return True
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def done(self) -> bool:
+        return self._state in (_DONE, _CANCELLED)
+
+    def exception(self) -> BaseException | None:
+        """The exception ``fn`` raised (the job is done: a step asks only then)."""
+        return self._error
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def wait_jobs(jobs: Iterable[Job[Any, Any]], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``jobs`` to be done."""
+    deadline = time.monotonic() + timeout
+    left = [j for j in jobs if not j.done()]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = [j for j in left if not j.done()]
+
+
+class TaskPool(Executor):
+    """Up to ``max_workers`` threads running jobs in the order they were queued."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "flowrun-task") -> None:
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._max = max_workers
+        self._prefix = thread_name_prefix
+        self._queue: queue.SimpleQueue[Job[Any, Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a job, changed under the lock
+        self._shutdown = False
+
+    def start(
+        self, fn: Callable[[A], T], arg: A, callback: Callable[[Job[A, T]], object]
+    ) -> Job[A, T]:
+        """Queue ``fn(arg)``; ``callback(job)`` runs once it is done or cancelled."""
+        job = Job(fn, arg, callback, self._lock)
+        self._put(job)
+        return job
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+
+        def call(_: None) -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        def cancelled(job: Job[None, None]) -> None:
+            if job.cancelled():
+                future.cancel()
+
+        self._put(Job(call, None, cancelled, self._lock))
+        return future
+
+    def _put(self, job: Job[Any, Any]) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new tasks after shutdown")
+        self._queue.put(job)
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # that thread takes this job
+                return
+            if len(self._threads) >= self._max:
+                return
+            name = f"{self._prefix}_{len(self._threads)}"
+            t = threading.Thread(target=self._work, name=name)
+            self._threads.append(t)
+        t.start()
+
+    def _work(self) -> None:
+        get, lock = self._queue.get, self._lock
+        while True:
+            job = get()
+            if job is None:
+                self._queue.put(None)  # the next thread ends too
+                return
+            job.run()
+            del job
+            with lock:
+                self._idle += 1  # a job queued from now on is this thread's to take
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job.cancel()
+        self._queue.put(None)
+        if wait:
+            for t in list(self._threads):
+                t.join()
