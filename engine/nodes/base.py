@@ -42,6 +42,11 @@ class TaskTimeout(TaskError):
         super().__init__(message, reason="timeout")
 
 
+class Abandoned(BaseException):
+    """Raised on a thread whose call was abandoned, once the call returns: the task
+    went on on another thread (``nodes/python.py``), so this one only unwinds."""
+
+
 class TaskEffects(Protocol):
     """How an attempt tells the coordinator what must outlive it (``runtime/worker.py``)."""
 

@@ -5,7 +5,10 @@ workflow in this process loaded from its own folder). ``state`` is read-only at 
 level: the top is a ``MappingProxyType`` and nested lists and dicts are frozen
 copies, so a task can never change the snapshot its step-mates read. The call runs
 on a daemon thread so a node past its timeout can be abandoned (``ctx.cancelled``
-is set) without keeping the process alive at exit. What the call prints through
+is set) without keeping the process alive at exit: a thread of its own, handed the
+call, or, on a thread that says how its task carries on elsewhere (the ``threads``
+executor's, see :func:`carry_on_with`), that thread itself, watched by a watchdog
+that abandons the thread and carries the task on. What the call prints through
 ``sys.stdout``/``sys.stderr`` is the task's output (``engine/output.py``).
 """
 
@@ -26,7 +29,7 @@ from typing import Any, ClassVar, NoReturn
 
 from ..output import capturing
 from ..spec.model import Node
-from .base import Context, RunScope, TaskError, TaskTimeout
+from .base import Abandoned, Context, RunScope, TaskError, TaskTimeout
 from .tracebacks import trace
 
 _path_lock = threading.Lock()
@@ -292,6 +295,153 @@ class _Caller:
 os.register_at_fork(after_in_child=_Caller._forget)
 
 
+_thread = threading.local()  # .take_over: how this thread's task carries on if abandoned
+
+
+def carry_on_with(take_over: Callable[[TaskError], None] | None) -> None:
+    """Let python calls run on this (daemon) thread itself: should one be abandoned,
+    ``take_over(error)`` carries its task on elsewhere as if the call raised ``error``,
+    and the call raises :class:`~.base.Abandoned` here once it returns. None: hand
+    calls to a caller thread again."""
+    _thread.take_over = take_over
+
+
+_RUNNING, _RETURNED, _ABANDONED = range(3)
+
+
+class _Watch:
+    """A call running on its task's own thread, as the watchdog sees it."""
+
+    __slots__ = ("ctx", "deadline", "lock", "state", "stopped_at", "take_over", "timeout")
+
+    def __init__(
+        self,
+        ctx: Context,
+        timeout: float | None,
+        deadline: float | None,
+        take_over: Callable[[TaskError], None],
+    ) -> None:
+        self.ctx = ctx
+        self.timeout = timeout
+        self.deadline = deadline
+        self.take_over = take_over
+        self.stopped_at: float | None = None
+        self.lock = threading.Lock()  # the call's return and its abandonment race for it
+        self.state = _RUNNING
+
+    def due(self, now: float) -> TaskError | None:
+        """Why the call must be abandoned now (what the waiting task would have raised)."""
+        scope = self.ctx.scope
+        if scope.stop.is_set() and self.stopped_at is None:
+            self.stopped_at = now  # SIGINT/SIGTERM: the grace period starts
+        grace_over = self.stopped_at is not None and now - self.stopped_at > scope.grace_s
+        if scope.abort.is_set() or grace_over:
+            return TaskError(
+                "interrupted; the call was abandoned", retryable=False, reason="interrupted"
+            )
+        if self.deadline is not None and now >= self.deadline:
+            return TaskTimeout(
+                f"timed out after {self.timeout:g}s; the call was abandoned (ctx.cancelled set)"
+            )
+        return None
+
+
+class _Watchdog:
+    """One thread that looks at the watched calls every 50 ms (sooner for a deadline)."""
+
+    POLL_S: ClassVar[float] = 0.05
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.watches: set[_Watch] = set()
+        self.wake = threading.Event()
+        self.next_look = float("inf")  # when the watchdog looks next
+        self.thread: threading.Thread | None = None
+
+    def add(self, w: _Watch) -> None:
+        with self.lock:
+            self.watches.add(w)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="flowrun-watch", daemon=True)
+                self.thread.start()
+            soon = w.deadline is not None and w.deadline < self.next_look
+            if soon or self.next_look == float("inf"):
+                self.next_look = 0.0  # it looks at once, and plans again
+                self.wake.set()
+
+    def remove(self, w: _Watch) -> None:
+        with self.lock:
+            self.watches.discard(w)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                watches = list(self.watches)
+            now = time.monotonic()
+            look = now + self.POLL_S if watches else float("inf")
+            for w in watches:
+                error = w.due(now)
+                if error is not None:
+                    self._abandon(w, error)
+                elif w.deadline is not None:
+                    look = min(look, w.deadline)
+            with self.lock:
+                if self.watches and look == float("inf"):
+                    look = now  # one came meanwhile
+                self.next_look = look
+            self.wake.wait(None if look == float("inf") else max(0.0, look - time.monotonic()))
+            self.wake.clear()
+
+    def _abandon(self, w: _Watch, error: TaskError) -> None:
+        with w.lock:
+            if w.state != _RUNNING:
+                return  # it returned meanwhile
+            w.state = _ABANDONED
+        self.remove(w)
+        w.ctx.cancelled.set()
+        w.take_over(error)
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's watchdog thread is not here."""
+        self.lock = threading.Lock()
+        self.watches = set()
+        self.wake = threading.Event()
+        self.next_look = float("inf")
+        self.thread = None
+
+
+_watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog._forget)
+
+
+def _watched(
+    call: Callable[[], Any],
+    ctx: Context,
+    timeout: float | None,
+    take_over: Callable[[TaskError], None],
+) -> Any:
+    """``call()`` on this thread, abandoned (by the watchdog) as a handed-off call would be."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    w = _Watch(ctx, timeout, deadline, take_over)
+    _watchdog.add(w)
+    error: BaseException | None = None
+    try:
+        value = call()
+    except BaseException as exc:
+        error = exc
+    with w.lock:
+        abandoned = w.state == _ABANDONED
+        w.state = _RETURNED
+    if abandoned:
+        raise Abandoned  # its task went on on another thread
+    _watchdog.remove(w)
+    if error is not None:
+        if isinstance(error, TaskError):
+            raise error
+        raise _failure(error, str(ctx.scope.base_dir)) from error
+    return value
+
+
 def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
     fn = resolve(node.body, str(ctx.scope.base_dir))
     view = state_view(state, ctx.scope)
@@ -302,6 +452,9 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
         with capturing(capture):  # on the caller thread: its prints are this task's
             return fn(view, ctx)
 
+    take_over = getattr(_thread, "take_over", None)
+    if take_over is not None:
+        return _watched(call, ctx, timeout, take_over)
     deadline = None if timeout is None else time.monotonic() + timeout
     wait = 0.05 if timeout is None else min(0.05, timeout)
     stopped_at: float | None = None

@@ -9,11 +9,13 @@ four things of a task's outcome, so :meth:`TaskPool.start` hands out a
 :meth:`TaskPool.submit` still gives a ``Future``, for anything that wants the
 ``Executor`` interface.
 
-Threads start as tasks are queued, up to ``max_workers``, and are not daemons: as
-with ``ThreadPoolExecutor``, the interpreter's exit waits for the task each is
-running (a python node's call itself runs on a daemon thread of its own, see
-``nodes/python.py``). ``shutdown(wait=False, cancel_futures=True)`` cancels what is
-still queued and lets the threads end after their current task.
+Threads start as tasks are queued, up to ``max_workers``. They are daemon threads,
+because a python node's call runs on its task's thread here, and a call past its
+timeout is abandoned, never waited for: the task carries on on a new thread that
+takes the abandoned one's place in the pool (:func:`carry_on_here`), and the old
+thread ends once the call returns, if it ever does. ``shutdown(wait=False,
+cancel_futures=True)`` cancels what is still queued and lets the threads end after
+their current task.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from typing import Any, Generic, TypeVar
+
+from ..nodes.base import Abandoned
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -59,9 +63,16 @@ class Job(Generic[A, T]):
                 return  # cancelled while queued
             self._state = _RUNNING
         try:
-            self._value = self._fn(self._arg)
+            value = self._fn(self._arg)
+        except Abandoned:
+            raise  # the job went on on another thread, which finishes it
         except BaseException as exc:
             self._error = exc
+            value = None
+        self.finish(value)
+
+    def finish(self, value: T | None) -> None:
+        self._value = value
         self._state = _DONE
         self._callback(self)
 
@@ -92,6 +103,26 @@ class Job(Generic[A, T]):
         return self._value  # type: ignore[return-value]
 
 
+_here = threading.local()  # .job, .pool: what a pool thread is running
+
+
+def carry_on_here() -> Callable[[Callable[[], Any]], None] | None:
+    """On a pool thread running a job: ``carry_on(rest)`` gives the job's place in the
+    pool to a new thread, which finishes the job with ``rest()``'s value and then works
+    on; this thread is then abandoned (its job's call raises ``Abandoned`` when it
+    returns). Elsewhere None."""
+    job: Job[Any, Any] | None = getattr(_here, "job", None)
+    if job is None:
+        return None
+    owner: TaskPool = _here.pool
+    me = threading.current_thread()
+
+    def carry_on(rest: Callable[[], Any]) -> None:
+        owner._replace(me, job, rest)
+
+    return carry_on
+
+
 def wait_jobs(jobs: Iterable[Job[Any, Any]], timeout: float) -> None:
     """Wait up to ``timeout`` seconds for ``jobs`` to be done."""
     deadline = time.monotonic() + timeout
@@ -113,6 +144,7 @@ class TaskPool(Executor):
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job, changed under the lock
+        self._made = 0  # threads made, for their names
         self._shutdown = False
 
     def start(
@@ -151,19 +183,53 @@ class TaskPool(Executor):
                 return
             if len(self._threads) >= self._max:
                 return
-            name = f"{self._prefix}_{len(self._threads)}"
-            t = threading.Thread(target=self._work, name=name)
-            self._threads.append(t)
+            t = self._thread(self._work)
+        t.start()
+
+    def _thread(self, target: Callable[[], None]) -> threading.Thread:
+        """A new thread of the pool (under the lock)."""
+        self._made += 1
+        t = threading.Thread(target=target, name=f"{self._prefix}_{self._made}", daemon=True)
+        self._threads.append(t)
+        return t
+
+    def _replace(self, old: threading.Thread, job: Job[Any, Any], rest: Callable[[], Any]) -> None:
+        """``old`` is abandoned in the middle of ``job``: a new thread finishes it."""
+
+        def carry_on() -> None:
+            _here.job, _here.pool = job, self
+            try:
+                value = rest()
+            except Abandoned:
+                return  # abandoned in turn: the next thread finishes it
+            finally:
+                _here.job = None
+            job.finish(value)
+            with self._lock:
+                self._idle += 1
+            self._work()
+
+        with self._lock:
+            if old in self._threads:
+                self._threads.remove(old)
+            t = self._thread(carry_on)
         t.start()
 
     def _work(self) -> None:
-        get, lock = self._queue.get, self._lock
+        get, lock, here = self._queue.get, self._lock, _here
+        here.pool = self
         while True:
             job = get()
             if job is None:
                 self._queue.put(None)  # the next thread ends too
                 return
-            job.run()
+            here.job = job
+            try:
+                job.run()
+            except Abandoned:
+                return  # a new thread has this one's place
+            finally:
+                here.job = None
             del job
             with lock:
                 self._idle += 1  # a job queued from now on is this thread's to take

@@ -17,9 +17,10 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, cast
 
+from ..nodes import python
 from ..nodes.base import Context, RunScope, TaskError
 from ..nodes.registry import Printed, kind_of, to_delta
 from ..nodes.tracebacks import Trace
@@ -29,6 +30,7 @@ from ..secrets import Masker
 from ..spec.model import Workflow
 from ..store.base import TaskOutput
 from ..store.leases import HOST, me, start_time
+from . import pool
 from .effects import (
     Effect,
     EffectNotSent,
@@ -330,6 +332,10 @@ def run_spec(spec: TaskSpec) -> TaskReport:
     cancelled (not finished, no result saved, run again by ``resume``). The
     coordinator stops dispatching then, but tasks already queued on the executor
     would otherwise start before it gets to cancel them.
+
+    On a thread of the ``threads`` executor's pool, a python call runs on this thread
+    itself; should it be abandoned, the task carries on on a new thread of the pool,
+    from the attempt that raised (:func:`_drive`).
     """
     task, ctl = spec.task, spec.control
     if ctl.over_budget.is_set() or ctl.stop.is_set():
@@ -342,16 +348,68 @@ def run_spec(spec: TaskSpec) -> TaskReport:
         wf = _workflow(spec.workflow)
         scope = _scope(spec, wf)
         emitter.started()
-        return _attempts(spec, wf, scope, emitter)
+        return _drive(spec, wf, scope, emitter, _attempts(spec, wf, scope, emitter))
     except TaskError as exc:  # the worker cannot run it (no workflow)
         error = str(exc)
     except Exception as exc:  # a bug, not a node failure: still the task's
-        masker = scope.masker if scope is not None else Masker(spec.settings.secrets)
-        error = masker.text(f"internal error: {type(exc).__name__}: {exc}")
+        error = _internal(spec, scope, exc)
     return emitter.report("failed", None, (), started, time.perf_counter() - t0, error)
 
 
-def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -> TaskReport:
+def _internal(spec: TaskSpec, scope: RunScope | None, exc: Exception) -> str:
+    masker = scope.masker if scope is not None else Masker(spec.settings.secrets)
+    return masker.text(f"internal error: {type(exc).__name__}: {exc}")
+
+
+Attempts = Generator[Context, Any, TaskReport]  # yields each attempt's call, is sent its result
+
+
+def _drive(
+    spec: TaskSpec,
+    wf: Workflow,
+    scope: RunScope,
+    emitter: Emitter,
+    steps: Attempts,
+    thrown: TaskError | None = None,
+) -> TaskReport:
+    """Make the calls ``steps`` asks for until it gives the report (``thrown``: the
+    error the call it waits on raised, as a thread taking the task over sees it)."""
+    node = wf.nodes[spec.task.node]
+    kind = kind_of(node)
+    carry_on = pool.carry_on_here()
+    if carry_on is not None:
+
+        def take_over(error: TaskError) -> None:
+            def rest() -> TaskReport:
+                try:
+                    return _drive(spec, wf, scope, emitter, steps, error)
+                except Exception as exc:
+                    return emitter.report(
+                        "failed", None, (), time.time(), 0.0, _internal(spec, scope, exc)
+                    )
+
+            carry_on(rest)
+
+        python.carry_on_with(take_over)
+    try:
+        ctx = next(steps) if thrown is None else steps.throw(thrown)
+        while True:
+            try:
+                raw = kind.run(node, spec.state, ctx, node.timeout)
+            except Exception as exc:
+                ctx = steps.throw(exc)
+            else:
+                ctx = steps.send(raw)
+    except StopIteration as done:
+        return cast(TaskReport, done.value)
+    finally:
+        if carry_on is not None:
+            python.carry_on_with(None)
+
+
+def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -> Attempts:
+    """Every attempt of the task: yields each attempt's context for its call (made by
+    :func:`_drive`), is sent what the call returned or thrown what it raised."""
     task = spec.task
     node = wf.nodes[task.node]
     started = time.time()
@@ -384,7 +442,7 @@ def _attempts(spec: TaskSpec, wf: Workflow, scope: RunScope, emitter: Emitter) -
         a0 = time.perf_counter()
         a_start = time.time()
         try:
-            raw = kind.run(node, spec.state, ctx, node.timeout)
+            raw = yield ctx  # kind.run(node, spec.state, ctx, node.timeout)
             if isinstance(raw, Printed):
                 stdout, stderr, raw = mask.text(raw.stdout), mask.text(raw.stderr), raw.value
             delta = mask.value(to_delta(wf, node, raw))
