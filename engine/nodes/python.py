@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -347,7 +348,9 @@ class _Watch:
 
 
 class _Watchdog:
-    """One thread that looks at the watched calls every 50 ms (sooner for a deadline)."""
+    """One thread that looks at the watched calls every 50 ms (sooner for a deadline),
+    and sleeps until the next call once none was watched for a second (waking it
+    takes a lock and an event: a call made meanwhile only joins the set)."""
 
     POLL_S: ClassVar[float] = 0.05
 
@@ -374,11 +377,14 @@ class _Watchdog:
             self.watches.discard(w)
 
     def _loop(self) -> None:
+        busy = 0.0  # when a call was last watched: the watchdog sleeps for good a second on
         while True:
             with self.lock:
                 watches = list(self.watches)
             now = time.monotonic()
-            look = now + self.POLL_S if watches else float("inf")
+            if watches:
+                busy = now
+            look = now + self.POLL_S if now - busy < 1.0 else float("inf")
             for w in watches:
                 error = w.due(now)
                 if error is not None:
@@ -399,7 +405,12 @@ class _Watchdog:
             w.state = _ABANDONED
         self.remove(w)
         w.ctx.cancelled.set()
-        w.take_over(error)
+        try:
+            w.take_over(error)
+        except Exception as exc:  # no thread to carry the task on: keep watching the rest
+            logging.getLogger("flowrun").warning(
+                "flowrun: warning: an abandoned call's task could not carry on: %s", exc
+            )
 
     def _forget(self) -> None:
         """In a forked child: the parent's watchdog thread is not here."""

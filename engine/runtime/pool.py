@@ -67,12 +67,12 @@ class Job(Generic[A, T]):
         except Abandoned:
             raise  # the job went on on another thread, which finishes it
         except BaseException as exc:
-            self._error = exc
-            value = None
-        self.finish(value)
+            self.finish(None, exc)
+        else:
+            self.finish(value)
 
-    def finish(self, value: T | None) -> None:
-        self._value = value
+    def finish(self, value: T | None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
         self._state = _DONE
         self._callback(self)
 
@@ -202,9 +202,12 @@ class TaskPool(Executor):
                 value = rest()
             except Abandoned:
                 return  # abandoned in turn: the next thread finishes it
+            except BaseException as exc:
+                job.finish(None, exc)
+            else:
+                job.finish(value)
             finally:
                 _here.job = None
-            job.finish(value)
             with self._lock:
                 self._idle += 1
             self._work()
