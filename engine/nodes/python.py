@@ -296,7 +296,11 @@ class _Caller:
 os.register_at_fork(after_in_child=_Caller._forget)
 
 
-_thread = threading.local()  # .take_over: how this thread's task carries on if abandoned
+class _Thread(threading.local):
+    take_over: Callable[[TaskError], None] | None = None  # how its task carries on elsewhere
+
+
+_thread = _Thread()
 
 
 def carry_on_with(take_over: Callable[[TaskError], None] | None) -> None:
@@ -463,7 +467,7 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
         with capturing(capture):  # on the caller thread: its prints are this task's
             return fn(view, ctx)
 
-    take_over = getattr(_thread, "take_over", None)
+    take_over = _thread.take_over
     if take_over is not None:
         return _watched(call, ctx, timeout, take_over)
     deadline = None if timeout is None else time.monotonic() + timeout

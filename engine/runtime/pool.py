@@ -103,7 +103,15 @@ class Job(Generic[A, T]):
         return self._value  # type: ignore[return-value]
 
 
-_here = threading.local()  # .job, .pool: what a pool thread is running
+class _Here(threading.local):
+    """What a pool thread is running (defaults as class attributes: reading one that
+    was never set raises no AttributeError to swallow, on every task's thread)."""
+
+    job: Job[Any, Any] | None = None
+    pool: TaskPool | None = None
+
+
+_here = _Here()
 
 
 def carry_on_here() -> Callable[[Callable[[], Any]], None] | None:
@@ -111,10 +119,9 @@ def carry_on_here() -> Callable[[Callable[[], Any]], None] | None:
     pool to a new thread, which finishes the job with ``rest()``'s value and then works
     on; this thread is then abandoned (its job's call raises ``Abandoned`` when it
     returns). Elsewhere None."""
-    job: Job[Any, Any] | None = getattr(_here, "job", None)
-    if job is None:
+    job, owner = _here.job, _here.pool
+    if job is None or owner is None:
         return None
-    owner: TaskPool = _here.pool
     me = threading.current_thread()
 
     def carry_on(rest: Callable[[], Any]) -> None:
