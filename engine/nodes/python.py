@@ -314,28 +314,20 @@ def carry_on_with(take_over: Callable[[TaskError], None] | None) -> None:
 _RUNNING, _RETURNED, _ABANDONED = range(3)
 
 
-class _Watch:
-    """A call running on its task's own thread, as the watchdog sees it."""
+class _Limits:
+    """When a running call must be abandoned: its deadline, and a stop's grace period
+    (the same rules for a handed-off call and a watched one)."""
 
-    __slots__ = ("ctx", "deadline", "lock", "state", "stopped_at", "take_over", "timeout")
+    __slots__ = ("ctx", "deadline", "stopped_at", "timeout")
 
-    def __init__(
-        self,
-        ctx: Context,
-        timeout: float | None,
-        deadline: float | None,
-        take_over: Callable[[TaskError], None],
-    ) -> None:
+    def __init__(self, ctx: Context, timeout: float | None) -> None:
         self.ctx = ctx
         self.timeout = timeout
-        self.deadline = deadline
-        self.take_over = take_over
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.stopped_at: float | None = None
-        self.lock = threading.Lock()  # the call's return and its abandonment race for it
-        self.state = _RUNNING
 
     def due(self, now: float) -> TaskError | None:
-        """Why the call must be abandoned now (what the waiting task would have raised)."""
+        """Why the call must be abandoned now, as the error its task raises; else None."""
         scope = self.ctx.scope
         if scope.stop.is_set() and self.stopped_at is None:
             self.stopped_at = now  # SIGINT/SIGTERM: the grace period starts
@@ -349,6 +341,20 @@ class _Watch:
                 f"timed out after {self.timeout:g}s; the call was abandoned (ctx.cancelled set)"
             )
         return None
+
+
+class _Watch(_Limits):
+    """A call running on its task's own thread, as the watchdog sees it."""
+
+    __slots__ = ("lock", "state", "take_over")
+
+    def __init__(
+        self, ctx: Context, timeout: float | None, take_over: Callable[[TaskError], None]
+    ) -> None:
+        super().__init__(ctx, timeout)
+        self.take_over = take_over
+        self.lock = threading.Lock()  # the call's return and its abandonment race for it
+        self.state = _RUNNING
 
 
 class _Watchdog:
@@ -436,8 +442,7 @@ def _watched(
     take_over: Callable[[TaskError], None],
 ) -> Any:
     """``call()`` on this thread, abandoned (by the watchdog) as a handed-off call would be."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    w = _Watch(ctx, timeout, deadline, take_over)
+    w = _Watch(ctx, timeout, take_over)
     _watchdog.add(w)
     error: BaseException | None = None
     try:
@@ -451,10 +456,15 @@ def _watched(
         raise Abandoned  # its task went on on another thread
     _watchdog.remove(w)
     if error is not None:
-        if isinstance(error, TaskError):
-            raise error
-        raise _failure(error, str(ctx.scope.base_dir)) from error
+        _raise(error, ctx)
     return value
+
+
+def _raise(exc: BaseException, ctx: Context) -> NoReturn:
+    """What the call raised, as the task's error."""
+    if isinstance(exc, TaskError):
+        raise exc
+    raise _failure(exc, str(ctx.scope.base_dir)) from exc
 
 
 def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: float | None) -> Any:
@@ -470,31 +480,19 @@ def run_python(node: Node, state: Mapping[str, Any], ctx: Context, timeout: floa
     take_over = _thread.take_over
     if take_over is not None:
         return _watched(call, ctx, timeout, take_over)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    limits = _Limits(ctx, timeout)
     wait = 0.05 if timeout is None else min(0.05, timeout)
-    stopped_at: float | None = None
     # nothing between the hand-off and the wait: the caller thread needs the GIL
     box, done = _Caller.call(call)
     while not done.acquire(timeout=wait):
-        if ctx.scope.stop.is_set() and stopped_at is None:
-            stopped_at = time.monotonic()  # SIGINT/SIGTERM: the grace period starts
-        grace_over = stopped_at is not None and time.monotonic() - stopped_at > ctx.scope.grace_s
-        if ctx.scope.abort.is_set() or grace_over:
+        error = limits.due(time.monotonic())
+        if error is not None:
             ctx.cancelled.set()
-            raise TaskError(
-                "interrupted; the call was abandoned", retryable=False, reason="interrupted"
-            )
-        if deadline is not None and time.monotonic() >= deadline:
-            ctx.cancelled.set()
-            raise TaskTimeout(
-                f"timed out after {timeout:g}s; the call was abandoned (ctx.cancelled set)"
-            )
+            raise error
+        deadline = limits.deadline
         wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
     if "error" in box:
-        exc = box["error"]
-        if isinstance(exc, TaskError):
-            raise exc
-        raise _failure(exc, str(ctx.scope.base_dir)) from exc
+        _raise(box["error"], ctx)
     return box.get("value")
 
 

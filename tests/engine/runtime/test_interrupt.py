@@ -1,4 +1,4 @@
-"""SIGINT while a lone Python node runs on the coordinator's side of the hand-off."""
+"""SIGINT while python nodes run (a lone one handed off, a foreach's on the pool) or commands."""
 
 from __future__ import annotations
 
@@ -15,31 +15,63 @@ from flowrun.engine import SQLiteStore
 
 from tests.support.installed import FLOWRUN
 
+# a lone python node (its call handed off by the coordinator's thread), and a foreach of
+# two on the threads pool (each call on its task's own thread, under the watchdog)
+LONE = (
+    """
+    import os, time
+    def slow(state, ctx):
+        if os.path.exists("fast"):
+            return {"n": 2}
+        open("started-0", "w").close()
+        time.sleep(60)
+    """,
+    """
+    name: slow
+    state: {n: {default: 0}}
+    nodes:
+      a: {set: {n: 1}, next: b}
+      b: {python: "slowlib:slow"}
+    """,
+    1,
+    {"n": 2},
+)
+POOLED = (
+    """
+    import os, time
+    def slow(state, ctx):
+        if os.path.exists("fast"):
+            return ctx.item
+        open(f"started-{ctx.item}", "w").close()
+        time.sleep(60)
+    """,
+    """
+    name: slow
+    state:
+      out: {default: [], reducer: append}
+    config: {max_concurrency: 2}
+    nodes:
+      map:
+        foreach: "{{ [0, 1] }}"
+        python: slowlib:slow
+        save: out
+    """,
+    2,
+    {"out": [0, 1]},
+)
 
+
+@pytest.mark.parametrize(("lib", "wf", "calls", "final"), [LONE, POOLED], ids=["lone", "pooled"])
 def test_sigint_abandons_a_long_python_node_after_the_grace_period_and_resume_finishes(
-    write: Callable[[str, str], Path], tmp_path: Path
+    write: Callable[[str, str], Path],
+    tmp_path: Path,
+    lib: str,
+    wf: str,
+    calls: int,
+    final: dict[str, object],
 ) -> None:
-    write(
-        "slowlib.py",
-        """
-        import os, time
-        def slow(state, ctx):
-            if os.path.exists("fast"):
-                return {"n": 2}
-            open("started", "w").close()
-            time.sleep(60)
-        """,
-    )
-    write(
-        "wf.yaml",
-        """
-        name: slow
-        state: {n: {default: 0}}
-        nodes:
-          a: {set: {n: 1}, next: b}
-          b: {python: "slowlib:slow"}
-        """,
-    )
+    write("slowlib.py", lib)
+    write("wf.yaml", wf)
     db = str(tmp_path / "f.db")
     env = {"FLOWRUN_GRACE": "0.3", "PATH": str(Path(FLOWRUN).parent)}
     proc = subprocess.Popen(
@@ -51,9 +83,9 @@ def test_sigint_abandons_a_long_python_node_after_the_grace_period_and_resume_fi
         text=True,
     )
     deadline = time.monotonic() + 30
-    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+    while len(list(tmp_path.glob("started-*"))) < calls and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert (tmp_path / "started").exists()
+    assert len(list(tmp_path.glob("started-*"))) == calls
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)  # returns long before the node's 60 s sleep
     assert proc.returncode == 130, err
@@ -79,7 +111,7 @@ def test_sigint_abandons_a_long_python_node_after_the_grace_period_and_resume_fi
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["state"] == {"n": 2}
+    assert json.loads(done.stdout)["state"] == final
 
 
 SIGINT_WF = """

@@ -1,11 +1,10 @@
 """A python call on a thread of the ``threads`` pool runs on that thread: past its
 timeout, or after a signal's grace period, the watchdog abandons the thread, the task
-carries on on a new one (its retry included), and the process never waits for it."""
+carries on on a new one (its retry included), and the process never waits for it.
+SIGINT on the pool: ``test_interrupt.py``."""
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -114,62 +113,3 @@ def test_a_call_that_ignores_cancellation_neither_holds_a_pool_slot_nor_the_proc
     ok = sorted(t.index for t in store.task_results("st") if t.status == "ok")
     store.close()
     assert ok == [2, 3, 4, 5, 6, 7]  # both slots were taken over by new threads
-
-
-def test_sigint_abandons_python_calls_on_the_pool_after_the_grace_period(
-    write: Write, tmp_path: Path
-) -> None:
-    write(
-        "lib.py",
-        """
-        import os, time
-        def work(state, ctx):
-            if os.path.exists("fast"):
-                return ctx.item
-            open(f"started-{ctx.item}", "w").close()
-            time.sleep(60)
-        """,
-    )
-    write(
-        "wf.yaml",
-        """
-        name: sig
-        state:
-          out: {default: [], reducer: append}
-        config: {max_concurrency: 2}
-        nodes:
-          map:
-            foreach: "{{ [0, 1] }}"
-            python: lib:work
-            save: out
-        """,
-    )
-    db = str(tmp_path / "f.db")
-    env = {"FLOWRUN_GRACE": "0.3", "PATH": str(Path(FLOWRUN).parent)}
-    proc = subprocess.Popen(
-        [FLOWRUN, "run", "wf.yaml", "--db", db, "--run-id", "s1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while len(list(tmp_path.glob("started-*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(list(tmp_path.glob("started-*"))) == 2
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)  # long before the calls' 60 s sleep
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
-    (tmp_path / "fast").touch()
-    done = subprocess.run(
-        [FLOWRUN, "resume", "s1", "--db", db, "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["state"] == {"out": [0, 1]}
