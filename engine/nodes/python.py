@@ -359,8 +359,11 @@ class _Watch(_Limits):
 
 class _Watchdog:
     """One thread that looks at the watched calls every 50 ms (sooner for a deadline),
-    and sleeps until the next call once none was watched for a second (waking it
-    takes a lock and an event: a call made meanwhile only joins the set)."""
+    and sleeps until the next call once none was made for a second (waking it takes
+    a lock and an event: a call made meanwhile only joins the set). Calls are counted:
+    a chain's begin and end between two looks, and were the watchdog to judge by the
+    set alone, it would sleep for good and be woken by every call (~75 µs of a
+    ~210 µs chain step)."""
 
     POLL_S: ClassVar[float] = 0.05
 
@@ -369,11 +372,13 @@ class _Watchdog:
         self.watches: set[_Watch] = set()
         self.wake = threading.Event()
         self.next_look = float("inf")  # when the watchdog looks next
+        self.added = 0  # calls watched so far (most begin and end between two looks)
         self.thread: threading.Thread | None = None
 
     def add(self, w: _Watch) -> None:
         with self.lock:
             self.watches.add(w)
+            self.added += 1
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="flowrun-watch", daemon=True)
                 self.thread.start()
@@ -388,12 +393,14 @@ class _Watchdog:
 
     def _loop(self) -> None:
         busy = 0.0  # when a call was last watched: the watchdog sleeps for good a second on
+        seen = 0  # self.added as of the last look
         while True:
             with self.lock:
                 watches = list(self.watches)
+                added = self.added
             now = time.monotonic()
-            if watches:
-                busy = now
+            if watches or added != seen:
+                busy, seen = now, added
             look = now + self.POLL_S if now - busy < 1.0 else float("inf")
             for w in watches:
                 error = w.due(now)
@@ -428,6 +435,7 @@ class _Watchdog:
         self.watches = set()
         self.wake = threading.Event()
         self.next_look = float("inf")
+        self.added = 0
         self.thread = None
 
 

@@ -16,9 +16,9 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import Interrupted, RunFailed
 from ..nodes.registry import kind_of
@@ -39,6 +39,7 @@ _log = logging.getLogger("flowrun")
 EFFECTS_WAIT_S = 5.0  # how long a report waits for effects its task sent before it
 ABANDON_WAIT_S = 5.0  # how long a leaving coordinator waits for killed work to end
 POLL_S = 0.2  # how often the coordinator looks at the stop flags while it waits
+T = TypeVar("T")
 
 
 class Ran:
@@ -64,6 +65,8 @@ class Ran:
         return self.report
 
 
+# yields the spec of each task to run inline, is sent its report
+Inline = Generator[TaskSpec, TaskReport, T]
 # a task's outcome to come (or already there, inline)
 Done = Future[TaskReport] | Job[TaskSpec, TaskReport] | Ran
 Arrival = Effect | Done
@@ -107,17 +110,19 @@ class StepDispatch:
         self.grown = d.grown if d.backend.local else {}
 
     # the step ------------------------------------------------------------------
-    def run(self) -> list[TaskReport]:
+    def run(self) -> Inline[list[TaskReport]]:
         """Run the step; return the outcomes whose results are still to be saved (the step's
-        last ones, which ride in its commit: :func:`task_result` makes them)."""
+        last ones, which ride in its commit: :func:`task_result` makes them). A task it
+        runs inline is yielded, to be run by the coordinator's thread (``runtime/relay.py``),
+        and sent back as its report."""
         try:
-            return self._run()
+            return (yield from self._run())
         except BaseException:
             if self.pending:  # the coordinator is leaving (a store error, a KeyboardInterrupt)
                 self.abandon()
             raise
 
-    def _run(self) -> list[TaskReport]:
+    def _run(self) -> Inline[list[TaskReport]]:
         d, obs = self.d, self.d.observer
         for i, t in enumerate(self.tasks):
             r = self.saved.get(t.key)
@@ -137,7 +142,7 @@ class StepDispatch:
                     break  # the budget ran out while we waited for room
             self.take(0)  # eager: what arrived meanwhile
             obs.task_queued(self.step, t)
-            self.submit(i, t)
+            yield from self.submit(i, t)
         self.dispatched = True
         while self.pending:
             self.wait_some()
@@ -159,7 +164,7 @@ class StepDispatch:
             )
         return self.unsaved
 
-    def submit(self, i: int, t: Task) -> None:
+    def submit(self, i: int, t: Task) -> Inline[None]:
         d = self.d
         # the same data path inline, its effects applied as they are sent while it runs
         inline = InlineSink(self.apply, d.sink) if self.inline else None
@@ -179,7 +184,7 @@ class StepDispatch:
         d.applier.track(t)
         if inline is not None:
             try:
-                ran = Ran(worker.run_spec(spec))
+                ran = Ran((yield spec))  # worker.run_spec(spec), by the coordinator's thread
             finally:  # what a call it abandoned sends from now on comes through the channel
                 inline.close()
             self.pending[ran] = (i, t)

@@ -50,6 +50,7 @@ from .messages import TaskOutcome, TaskReport
 from .ordering import idempotency_key, state_digest, step_digest, value_digest
 from .orphans import take_over
 from .reducers import AppendLog
+from .relay import Loop, relay
 from .steplog import StepLog
 from .tasks import StepKeys, step_tasks
 from .workdir import workflow_dir
@@ -279,7 +280,7 @@ class Engine:
             beat.start()  # inside the try: whatever fails, the finally stops it and the lease goes
             d = self._drive_of = Drive(self, wf, run_id, token, outbox, ledger, backend, own)
             outbox.deliver_pending()
-            result = self._steps(d, rec, resumed, elapsed)
+            result = relay(self._steps(d, rec, resumed, elapsed), self._interrupt)
             result.found = found
             return result
         except Interrupted as exc:
@@ -309,8 +310,9 @@ class Engine:
 
     def _steps(
         self, d: Drive, rec: RunRecord, resumed: bool, elapsed: Callable[[], float]
-    ) -> RunResult:
-        """Run the run's steps from its last checkpoint until its frontier is empty."""
+    ) -> Loop[RunResult]:
+        """Run the run's steps from its last checkpoint until its frontier is empty (the
+        coordinator's loop: it yields the tasks it runs inline, see ``runtime/relay.py``)."""
         store, wf, run_id, token, outbox = d.store, d.wf, d.run_id, d.token, d.outbox
         cp = store.load_latest(run_id)
         state = cp.state
@@ -374,7 +376,8 @@ class Engine:
                 raise RunFailed(str(exc)) from None
             self.observer.step_started(step, tasks)
             sm = StepMerge(wf, tasks, state, texts, log, step, policy, self.observer.merge_conflict)
-            unsaved = StepDispatch(d, tasks, state, step, saved if step == first else {}, sm).run()
+            dispatch = StepDispatch(d, tasks, state, step, saved if step == first else {}, sm)
+            unsaved = yield from dispatch.run()
             try:
                 m = sm.result()
                 nxt = advance(wf, tasks, frontier, m.state, run_id, step)
@@ -452,6 +455,11 @@ class Engine:
         )
         outbox.deliver(events)
         self.observer.step_committed(step, time.perf_counter() - step_t0)
+
+    def _interrupt(self) -> None:
+        """A KeyboardInterrupt in the thread that waits for the loop: stop at once."""
+        self.stop.set()
+        self.abort.set()
 
     def _finish(self, d: Drive, status: str, error: str, duration: float) -> None:
         outbox = d.outbox

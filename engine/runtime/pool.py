@@ -103,25 +103,37 @@ class Job(Generic[A, T]):
         return self._value  # type: ignore[return-value]
 
 
+CarryOn = Callable[[Callable[[], Any]], None]
+
+
 class _Here(threading.local):
     """What a pool thread is running (defaults as class attributes: reading one that
-    was never set raises no AttributeError to swallow, on every task's thread)."""
+    was never set raises no AttributeError to swallow, on every task's thread), or how
+    another thread's task carries on (``runtime/relay.py``'s coordinator)."""
 
     job: Job[Any, Any] | None = None
     pool: TaskPool | None = None
+    carrier: CarryOn | None = None
 
 
 _here = _Here()
 
 
-def carry_on_here() -> Callable[[Callable[[], Any]], None] | None:
+def carry_on_by(carrier: CarryOn | None) -> None:
+    """On a thread that is not the pool's: how a task running on it carries on
+    elsewhere, as :func:`carry_on_here` gives it (None: it cannot)."""
+    _here.carrier = carrier
+
+
+def carry_on_here() -> CarryOn | None:
     """On a pool thread running a job: ``carry_on(rest)`` gives the job's place in the
     pool to a new thread, which finishes the job with ``rest()``'s value and then works
     on; this thread is then abandoned (its job's call raises ``Abandoned`` when it
-    returns). Elsewhere None."""
+    returns). On a thread given a carrier (:func:`carry_on_by`), that carrier; elsewhere
+    None."""
     job, owner = _here.job, _here.pool
     if job is None or owner is None:
-        return None
+        return _here.carrier
     me = threading.current_thread()
 
     def carry_on(rest: Callable[[], Any]) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -697,13 +698,16 @@ def test_python_timeout_sets_cancelled_and_abandons_the_call(write: Write, db: P
 
 
 LATE_LIB = """
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+callers = []  # the thread of each attempt's call
 
 
 def slow(state, ctx):
+    callers.append(threading.get_ident())
     if ctx.attempt > 1:
         return {"out": "second"}
     ctx.cancelled.wait(20)  # abandoned past its timeout, and it goes on
@@ -717,11 +721,17 @@ def slow(state, ctx):
 
 
 class UsageThreads(Observer):
+    """The thread each billed call was applied on, and each step's coordinator thread."""
+
     def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
+        self.seen: list[tuple[str, int]] = []
+        self.steps: dict[int, int] = {}
+
+    def step_started(self, step: int, tasks: Any) -> None:
+        self.steps[step] = threading.get_ident()
 
     def llm_usage(self, node: str, model: str, *args: Any) -> None:
-        self.seen.append((node, threading.current_thread().name))
+        self.seen.append((node, threading.get_ident()))
 
 
 def test_a_call_abandoned_by_an_inline_python_task_is_billed_on_the_coordinator_thread(
@@ -751,9 +761,12 @@ def test_a_call_abandoned_by_an_inline_python_task_is_billed_on_the_coordinator_
     store = SQLiteStore(db)
     res = Engine(store, observer=observer).start(load_workflow(str(wf)))
     assert res.status == "succeeded" and res.state["out"] == "second"
-    # the lone python task ran on this thread; its abandoned call sent the usage while
-    # the next step ran, and this thread applied it (not the call's own thread)
-    assert observer.seen == [("slow", threading.current_thread().name)]
+    # the lone python task ran on the coordinator's thread, and its retry on the thread
+    # that took the baton; the abandoned call sent the usage while the next step ran,
+    # and that step's coordinator thread applied it (not the call's own thread)
+    first, retry = sys.modules["latelib"].callers
+    assert first != retry and observer.steps == {0: first, 1: retry}
+    assert observer.seen == [("slow", retry)]
     (call,) = store.llm_calls(res.run_id)
     assert (call.node, call.step, call.attempt, call.tokens_in) == ("slow", 0, 1, 10)
 

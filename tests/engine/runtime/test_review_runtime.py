@@ -387,8 +387,10 @@ import threading
 go = threading.Event()  # the test sets it once the run is over
 done = threading.Event()
 outcome = []
+caller = []  # the call's thread
 
 def slow(state, ctx):
+    caller.append(threading.get_ident())
     ctx.cancelled.wait(30)  # abandoned past its timeout: the run fails and ends meanwhile
     go.wait(30)
     try:
@@ -411,11 +413,11 @@ class Threads(Observer):
     """Where the observer heard of each billed call, and a hook run as the run finishes."""
 
     def __init__(self) -> None:
-        self.billed_on: list[str] = []
+        self.billed_on: list[int] = []  # thread idents
         self.at_finish: Callable[[], None] = lambda: None
 
     def llm_usage(self, node: str, model: str, *args: Any) -> None:
-        self.billed_on.append(threading.current_thread().name)
+        self.billed_on.append(threading.get_ident())
 
     def run_finished(self, status: str, error: str | None) -> None:
         self.at_finish()
@@ -436,7 +438,9 @@ def test_a_paid_call_an_abandoned_inline_call_makes_after_the_run_ended_is_in_th
     assert lib.outcome == ["billed"]
     (call,) = store.llm_calls(store.list_runs()[0].run_id)
     assert (call.node, call.step, call.attempt, call.tokens_in) == ("slow", 0, 1, 10)
-    assert observer.billed_on == ["flowrun-python"]  # applied by the call's own thread
+    # applied by the call's own thread, which is not the one that started the run
+    assert observer.billed_on == lib.caller
+    assert lib.caller != [threading.get_ident()]
 
 
 def test_a_paid_call_still_queued_when_the_drive_ends_is_applied_before_its_channel_closes(
@@ -467,4 +471,4 @@ def test_a_paid_call_still_queued_when_the_drive_ends_is_applied_before_its_chan
     assert lib.outcome == ["billed"]
     assert len(store.llm_calls(store.list_runs()[0].run_id)) == 1
     # applied by the coordinator as its drive ended, not by the call's thread afterwards
-    assert observer.billed_on == [threading.current_thread().name]
+    assert observer.billed_on == [threading.get_ident()]
