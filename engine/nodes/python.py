@@ -7,8 +7,8 @@ copies, so a task can never change the snapshot its step-mates read. The call ru
 on a daemon thread so a node past its timeout can be abandoned (``ctx.cancelled``
 is set) without keeping the process alive at exit: a thread of its own, handed the
 call, or, on a thread that says how its task carries on elsewhere (the ``threads``
-executor's, see :func:`carry_on_with`), that thread itself, watched by a watchdog
-that abandons the thread and carries the task on. What the call prints through
+executor's and the coordinator's, see :func:`carry_on_with`), that thread itself,
+watched by a watchdog that abandons the thread and carries the task on. What the call prints through
 ``sys.stdout``/``sys.stderr`` is the task's output (``engine/output.py``).
 """
 

@@ -119,11 +119,12 @@ class InlineSink:
     """The sink of a task the coordinator runs inline, on its own thread, waiting for it.
 
     Until :meth:`close` (the task returned), each effect is applied at once by the thread
-    that sends it, one at a time: the task's own thread, or the thread its python call
-    runs on (its output capture suspended meanwhile). The coordinator's thread is
-    blocked in the task meanwhile, so nothing else touches what the effects change, and
-    a durable effect of the call could not wait for that thread (it waits for the
-    call). The lock is reentrant: a hook that sent an effect on the same thread while
+    that sends it, one at a time (its output capture suspended meanwhile): the
+    coordinator's own, which runs the task and its python call, or one such a call was
+    abandoned on. The coordinator's loop is suspended in the task meanwhile (whichever
+    thread drives it, ``runtime/relay.py``), so nothing else touches what the effects
+    change, and a durable effect of the call could not wait for the loop (it waits for
+    the call). The lock is reentrant: a hook that sent an effect on the same thread while
     one is applied (main's sink had no lock) must not wait for itself. After close, a
     thread the task left running (a python call abandoned past its timeout or at an
     interrupt) may still send: its effects go to ``later`` (the drive's
