@@ -40,9 +40,16 @@ class _Baton(Generic[R]):
         """Drive the loop on this thread (``rest``: first finish the task a thread that
         was abandoned was running, for its report)."""
         pool.carry_on_by(self.hand_on)
+        report: TaskReport | None = None
+        thrown: BaseException | None = None
         try:
-            report = None if rest is None else rest()
-            thrown: BaseException | None = None
+            if rest is not None:
+                try:
+                    report = rest()
+                except Abandoned:
+                    raise
+                except BaseException as exc:  # rest reports failures: a bug
+                    thrown = exc
             while True:
                 loop = self.loop
                 try:  # a first send(None) starts the loop
