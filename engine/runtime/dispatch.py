@@ -118,7 +118,7 @@ class StepDispatch:
         try:
             return (yield from self._run())
         except BaseException:
-            if self.pending:  # the coordinator is leaving (a store error, a KeyboardInterrupt)
+            if self.pending:  # the coordinator is leaving (a store error, a bug)
                 self.abandon()
             raise
 

@@ -456,10 +456,13 @@ class Engine:
         outbox.deliver(events)
         self.observer.step_committed(step, time.perf_counter() - step_t0)
 
-    def _interrupt(self) -> None:
-        """A KeyboardInterrupt in the thread that waits for the loop: stop at once."""
+    def _interrupt(self) -> Callable[[], None]:
+        """A KeyboardInterrupt in the thread that waits for the loop: stop at once (as a
+        second signal does); return how to undo it, for a later drive."""
+        was_stopped = self.stop.is_set()
         self.stop.set()
         self.abort.set()
+        return (lambda: None) if was_stopped else self.stop.clear
 
     def _finish(self, d: Drive, status: str, error: str, duration: float) -> None:
         outbox = d.outbox

@@ -14,7 +14,8 @@ ever does; the caller returns when the loop ends, on whichever thread that was.
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import logging
 import threading
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,9 @@ from ..nodes.base import Abandoned
 from . import pool, worker
 from .messages import TaskReport, TaskSpec
 
+_log = logging.getLogger("flowrun")
 R = TypeVar("R")
+LEAVE_WAIT_S = 5.0  # how long a second KeyboardInterrupt still waits for the loop to end
 Loop = Generator[TaskSpec, TaskReport, R]  # yields a task to run inline, is sent its report
 
 
@@ -39,17 +42,11 @@ class _Baton(Generic[R]):
     def run(self, rest: Callable[[], TaskReport] | None = None) -> None:
         """Drive the loop on this thread (``rest``: first finish the task a thread that
         was abandoned was running, for its report)."""
-        pool.carry_on_by(self.hand_on)
         report: TaskReport | None = None
         thrown: BaseException | None = None
         try:
             if rest is not None:
-                try:
-                    report = rest()
-                except Abandoned:
-                    raise
-                except BaseException as exc:  # rest reports failures: a bug
-                    thrown = exc
+                report, thrown = self._inline(rest)
             while True:
                 loop = self.loop
                 try:  # a first send(None) starts the loop
@@ -60,43 +57,67 @@ class _Baton(Generic[R]):
                 except BaseException as exc:
                     self.error = exc
                     break
-                try:
-                    report, thrown = worker.run_spec(spec), None
-                except Abandoned:
-                    raise
-                except BaseException as exc:  # run_spec reports failures: a bug
-                    thrown = exc
+                report, thrown = self._inline(functools.partial(worker.run_spec, spec))
         except Abandoned:
             return  # the baton is another thread's
+        self.ended.set()
+
+    def _inline(self, task: Callable[[], TaskReport]) -> tuple[Any, BaseException | None]:
+        """Run a task the loop yielded, on this thread, which may be abandoned meanwhile
+        (only then: the loop is suspended, and never runs on two threads); its report,
+        or what it raised (``run_spec`` reports failures: a bug)."""
+        pool.carry_on_by(self.hand_on)
+        try:
+            return task(), None
+        except Abandoned:
+            raise
+        except BaseException as exc:
+            return None, exc
         finally:
             pool.carry_on_by(None)
-        self.ended.set()
 
     def hand_on(self, rest: Callable[[], Any]) -> None:
         """This thread is abandoned in the middle of a task: a new one finishes it and
-        drives the loop on."""
-        _thread(self.run, rest).start()
+        drives the loop on. No new thread (none can start): the loop ends with that error
+        (its caller must not wait for a loop no thread drives)."""
+        try:
+            _thread(self.run, rest).start()
+        except BaseException as exc:
+            self.error = exc
+            self.ended.set()
+            raise
 
 
 def _thread(target: Callable[..., None], *args: Any) -> threading.Thread:
     return threading.Thread(target=target, args=args, name="flowrun-coordinator", daemon=True)
 
 
-def relay(loop: Loop[R], interrupt: Callable[[], None]) -> R:
+def relay(loop: Loop[R], interrupt: Callable[[], Callable[[], None]]) -> R:
     """Drive ``loop`` on a thread of its own and return its value (or raise its error).
 
     The calling thread only waits. A ``KeyboardInterrupt`` there (a program without
-    signal handlers) calls ``interrupt()`` (the loop stops at once), waits for the loop
-    to end, unless a second one comes, and is raised again.
+    signal handlers) calls ``interrupt()``, which stops the loop at once and returns
+    how to undo that; the loop's end is waited for (a second ``KeyboardInterrupt``:
+    ``LEAVE_WAIT_S`` more at most), undone once it ended, and the interrupt raised
+    again.
     """
     baton = _Baton(loop)
     _thread(baton.run).start()
     try:
         baton.ended.wait()
     except KeyboardInterrupt:
-        interrupt()
-        with contextlib.suppress(KeyboardInterrupt):
+        undo = interrupt()
+        try:
             baton.ended.wait()
+        except KeyboardInterrupt:
+            if not baton.ended.wait(LEAVE_WAIT_S):
+                _log.warning(
+                    "flowrun: warning: the run did not stop within %gs of a second"
+                    " interrupt; leaving it",
+                    LEAVE_WAIT_S,
+                )
+        if baton.ended.is_set():
+            undo()  # the engine can drive a run again
         raise
     if baton.error is not None:
         error, baton.error = baton.error, None

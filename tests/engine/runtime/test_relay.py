@@ -11,9 +11,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from flowrun.engine import Engine, SQLiteStore, load_workflow
+from flowrun.engine.nodes import python
+from flowrun.engine.runtime import relay
 
 from tests.support.installed import FLOWRUN
 
@@ -97,13 +103,18 @@ def test_a_lone_call_that_never_returns_does_not_keep_the_process(
 
 PROGRAM = """
 import sys
+from pathlib import Path
 from flowrun.engine import Engine, SQLiteStore, load_workflow
 
 store = SQLiteStore(sys.argv[1])
+engine = Engine(store)
+wf = load_workflow("wf.yaml")
 try:
-    Engine(store).start(load_workflow("wf.yaml"), run_id="k")
+    engine.start(wf, run_id="k")
 except KeyboardInterrupt:
-    sys.exit(7)
+    Path("fixed").touch()
+    r = engine.resume(wf, "k")  # the same engine drives the run again
+    sys.exit(7 if r.status == "succeeded" else 8)
 """
 
 
@@ -133,13 +144,97 @@ def test_ctrl_c_in_a_program_without_handlers_stops_the_run_and_is_raised(
     t0 = time.monotonic()
     os.kill(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=30)
-    assert p.returncode == 7, err  # KeyboardInterrupt reached the program
+    # KeyboardInterrupt reached the program, and the engine's resume then finished the run
+    assert p.returncode == 7, err
     assert time.monotonic() - t0 < 10  # no grace period: the call was abandoned at once
-    (tmp_path / "fixed").touch()
-    r = subprocess.run(
-        [FLOWRUN, "resume", "k", "--db", db], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
     store = SQLiteStore(db)
     assert store.load_latest("k").state == {"n": 2}
     store.close()
+
+
+class Inline(Executor):
+    """An executor that runs each task in ``submit``, on the coordinator's thread."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def test_an_executor_that_runs_tasks_in_the_loop_still_hands_the_call_off(
+    write: Write, tmp_path: Path
+) -> None:
+    """A task run inside the loop (not yielded by it) cannot be carried on by another
+    thread: its call goes to a thread of its own, and its timeout and retry work."""
+    write("relaylib.py", STUCK_LIB)
+    wf = write(
+        "wf.yaml",
+        """
+        name: inline-executor
+        state: {n: {default: 0}}
+        nodes:
+          a: {python: 'relaylib:stuck', timeout: 300ms, retry: {max_attempts: 2, backoff: 0s},
+              next: b}
+          b: {python: 'relaylib:after'}
+        """,
+    )
+    store = SQLiteStore(tmp_path / "f.db")
+    r = Engine(store, executor=Inline()).start(load_workflow(wf))
+    assert r.status == "succeeded" and r.state == {"n": 2}
+    store.close()
+
+
+def test_no_thread_to_carry_the_run_on_ends_it_with_that_error(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that cannot start (none left) when a call is abandoned: ``Engine.start``
+    raises at once, never waits for a loop no thread drives."""
+    write("relaylib.py", STUCK_LIB)
+    wf = write(
+        "wf.yaml",
+        """
+        name: no-thread
+        state: {n: {default: 0}}
+        nodes:
+          a: {python: 'relaylib:stuck', timeout: 300ms}
+        """,
+    )
+    real = relay._thread
+
+    def none_left(target: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = real(target, *args)
+        if args:  # a thread to take the loop over (given the rest of the task): none left
+
+            def start() -> None:
+                raise RuntimeError("can't start new thread")
+
+            thread.start = start  # type: ignore[method-assign]
+        return thread
+
+    monkeypatch.setattr(relay, "_thread", none_left)
+    store = SQLiteStore(tmp_path / "f.db")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        Engine(store).start(load_workflow(wf))
+    assert time.monotonic() - t0 < 30  # the first call still sleeps
+    store.close()
+
+
+def test_calls_that_begin_and_end_between_two_looks_do_not_wake_the_watchdog() -> None:
+    """The watchdog polls while calls keep coming: a call that begins and ends between
+    two of its looks does not wake it (a chain's calls did, ~75 µs a chain step)."""
+    watchdog = python._Watchdog()
+    wakes = []
+    real_set = watchdog.wake.set
+    watchdog.wake.set = lambda: (wakes.append(1), real_set())[1]  # type: ignore[method-assign]
+    flags = SimpleNamespace(stop=threading.Event(), abort=threading.Event(), grace_s=10.0)
+    ctx: Any = SimpleNamespace(scope=flags, cancelled=threading.Event())
+    for _ in range(200):  # ~0.3 s of quick calls, a look every 50 ms in between
+        w = python._Watch(ctx, 60.0, lambda error: None)
+        watchdog.add(w)
+        watchdog.remove(w)
+        time.sleep(0.0015)
+    assert len(wakes) <= 2  # the first call, and none of the 199 after
