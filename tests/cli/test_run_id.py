@@ -127,6 +127,12 @@ def slow_runs(tmp_path: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
+def held(tmp_path: Path, db: Path, run_id: str) -> bool:
+    """The six squares are saved and slow has started, and waits (on ``hold``): saved
+    squares alone do not say slow's command started (they can all finish first)."""
+    return squares_saved(db, run_id) == 6 and slow_runs(tmp_path) == 1
+
+
 def squares_saved(db: Path, run_id: str) -> int:
     if run_status(db, run_id) is None:
         return 0
@@ -235,7 +241,7 @@ def test_an_interrupted_run_id_is_continued_without_rerunning_finished_tasks(
     env = {**job, "FLOWRUN_GRACE": "0"}  # the held command is killed at once
     (tmp_path / "hold").touch()
     proc = start(procs, ["run", "job.yaml", "--db", "f.db", "--run-id", "j1"], tmp_path, env)
-    wait_for(lambda: squares_saved(tmp_path / "f.db", "j1") == 6, proc)
+    wait_for(lambda: held(tmp_path, tmp_path / "f.db", "j1"), proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert run_status(tmp_path / "f.db", "j1") == "interrupted"
@@ -257,7 +263,7 @@ def test_kill_9_after_some_tasks_finished_then_the_same_command_finishes_the_run
     args = ["run", "job.yaml", "--db", "f.db", "--run-id", "ci-7", "--json"]
     (tmp_path / "hold").touch()
     proc = start(procs, args, tmp_path, job)
-    wait_for(lambda: squares_saved(db, "ci-7") == 6, proc)  # slow is still held
+    wait_for(lambda: held(tmp_path, db, "ci-7"), proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert run_status(db, "ci-7") == "running"  # crashed: its owner is gone
@@ -304,7 +310,7 @@ def test_a_run_id_a_live_process_holds_is_refused_with_exit_3(
     db = tmp_path / "f.db"
     (tmp_path / "hold").touch()
     owner = start(procs, ["run", "job.yaml", "--db", "f.db", "--run-id", "j1"], tmp_path, job)
-    wait_for(lambda: squares_saved(db, "j1") == 6, owner)
+    wait_for(lambda: held(tmp_path, db, "j1"), owner)
 
     p = job_run(tmp_path, job, "--run-id", "j1", "--json")
     assert p.returncode == 3
