@@ -8,8 +8,9 @@ on a daemon thread so a node past its timeout can be abandoned (``ctx.cancelled`
 is set) without keeping the process alive at exit: a thread of its own, handed the
 call, or, on a thread that says how its task carries on elsewhere (the ``threads``
 executor's and the coordinator's, see :func:`carry_on_with`), that thread itself,
-watched by a watchdog that abandons the thread and carries the task on. What the call prints through
-``sys.stdout``/``sys.stderr`` is the task's output (``engine/output.py``).
+watched by a watchdog that abandons the thread and carries the task on. What the
+call prints through ``sys.stdout``/``sys.stderr`` is the task's output
+(``engine/output.py``).
 """
 
 from __future__ import annotations
@@ -361,8 +362,8 @@ class _Watchdog:
     """One thread that looks at the watched calls every 50 ms (sooner for a deadline),
     and sleeps until the next call once none was made for a second (waking it takes
     a lock and an event: a call made meanwhile only joins the set). Calls are counted:
-    a chain's begin and end between two looks, and were the watchdog to judge by the
-    set alone, it would sleep for good and be woken by every call (~75 µs of a
+    a chain's calls begin and end between two looks, and were the watchdog to judge by
+    the set alone, it would sleep for good and be woken by every call (~75 µs of a
     ~210 µs chain step)."""
 
     POLL_S: ClassVar[float] = 0.05
