@@ -44,22 +44,21 @@ def after(state, ctx):
     return {"n": state["n"] + 1}
 """
 
+# a: times out once (its first call never returns), then its retry; b: the next step
+RETRY_THEN_NEXT = """
+name: relay
+state: {n: {default: 0}}
+nodes:
+  a: {python: 'relaylib:stuck', timeout: 300ms, retry: {max_attempts: 2, backoff: 0s}, next: b}
+  b: {python: 'relaylib:after'}
+"""
+
 
 def test_a_lone_call_past_its_timeout_leaves_its_thread_and_the_run_goes_on(
     write: Write, tmp_path: Path
 ) -> None:
     write("relaylib.py", STUCK_LIB)
-    wf = write(
-        "wf.yaml",
-        """
-        name: relay
-        state: {n: {default: 0}}
-        nodes:
-          a: {python: 'relaylib:stuck', timeout: 300ms, retry: {max_attempts: 2, backoff: 0s},
-              next: b}
-          b: {python: 'relaylib:after'}
-        """,
-    )
+    wf = write("wf.yaml", RETRY_THEN_NEXT)
     store = SQLiteStore(tmp_path / "f.db")
     t0 = time.monotonic()
     r = Engine(store).start(load_workflow(wf))
@@ -170,17 +169,7 @@ def test_an_executor_that_runs_tasks_in_the_loop_still_hands_the_call_off(
     """A task run inside the loop (not yielded by it) cannot be carried on by another
     thread: its call goes to a thread of its own, and its timeout and retry work."""
     write("relaylib.py", STUCK_LIB)
-    wf = write(
-        "wf.yaml",
-        """
-        name: inline-executor
-        state: {n: {default: 0}}
-        nodes:
-          a: {python: 'relaylib:stuck', timeout: 300ms, retry: {max_attempts: 2, backoff: 0s},
-              next: b}
-          b: {python: 'relaylib:after'}
-        """,
-    )
+    wf = write("wf.yaml", RETRY_THEN_NEXT)
     store = SQLiteStore(tmp_path / "f.db")
     r = Engine(store, executor=Inline()).start(load_workflow(wf))
     assert r.status == "succeeded" and r.state == {"n": 2}
